@@ -26,10 +26,11 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.events import (
     AliasEvent,
-    CollectionEndEvent,
-    CollectionStartEvent,
     Event,
+    MappingEndEvent,
+    MappingStartEvent,
     ScalarEvent,
+    SequenceEndEvent,
     SequenceStartEvent,
     StreamEndEvent,
 )
@@ -333,6 +334,7 @@ class _Builder(SafeConstructor, Resolver):
         self.max_nodes = max_nodes
         self.warnings: list[Diagnostic] = []
         self._flat_pairs: dict[Node, dict[Any, tuple[Node, Node]]] = {}
+        self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
 
     def _mark(self, mark: yaml.Mark) -> Mark:
         return Mark(self.file, mark.line + 1, mark.column + 1)
@@ -359,52 +361,74 @@ class _Builder(SafeConstructor, Resolver):
         An anchor may be redefined (later aliases use the latest definition), as in Psych; an
         alias to a node that is not finished yet would be recursive and is refused.
         """
-        self.get_event()  # DocumentStartEvent
+        get_event = self.get_event
+        get_event()  # DocumentStartEvent
         anchors: dict[str, Node] = {}
         finished: dict[int, tuple[int, int]] = {}  # id(anchored node) -> (expanded size, height)
         stack: list[_Frame] = []
+        node: Node
         while True:
-            event = self.get_event()
-            if isinstance(event, CollectionStartEvent):
+            event = get_event()
+            kind = type(event)
+            if kind is ScalarEvent:
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = self._resolve_scalar(event.value, event.implicit)
+                node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+                size, height, where = 1, 0, event.start_mark
+                if event.anchor is not None:
+                    anchors[event.anchor] = node
+                    finished[id(node)] = (size, height)
+            elif kind is SequenceStartEvent or kind is MappingStartEvent:
                 if len(stack) >= self.max_depth:
                     raise self._too_deep(event)
-                kind = SequenceNode if isinstance(event, SequenceStartEvent) else MappingNode
-                tag = self._tag(kind, event)
-                node: Node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+                node_kind = SequenceNode if kind is SequenceStartEvent else MappingNode
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = self.resolve(node_kind, None, event.implicit)
+                node = node_kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
                 if event.anchor is not None:
                     anchors[event.anchor] = node
                 stack.append(_Frame(node, event.anchor is not None))
                 continue
-            if isinstance(event, CollectionEndEvent):
+            elif kind is SequenceEndEvent or kind is MappingEndEvent:
                 frame = stack.pop()
                 node, size, height, where = frame.node, frame.size, frame.height, frame.node.start_mark
                 node.end_mark = event.end_mark
                 if frame.anchored:
                     finished[id(node)] = (size, height)
-            elif isinstance(event, AliasEvent):
+            elif kind is AliasEvent:
                 node, where = self._alias_target(event, anchors, finished), event.start_mark
                 size, height = finished[id(node)]
                 if len(stack) + height > self.max_depth:
                     raise self._too_deep(event)
-            elif isinstance(event, ScalarEvent):
-                node = ScalarNode(self._tag(ScalarNode, event), event.value, event.start_mark, event.end_mark,
-                                  style=event.style)
-                size, height, where = 1, 0, event.start_mark
-                if event.anchor is not None:
-                    anchors[event.anchor] = node
-                    finished[id(node)] = (size, height)
             else:  # pragma: no cover - the parser only emits well-formed documents
-                raise error(self._mark(event.start_mark), f"unexpected {type(event).__name__}")
+                raise error(self._mark(event.start_mark), f"unexpected {kind.__name__}")
             if not stack:
-                self.get_event()  # DocumentEndEvent
+                get_event()  # DocumentEndEvent
                 return node
-            self._attach(stack[-1], node, size, height, where)
+            # Add the finished node to the collection being composed.
+            frame = stack[-1]
+            frame.size += size
+            if frame.size > self.max_nodes:
+                raise error(self._mark(where),
+                            f"document expands to more than {self.max_nodes} nodes (alias bomb?)",
+                            "every alias counts as a full copy of its anchor")
+            if height >= frame.height:
+                frame.height = height + 1
+            if frame.node.__class__ is SequenceNode:
+                frame.node.value.append(node)
+            elif frame.key is None:
+                frame.key = node
+            else:
+                frame.node.value.append((frame.key, node))
+                frame.key = None
 
-    def _tag(self, kind: type[Node], event: Event) -> str:
-        tag = event.tag  # type: ignore[attr-defined]
-        if tag is None or tag == "!":
-            value = event.value if kind is ScalarNode else None  # type: ignore[attr-defined]
-            tag = self.resolve(kind, value, event.implicit)  # type: ignore[attr-defined]
+    def _resolve_scalar(self, value: str, implicit: tuple[bool, bool]) -> str:
+        """The implicit tag of a scalar (``!!int`` for ``12``...), cached: many values repeat."""
+        tag = self._resolved.get((value, implicit))
+        if tag is None:
+            tag = self._resolved[value, implicit] = self.resolve(ScalarNode, value, implicit)
         return tag
 
     def _alias_target(self, event: AliasEvent, anchors: dict[str, Node], finished: dict[int, Any]) -> Node:
@@ -416,23 +440,6 @@ class _Builder(SafeConstructor, Resolver):
         if id(node) not in finished:
             raise error(mark, f"alias '*{event.anchor}' is used inside its own anchor (recursive alias)")
         return node
-
-    def _attach(self, frame: _Frame, node: Node, size: int, height: int, where: yaml.Mark) -> None:
-        """Add a finished child to the collection being composed, enforcing ``max_nodes``."""
-        frame.size += size
-        if frame.size > self.max_nodes:
-            raise error(self._mark(where),
-                        f"document expands to more than {self.max_nodes} nodes (alias bomb?)",
-                        "every alias counts as a full copy of its anchor")
-        frame.height = max(frame.height, height + 1)
-        parent = frame.node
-        if isinstance(parent, SequenceNode):
-            parent.value.append(node)
-        elif frame.key is None:
-            frame.key = node
-        else:
-            parent.value.append((frame.key, node))
-            frame.key = None
 
     def _too_deep(self, event: Event) -> PipelineError:
         return error(self._mark(event.start_mark), f"nesting is deeper than {self.max_depth} levels",
