@@ -311,9 +311,7 @@ def _pattern_token(text: str, start: int) -> _Token:
     try:
         pattern = _compile(body.replace("\\/", "/"), text[end + 1 : after], source)
     except re2.error as error:
-        raise ExpressionError(
-            f"invalid regular expression {_show(source)}: {_reason(error)}", start
-        ) from None
+        raise ExpressionError(f"invalid regular expression {_show(source)}: {_reason(error)}", start) from None
     return _Token("value", start, source, pattern)
 
 
@@ -393,9 +391,7 @@ class _Parser:
             return left
         if not isinstance(left, Value):
             self.condition(left, start)  # a pattern gets the pattern message
-            raise ExpressionError(
-                f"the left operand of {op.text!r} must be a variable, a string or null", start
-            )
+            raise ExpressionError(f"the left operand of {op.text!r} must be a variable, a string or null", start)
         self.i += 1
         right_pos = self.here()
         right = self.primary(depth)
@@ -403,9 +399,7 @@ class _Parser:
         if not isinstance(right, Value) and not (matching and isinstance(right, Pattern)):
             if not matching:
                 self.condition(right, right_pos)
-            allowed = (
-                "a pattern, a variable, a string or null" if matching else "a variable, a string or null"
-            )
+            allowed = "a pattern, a variable, a string or null" if matching else "a variable, a string or null"
             raise ExpressionError(f"the right operand of {op.text!r} must be {allowed}", right_pos)
         following = self.peek()
         if following is not None and following.kind == "op" and following.text in _COMPARISONS:
@@ -437,9 +431,7 @@ class _Parser:
         previous = self.tokens[self.i - 2]
         if token.kind == ")" and previous.kind == "(":
             raise ExpressionError("empty parentheses", previous.pos)
-        raise ExpressionError(
-            f"expected a value after {_show(previous.text)}, found {_show(token.text)}", token.pos
-        )
+        raise ExpressionError(f"expected a value after {_show(previous.text)}, found {_show(token.text)}", token.pos)
 
 
 # --- API -----------------------------------------------------------------------------------------
@@ -449,9 +441,7 @@ class _Parser:
 def parse(text: str) -> Expr:
     """The tree of ``text``; raises ExpressionError. Cached: one rule is evaluated for many jobs."""
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(
-            f"expression is {len(text)} characters long; the limit is {MAX_LENGTH}", MAX_LENGTH
-        )
+        raise ExpressionError(f"expression is {len(text)} characters long; the limit is {MAX_LENGTH}", MAX_LENGTH)
     return _Parser(text, _tokenize(text)).parse()
 
 
