@@ -19,7 +19,7 @@ import copy
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_NODES",
+    "MULTIPLE_DOCUMENTS",
     "Reference",
     "YList",
     "YMap",
@@ -68,8 +69,8 @@ DEFAULT_MAX_DEPTH = 100
 DEFAULT_MAX_NODES = 2_000_000
 """Most nodes a document may expand to once every alias is replaced by a copy of its anchor.
 
-Real pipelines are far below it (a 300-job file has a few hundred thousand nodes); a
-"billion laughs" document is far above it."""
+Real pipelines are far below it (the largest of the test corpus, 330 jobs, expands to 15,000
+nodes); a "billion laughs" document is far above it."""
 
 MULTIPLE_DOCUMENTS = "multiple YAML documents; only a `spec:` header document may come before the pipeline"
 
@@ -77,6 +78,11 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VALUE_TAG = "tag:yaml.org,2002:value"
 _STANDARD_TAG_PREFIX = "tag:yaml.org,2002:"
 _REFERENCE_TAG = "!reference"
+# Tags whose constructor turns a scalar node into a value (not a generator, as collections have).
+_SCALAR_TAGS = frozenset(
+    _STANDARD_TAG_PREFIX + name
+    for name in ("null", "bool", "int", "float", "binary", "timestamp", "str", "merge", "value")
+)
 
 # Characters YAML forbids anywhere in a stream (both parsers refuse them, without a line number).
 _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -147,10 +153,13 @@ class YList(list):
 
 @dataclass(frozen=True)
 class Reference:
-    """GitLab's ``!reference [job, key, ...]``: a path into the configuration, resolved later."""
+    """GitLab's ``!reference [job, key, ...]``: a path into the configuration, resolved later.
+
+    Like YMap and YList, it compares by content: the mark is not part of equality.
+    """
 
     path: tuple[str, ...]
-    mark: Mark
+    mark: Mark = field(compare=False)
 
 
 def copy_node(x: Any) -> Any:
@@ -230,6 +239,7 @@ def load_file(
 
 
 def _too_large(file: str, size: int, limit: int) -> PipelineError:
+    """The error for a file over ``max_bytes`` (placed at 1:1: the whole file is at fault)."""
     return error(Mark(file, 1, 1), f"file is too large ({size} bytes, the limit is {limit})")
 
 
@@ -280,11 +290,13 @@ def _yaml_error(exc: yaml.YAMLError, file: str, source: str) -> PipelineError:
 
 
 def _char_at(source: str, mark: yaml.Mark) -> str:
+    """The character at a parser mark ('' past the end), to recognise errors on tabs."""
     lines = source.split("\n", mark.line + 1)
     return lines[mark.line][mark.column : mark.column + 1] if mark.line < len(lines) else ""
 
 
 def _pretty_tag(tag: str) -> str:
+    """A tag as it is written in files: ``!!int`` rather than ``tag:yaml.org,2002:int``."""
     return "!!" + tag.removeprefix(_STANDARD_TAG_PREFIX) if tag.startswith(_STANDARD_TAG_PREFIX) else tag
 
 
@@ -337,6 +349,7 @@ class _Builder(SafeConstructor, Resolver):
         self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
 
     def _mark(self, mark: yaml.Mark) -> Mark:
+        """PyYAML's 0-based mark as a 1-based Mark in this file, as editors count."""
         return Mark(self.file, mark.line + 1, mark.column + 1)
 
     # -- stream and documents
@@ -442,26 +455,35 @@ class _Builder(SafeConstructor, Resolver):
         return node
 
     def _too_deep(self, event: Event) -> PipelineError:
+        """The error for nesting over ``max_depth``, at the node that goes over."""
         return error(self._mark(event.start_mark), f"nesting is deeper than {self.max_depth} levels",
                      "aliases count as copies of their anchor")
 
     # -- construction
 
     def construct_document(self, node: Node) -> Any:
+        """PyYAML's, with the merge memo reset: it is keyed by nodes of one document."""
         self._flat_pairs = {}
         return super().construct_document(node)
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
-        """PyYAML's construct_object, with a scalar that does not fit its tag reported at its position."""
-        try:
+        """PyYAML's construct_object, with scalars constructed directly and their errors placed.
+
+        Scalars are immutable and never recursive, so they skip the memo and the recursion checks
+        (most nodes are scalars). A scalar that does not fit its tag (``!!int x``) is reported at
+        its position instead of escaping as a ValueError.
+        """
+        if type(node) is not ScalarNode or node.tag not in _SCALAR_TAGS:
             return super().construct_object(node, deep)
+        try:
+            return self.yaml_constructors[node.tag](self, node)
         except (ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
-            if not isinstance(node, ScalarNode):
-                raise
-            message = f"cannot read {node.value!r} as {_pretty_tag(node.tag)} ({exc})"
+            detail = f" ({exc})" if type(exc) is ValueError else ""  # others say nothing useful
+            message = f"cannot read {node.value!r} as {_pretty_tag(node.tag)}{detail}"
             raise error(self._mark(node.start_mark), message, "quote the value to keep it a string") from None
 
     def construct_ymap(self, node: Node) -> Iterator[YMap]:
+        """A mapping as a YMap with its marks; a generator, as PyYAML fills collections later."""
         if not isinstance(node, MappingNode):
             raise error(self._mark(node.start_mark), f"tag {_pretty_tag(node.tag)} needs a mapping")
         data = YMap()
@@ -473,6 +495,7 @@ class _Builder(SafeConstructor, Resolver):
             data.value_marks[key] = self._mark(value_node.start_mark)
 
     def construct_ylist(self, node: Node) -> Iterator[YList]:
+        """A sequence as a YList with the mark of each item."""
         if not isinstance(node, SequenceNode):
             raise error(self._mark(node.start_mark), f"tag {_pretty_tag(node.tag)} needs a sequence")
         data = YList()
@@ -483,6 +506,7 @@ class _Builder(SafeConstructor, Resolver):
             data.item_marks.append(self._mark(child.start_mark))
 
     def construct_reference(self, node: Node) -> Reference:
+        """``!reference [job, key, ...]``: a non-empty list of strings, as GitLab requires."""
         mark = self._mark(node.start_mark)
         if not isinstance(node, SequenceNode) or not node.value:
             raise error(mark, "!reference needs a non-empty list of names",
@@ -497,6 +521,7 @@ class _Builder(SafeConstructor, Resolver):
         return Reference(tuple(path), mark)
 
     def construct_unknown(self, node: Node) -> Any:
+        """Any other tag is an error: GitLab would refuse it too, and it must not run code."""
         raise error(self._mark(node.start_mark), f"unknown tag '{_pretty_tag(node.tag)}'",
                     "the only custom tag of GitLab CI is !reference")
 
@@ -550,6 +575,7 @@ class _Builder(SafeConstructor, Resolver):
         return items
 
     def _construct_key(self, key_node: Node) -> Any:
+        """A mapping key, which must be hashable (a scalar) to be a dict key."""
         key = self.construct_object(key_node, deep=True)
         try:
             hash(key)
@@ -579,6 +605,7 @@ class _TabTolerantScanner(Scanner):
     """
 
     def scan_to_next_token(self) -> None:
+        """PyYAML's version, skipping tabs where libyaml does."""
         if self.index == 0 and self.peek() == "\ufeff":
             self.forward()
         while True:
@@ -625,6 +652,7 @@ class _TabTolerantScanner(Scanner):
         return chunks
 
     def _at_document_marker(self) -> bool:
+        """Whether a ``---`` or ``...`` line starts here (it ends a plain scalar)."""
         return self.prefix(3) in ("---", "...") and self.peek(3) in "\0 \t\r\n\x85\u2028\u2029"
 
 

@@ -50,6 +50,7 @@ def backend(request: pytest.FixtureRequest) -> type:
 
 
 def load(backend: type, text: str | bytes, file: str = "f.yml", **limits: int) -> tuple[Any, list[Diagnostic]]:
+    """load_yaml with the given event source."""
     with mock.patch.object(loader, "_LOADER_CLASS", backend):
         return load_yaml(text, file, **limits)
 
@@ -76,6 +77,15 @@ def fixture_path(*parts: str) -> Path:
             pytest.fail(f"{reason} (they are required when CI=true)")
         pytest.skip(reason)
     return path
+
+
+def test_fixture_path_skips_or_fails_when_fixtures_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        fixture_path("no-such-fixture")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        fixture_path("no-such-fixture")
 
 
 def strings(data: Any) -> list[str]:
@@ -168,6 +178,7 @@ def test_merge_and_value_indicators_outside_keys_are_strings(backend: type) -> N
         ("a: !!str 1\nb: !!int '2'\nc: !!float 3\nd: !!bool yes\ne: !!null ''\n",
          {"a": "1", "b": 2, "c": 3.0, "d": True, "e": None}),
         ("a: !!binary aGk=\n", {"a": b"hi"}),
+        ("a: !!set {x, y}\nb: !!omap [c: 1, d: 2]\n", {"a": {"x", "y"}, "b": [("c", 1), ("d", 2)]}),
     ],
 )
 def test_standard_tags_work_as_in_safe_load(backend: type, text: str, expected: dict) -> None:
@@ -264,9 +275,12 @@ def test_duplicate_warnings_are_sorted_and_given_once_per_anchor(backend: type) 
 def test_reference_tag(backend: type) -> None:
     text = "job:\n  script:\n    - !reference [.setup, script]\n    - echo\n  after_script: !reference [.a, 'b', c]\n"
     data, _ = load(backend, text)
-    assert data["job"]["script"][0] == Reference((".setup", "script"), m(3, 7))
-    assert data["job"]["script"].item_mark(0) == m(3, 7)
-    assert data["job"]["after_script"] == Reference((".a", "b", "c"), m(5, 17))
+    ref = data["job"]["script"][0]
+    assert ref == Reference((".setup", "script"), m(3, 7))
+    assert ref.mark == data["job"]["script"].item_mark(0) == m(3, 7)
+    assert data["job"]["after_script"].path == (".a", "b", "c")
+    assert data["job"]["after_script"].mark == m(5, 17)
+    assert Reference(("a",), m(1, 1)) == Reference(("a",), m(2, 2))  # compared by path, like YMap
 
 
 @pytest.mark.parametrize(
@@ -281,6 +295,9 @@ def test_reference_tag(backend: type) -> None:
         ("a:\n  - !Ref [x]\n", m(2, 5), "unknown tag '!Ref'"),
         ("a: !!python/object:os.system x\n", m(1, 4), "unknown tag '!!python/object:os.system'"),
         ("a: !!int x\n", m(1, 4), "cannot read 'x' as !!int (invalid literal for int() with base 10: 'x')"),
+        ("a: !!int ''\n", m(1, 4), "cannot read '' as !!int"),
+        ("a: !!bool x\n", m(1, 4), "cannot read 'x' as !!bool"),
+        ("a: !!set x\n", m(1, 4), "expected a mapping node, but found scalar"),
         ("a: 2024-13-45\n", m(1, 4), "cannot read '2024-13-45' as !!timestamp (month must be in 1..12)"),
         ("a: !!map [x]\n", m(1, 4), "tag !!map needs a mapping"),
         ("a: !!seq x\n", m(1, 4), "tag !!seq needs a sequence"),
@@ -377,6 +394,15 @@ def test_bird_spec_header(backend: type) -> None:
     assert min(mark.line for mark in data.key_marks.values()) > 91  # all after the `---` line
 
 
+class ReferenceSafeLoader(yaml.SafeLoader):
+    """PyYAML's safe_load, plus `!reference` (with a dummy mark), to compare against."""
+
+
+ReferenceSafeLoader.add_constructor(
+    "!reference", lambda loader_, node: Reference(tuple(loader_.construct_sequence(node)), m(0, 0))
+)
+
+
 CORPUS_FILES = sorted(str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*.yml")) if CORPUS.is_dir() else []
 
 
@@ -388,19 +414,39 @@ def test_corpus_file_loads(backend: type, name: str) -> None:
         data, warnings = load_file(path, name)
     assert isinstance(data, YMap) and data
     assert all(w.severity == "warning" and w.mark.file == name for w in warnings)
+    try:  # the same data as PyYAML's safe_load, where that can read the file
+        *_, expected = yaml.load_all(path.read_text(), Loader=ReferenceSafeLoader)
+    except yaml.YAMLError:
+        return
+    assert data == expected
+
+
+JOB = """\
+build:{0}:
+  <<: *defaults
+  stage: build
+  image: registry.example.com/build/debian-12:{0}
+  variables: {{TARGET: linux-{0}, CMAKE_BUILD_TYPE: Release}}
+  script:
+    - cmake -B build -S . -G Ninja -DCMAKE_BUILD_TYPE=$CMAKE_BUILD_TYPE -DTARGET=$TARGET
+    - ninja -C build -j$(nproc) && ctest --test-dir build --output-on-failure
+  rules:
+    - if: $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH || $CI_PIPELINE_SOURCE == "merge_request_event"
+  artifacts: {{paths: [build/], expire_in: 1 week}}
+
+"""
 
 
 def test_a_300_kb_file_loads_in_well_under_a_second() -> None:
-    job = "job{0}:\n  stage: test\n  image: alpine:3.{0}\n  variables: {{A: '1', B: two}}\n" \
-          "  script:\n    - echo {0}\n    - make test\n  rules:\n    - if: $CI_COMMIT_BRANCH == 'main'\n" \
-          "  tags: [docker, linux]\n  <<: *defaults\n"
-    text = ".defaults: &defaults\n  retry: 2\n  interruptible: true\n"
-    text += "".join(job.format(i) for i in range(1600))
+    text = ".defaults: &defaults\n  retry: 2\n  tags: [docker]\n" + "".join(JOB.format(i) for i in range(650))
     assert len(text) > 300_000
-    start = time.perf_counter()
-    data, _ = load_yaml(text, "big.yml")
-    assert time.perf_counter() - start < 1.0
-    assert data["job1599"]["retry"] == 2
+    timings = []
+    for _ in range(3):  # the best of three, to ignore a busy machine
+        start = time.perf_counter()
+        data, _ = load_yaml(text, "big.yml")
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 1.0
+    assert data["build:649"]["retry"] == 2
 
 
 # -- hostile input -------------------------------------------------------------------------------
@@ -431,7 +477,8 @@ def test_max_nodes_counts_every_alias_as_a_copy(backend: type) -> None:
 )
 def test_recursive_alias_is_refused(backend: type, text: str, where: Mark) -> None:
     diagnostic = load_error(backend, text)
-    assert (diagnostic.mark, diagnostic.message) == (where, "alias '*a' is used inside its own anchor (recursive alias)")
+    message = "alias '*a' is used inside its own anchor (recursive alias)"
+    assert (diagnostic.mark, diagnostic.message) == (where, message)
 
 
 def test_unknown_alias(backend: type) -> None:
@@ -553,7 +600,7 @@ def test_copies_keep_marks(backend: type) -> None:
         assert copied.key_mark("c") == m(4, 1)
         assert copied["a"].value_mark("b") == m(2, 6)
         assert copied["a"]["b"].item_marks == [m(2, 7), m(2, 10)]
-        assert copied["a"]["r"] == Reference(("j", "k"), m(3, 6))
+        assert copied["a"]["r"].mark == m(3, 6)
     assert copy.copy(data["a"]["b"]).item_marks == data["a"]["b"].item_marks
 
 
@@ -581,7 +628,8 @@ def test_copy_node_of_plain_values() -> None:
 KEYS = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 VALUES = st.recursive(
     st.integers(0, 999),
-    lambda children: st.lists(children, min_size=1, max_size=3) | st.dictionaries(KEYS, children, min_size=1, max_size=3),
+    lambda children: st.lists(children, min_size=1, max_size=3)
+    | st.dictionaries(KEYS, children, min_size=1, max_size=3),
     max_leaves=12,
 )
 
