@@ -144,9 +144,24 @@ def _job_summary(job: Any) -> str:
     return "  ".join(parts)
 
 
+def _load_plugin_commands() -> None:
+    """Commands of the execution plane (``exec``, ``worker``) live in ``workers`` and register
+    through the ``ci_queue.commands`` entry point group, so ``ci_queue`` never imports ``workers``
+    (a control-plane host needs neither Docker nor git)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="ci_queue.commands"):
+        if entry.name not in cli.commands:
+            try:
+                cli.add_command(entry.load(), entry.name)
+            except ImportError as exc:  # the execution plane is not installed here
+                click.echo(f"ci-queue: command `{entry.name}` is unavailable: {exc}", err=True)
+
+
 def main() -> None:
     """Console entry point: no traceback ever reaches the user."""
     try:
+        _load_plugin_commands()
         cli.main(standalone_mode=True)
     except SystemExit:
         raise

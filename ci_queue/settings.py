@@ -27,6 +27,18 @@ class Settings:
     pipeline_max_bytes: int = 4 * 1024 * 1024  # larger pipeline files are refused
     default_branch: str = "main"  # used when an event does not say which branch is the default
 
+    # -- executing jobs on a build host (workers/) ----------------------------------------------
+    executor: str = "auto"  # auto (docker when the job has an image) | shell | docker
+    default_job_timeout: int = 3600  # seconds, for jobs without `timeout:`
+    after_script_timeout: int = 300  # seconds; after_script has its own budget, as in GitLab
+    kill_grace_seconds: float = 10.0  # SIGTERM, then SIGKILL this much later
+    max_log_bytes: int = 4 * 1024 * 1024  # per job log; the rest is drained, not stored
+    workspace_dir: str = ""  # per-job workspaces; empty: <temp dir>/ci-queue/workspaces
+    keep_workspaces: bool = False  # keep a job's workspace after it ends (debugging)
+    git_cache_dir: str = ""  # bare mirrors shared by the jobs of a host; empty: <temp dir>/ci-queue/git
+    docker_network: str = "bridge"  # network mode of job containers (tests use none or host)
+    secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: the process environment)."""
@@ -47,6 +59,11 @@ class Settings:
             raise SettingsError(f"CIQ_LOG_FORMAT must be auto, human or json, not {self.log_format!r}")
         if self.pipeline_max_bytes <= 0:
             raise SettingsError("CIQ_PIPELINE_MAX_BYTES must be positive")
+        if self.executor not in ("auto", "shell", "docker"):
+            raise SettingsError(f"CIQ_EXECUTOR must be auto, shell or docker, not {self.executor!r}")
+        for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
 
 
 def _convert(name: str, raw: str, kind: type) -> object:

@@ -131,6 +131,8 @@ class Job:
     trigger: dict[str, Any] | None = None
     coverage: str | None = None
     dependencies: list[str] | None = None
+    secrets: list[str] = field(default_factory=list)  # names; values come from the worker, never stored
+    raw_variables: list[str] = field(default_factory=list)  # `expand: false`: `$` kept as written
     description: str = ""
     line: int | None = None  # where the job is defined, for messages
 

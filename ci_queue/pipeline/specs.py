@@ -7,6 +7,7 @@ the two apart lets ``ci-queue validate`` check a file once for all events.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,20 @@ class JobSpec:
     trigger: dict[str, Any] | None = None
     coverage: str | None = None
     dependencies: list[str] | None = None
+    secrets: list[str] = field(default_factory=list)
+
+    def instances(self) -> list[tuple[str, dict[str, str] | None, int | None]]:
+        """(name, matrix values, node index) of each job GitLab makes of this one: ``job 1/3``
+        for ``parallel: 3``, ``job: [a, b]`` for a matrix (entries in turn, values in key order,
+        the first key varying slowest), else just ``job``. Validation and planning share it so
+        that a need on an instance is checked against the very names that get planned."""
+        if self.matrix:
+            combos = [dict(zip(entry, values, strict=True))
+                      for entry in self.matrix for values in itertools.product(*entry.values())]
+            return [(f"{self.name}: [{', '.join(combo.values())}]", combo, i + 1) for i, combo in enumerate(combos)]
+        if self.parallel:
+            return [(f"{self.name} {i}/{self.parallel}", None, i) for i in range(1, self.parallel + 1)]
+        return [(self.name, None, None)]
 
 
 @dataclass
