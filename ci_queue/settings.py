@@ -27,6 +27,16 @@ class Settings:
     pipeline_max_bytes: int = 4 * 1024 * 1024  # larger pipeline files are refused
     default_branch: str = "main"  # used when an event does not say which branch is the default
 
+    # -- the engine: broker, state, leases ------------------------------------------------------
+    redis_url: str = ""  # broker; empty: the standalone mode starts a local Redis
+    state_url: str = ""  # run / job / log state; empty: the broker's Redis
+    key_prefix: str = "ciq:"  # every state key starts with it (tests use their own)
+    retention_days: float = 30.0  # finished runs and their logs expire after this
+    job_lease_seconds: int = 60  # a running job's worker renews its lease; lapsed: re-queued
+    queue_timeout_seconds: int = 3600  # a job no worker takes for this long fails as `stuck`
+    system_failure_retries: int = 2  # new attempts after a lost worker (runner_system_failure)
+    log_stream_maxlen: int = 200_000  # lines kept per job log stream (capped)
+
     # -- executing jobs on a build host (workers/) ----------------------------------------------
     executor: str = "auto"  # auto (docker when the job has an image) | shell | docker
     default_job_timeout: int = 3600  # seconds, for jobs without `timeout:`

@@ -28,3 +28,44 @@ def require_shared_fixtures() -> Path:
 @pytest.fixture
 def shared_fixtures() -> Path:
     return require_shared_fixtures()
+
+
+TEST_REDIS_URL = os.environ.get("CIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis():
+    """A client of the test Redis: skipped without one on a user's machine, a failure in CI."""
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        message = f"no Redis at {TEST_REDIS_URL} ({exc})"
+        if in_ci():
+            pytest.fail(message + "; CI must have one (.ci/run starts it)")
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture
+def redis_client():
+    return require_redis()
+
+
+@pytest.fixture
+def key_prefix(redis_client):
+    """A key prefix of this test's own; its keys are deleted afterwards (and only its keys)."""
+    import uuid
+
+    prefix = f"ciq-test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    for key in redis_client.scan_iter(f"{prefix}*", count=1000):
+        redis_client.delete(key)
+
+
+@pytest.fixture
+def store(redis_client, key_prefix):
+    from ci_queue.store import Store
+
+    return Store(redis_client, key_prefix, retention_seconds=3600)

@@ -1,0 +1,413 @@
+"""The ``Store``: typed operations over the key schema of ``ci_queue.store``."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from ci_queue.graph import build_graph, dependents
+from ci_queue.pipeline.model import Plan
+from ci_queue.store import lua
+
+RUN_STATUSES = ("queued", "running", "success", "failed", "canceled", "error")
+JOB_STATUSES = ("created", "pending", "running", "success", "failed", "canceled", "skipped", "manual")
+TERMINAL_RUN = frozenset({"success", "failed", "canceled", "error"})
+TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
+_JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "finished", "allowed")
+
+
+class StoreError(Exception):
+    """A request the state does not allow (unknown run or job, wrong state)."""
+
+
+def now_iso() -> str:
+    """UTC now, ISO 8601 with milliseconds and Z: the one timestamp format of the store."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class JobState:
+    """One job of a run as the API shows it."""
+
+    index: int
+    name: str
+    stage: str
+    status: str
+    when: str
+    allow_failure: Any
+    attempt: int
+    worker: str | None
+    exit_code: int | None
+    failure_reason: str | None
+    queue: str | None
+    started_at: str | None
+    finished_at: str | None
+    attempts: list[dict[str, Any]]
+    spec: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        steps = self.attempts[-1].get("steps", []) if self.attempts else []
+        return {
+            "name": self.name, "stage": self.stage, "status": self.status, "when": self.when,
+            "allow_failure": self.allow_failure, "attempt": self.attempt, "worker": self.worker,
+            "exit_code": self.exit_code, "failure_reason": self.failure_reason, "queue": self.queue,
+            "started_at": self.started_at, "finished_at": self.finished_at, "attempts": self.attempts,
+            "steps": steps,
+        }
+
+
+@dataclass
+class RunRecord:
+    """A run: what triggered it and where it stands."""
+
+    id: str
+    status: str
+    repo: str
+    ref: str
+    sha: str
+    event: str
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    clone_url: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    jobs: list[JobState] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "status": self.status, "repo": self.repo, "ref": self.ref, "sha": self.sha,
+            "event": self.event, "created_at": self.created_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "error": self.error,
+            "jobs": [job.to_dict() for job in self.jobs],
+        }
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a state-changing script answered: a status and the jobs that became ready."""
+
+    status: str
+    ready: list[int]
+    run_status: str | None = None
+
+
+def _opt(value: str | None) -> str | None:
+    return value if value not in (None, "") else None
+
+
+class Store:
+    """All reads and writes of run state. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.retention = int(retention_seconds)
+        self._scripts = {name: client.register_script(getattr(lua, name)) for name in
+                         ("START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB", "CANCEL_RUN")}
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> Store:
+        return cls(redis.Redis.from_url(url, decode_responses=True), prefix, retention_seconds)
+
+    # -- key names -------------------------------------------------------------------------------
+    def _run(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    def _state(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}:state"
+
+    def _names(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}:names"
+
+    def _log(self, run_id: str, index: int) -> str:
+        return f"{self.prefix}run:{run_id}:log:{index}"
+
+    def _index(self, kind: str = "", value: str = "") -> str:
+        return f"{self.prefix}runs" + (f":{kind}:{value}" if kind else "")
+
+    @property
+    def leases_key(self) -> str:
+        return f"{self.prefix}leases"
+
+    @property
+    def queued_key(self) -> str:
+        return f"{self.prefix}queued"
+
+    def _keys(self, run_id: str) -> list[str]:
+        return [self._run(run_id), self._state(run_id)]
+
+    # -- runs ------------------------------------------------------------------------------------
+    def create_run(self, *, repo: str, ref: str, sha: str = "", event: str = "push", clone_url: str | None = None,
+                   variables: dict[str, str] | None = None, context: dict[str, Any] | None = None,
+                   run_id: str | None = None) -> str:
+        """Record a new run as ``queued`` and index it; returns its id."""
+        run_id = run_id or uuid.uuid4().hex[:16]
+        created = now_iso()
+        score = time.time()
+        record = {"id": run_id, "status": "queued", "repo": repo, "ref": ref, "sha": sha, "event": event,
+                  "created_at": created, "clone_url": clone_url or "",
+                  "variables": json.dumps(variables or {}), "context": json.dumps(context or {})}
+        pipe = self.r.pipeline()
+        pipe.hset(self._run(run_id), mapping=record)
+        for key in self._index_keys(repo, ref, "queued"):
+            pipe.zadd(key, {run_id: score})
+            pipe.expire(key, self.retention + 86400)
+        pipe.execute()
+        return run_id
+
+    def _index_keys(self, repo: str, ref: str, status: str) -> list[str]:
+        return [self._index(), self._index("repo", repo), self._index("ref", f"{repo}:{ref}"),
+                self._index("status", status)]
+
+    def _reindex_status(self, run_id: str, old: str, new: str, pipe: Any) -> None:
+        score = self.r.zscore(self._index(), run_id) or time.time()
+        pipe.zrem(self._index("status", old), run_id)
+        pipe.zadd(self._index("status", new), {run_id: score})
+        pipe.expire(self._index("status", new), self.retention + 86400)
+
+    def set_plan(self, run_id: str, plan: Plan, sha: str | None = None) -> list[int]:
+        """Persist the planned jobs and their graph, then decide the first wave; returns it."""
+        nodes = build_graph(plan)
+        reverse = dependents(nodes)
+        state: dict[str, str] = {"c.active": "0", "c.failed": "0", "c.blocked": "0"}
+        names: dict[str, int] = {}
+        for node in nodes:
+            i = node.index
+            state.update({f"n{i}.kind": node.kind, f"n{i}.rem": str(len(node.preds)), f"n{i}.fp": "0",
+                          f"n{i}.np": "0", f"n{i}.deps": ",".join(map(str, reverse[i])), f"n{i}.st": "created"})
+            if node.is_job:
+                job = plan.jobs[i]
+                names[job.name] = i
+                state.update({f"n{i}.name": job.name, f"n{i}.when": job.when, f"n{i}.att": "1",
+                              f"n{i}.needs": "1" if node.uses_needs else "0",
+                              f"n{i}.om": "1" if node.optional_manual else "0",
+                              f"n{i}.spec": json.dumps(job.to_dict()), f"n{i}.attempts": "[]"})
+        pipe = self.r.pipeline()
+        pipe.hset(self._state(run_id), mapping=state)
+        if names:
+            pipe.hset(self._names(run_id), mapping=names)
+        fields = {"node_count": len(nodes), "job_count": len(plan.jobs), "stages": json.dumps(plan.stages)}
+        if sha:
+            fields["sha"] = sha
+        pipe.hset(self._run(run_id), mapping=fields)
+        pipe.execute()
+        result = self._scripts["START_RUN"](keys=self._keys(run_id), args=[now_iso()])
+        self._after_status_change(run_id, "queued", result[0])
+        return [int(i) for i in result[1:]]
+
+    def fail_run(self, run_id: str, error: str, status: str = "failed") -> None:
+        """End a run that could not be planned (``error`` says why, e.g. FILE:LINE:COL lines)."""
+        old = self.r.hget(self._run(run_id), "status")
+        if old in TERMINAL_RUN:
+            return
+        self.r.hset(self._run(run_id), mapping={"status": status, "error": error, "finished_at": now_iso()})
+        self._after_status_change(run_id, old or "queued", status)
+
+    def _after_status_change(self, run_id: str, old: str, new: str) -> None:
+        if old == new:
+            return
+        pipe = self.r.pipeline()
+        self._reindex_status(run_id, old, new, pipe)
+        if new in TERMINAL_RUN:
+            for key in [*self._keys(run_id), self._names(run_id)]:
+                pipe.expire(key, self.retention)
+            count = int(self.r.hget(self._run(run_id), "job_count") or 0)
+            for i in range(count):
+                pipe.expire(self._log(run_id, i), self.retention)
+        pipe.execute()
+
+    def run_status(self, run_id: str) -> str | None:
+        return self.r.hget(self._run(run_id), "status")
+
+    def is_canceling(self, run_id: str) -> bool:
+        return self.r.hget(self._run(run_id), "canceling") == "1"
+
+    def get_run(self, run_id: str, with_jobs: bool = True) -> RunRecord | None:
+        pipe = self.r.pipeline()
+        pipe.hgetall(self._run(run_id))
+        if with_jobs:
+            pipe.hgetall(self._state(run_id))
+        results = pipe.execute()
+        raw = results[0]
+        if not raw:
+            return None
+        record = RunRecord(
+            id=raw["id"], status=raw.get("status", "queued"), repo=raw.get("repo", ""), ref=raw.get("ref", ""),
+            sha=raw.get("sha", ""), event=raw.get("event", ""), created_at=raw.get("created_at", ""),
+            started_at=_opt(raw.get("started_at")), finished_at=_opt(raw.get("finished_at")),
+            error=_opt(raw.get("error")), clone_url=_opt(raw.get("clone_url")),
+            variables=json.loads(raw.get("variables") or "{}"), context=json.loads(raw.get("context") or "{}"),
+        )
+        if with_jobs:
+            state = results[1]
+            count = int(raw.get("job_count") or 0)
+            record.jobs = [self._job_from_state(state, i) for i in range(count)]
+        return record
+
+    @staticmethod
+    def _job_from_state(state: dict[str, str], i: int) -> JobState:
+        def f(prop: str) -> str | None:
+            return _opt(state.get(f"n{i}.{prop}"))
+
+        spec = json.loads(f("spec") or "{}")
+        exit_code = f("exit")
+        return JobState(
+            index=i, name=f("name") or "", stage=spec.get("stage", ""), status=f("st") or "created",
+            when=spec.get("when", "on_success"), allow_failure=spec.get("allow_failure", False),
+            attempt=int(f("att") or 1), worker=f("worker"), exit_code=int(exit_code) if exit_code else None,
+            failure_reason=f("reason"), queue=f("queue"), started_at=f("started"), finished_at=f("finished"),
+            attempts=json.loads(f("attempts") or "[]"), spec=spec,
+        )
+
+    def job(self, run_id: str, index: int) -> JobState | None:
+        fields = [f"n{index}.{p}" for p in ("name", "spec", "attempts", *_JOB_FIELDS)]
+        values = self.r.hmget(self._state(run_id), fields)
+        if values[0] is None:
+            return None
+        state = dict(zip(fields, values, strict=True))
+        return self._job_from_state({k: v for k, v in state.items() if v is not None}, index)
+
+    def job_index(self, run_id: str, name: str) -> int | None:
+        value = self.r.hget(self._names(run_id), name)
+        return int(value) if value is not None else None
+
+    def list_runs(self, *, repo: str | None = None, ref: str | None = None, status: str | None = None,
+                  cursor: float | None = None, limit: int = 20) -> tuple[list[RunRecord], float | None]:
+        """Runs newest first, filtered by one index; ``cursor`` continues a previous page."""
+        if status:
+            key = self._index("status", status)
+        elif repo and ref:
+            key = self._index("ref", f"{repo}:{ref}")
+        elif repo:
+            key = self._index("repo", repo)
+        else:
+            key = self._index()
+        high: float | str = f"({cursor}" if cursor is not None else "+inf"
+        entries = self.r.zrevrangebyscore(key, high, "-inf", start=0, num=limit + 1, withscores=True)
+        runs = []
+        for run_id, _ in entries[:limit]:
+            record = self.get_run(run_id, with_jobs=False)
+            if record and (not repo or record.repo == repo) and (not ref or record.ref == ref):
+                runs.append(record)
+        next_cursor = entries[limit - 1][1] if len(entries) > limit else None
+        return runs, next_cursor
+
+    # -- job transitions (fenced by attempt) ---------------------------------------------------------
+    def begin_job(self, run_id: str, index: int, attempt: int, worker: str,
+                  lease_seconds: float) -> Transition:
+        """The worker starts an attempt: ``ok``, ``stale`` (drop the message) or ``canceled``."""
+        result = self._scripts["BEGIN_JOB"](keys=self._keys(run_id), args=[index, attempt, worker, now_iso()])
+        if result[0] == "ok":
+            member = f"{run_id}|{index}|{attempt}"
+            pipe = self.r.pipeline()
+            pipe.zadd(self.leases_key, {member: time.time() + lease_seconds})
+            pipe.zrem(self.queued_key, member)
+            pipe.execute()
+            return Transition("ok", [])
+        if result[0] == "canceled":
+            self._after_status_change(run_id, "running", result[1])
+            self.r.zrem(self.queued_key, f"{run_id}|{index}|{attempt}")
+            return Transition("canceled", [], result[1])
+        return Transition("stale", [])
+
+    def renew_lease(self, run_id: str, index: int, attempt: int, lease_seconds: float) -> bool:
+        """Extend a running attempt's lease; False when the attempt is no longer current."""
+        member = f"{run_id}|{index}|{attempt}"
+        return bool(self.r.zadd(self.leases_key, {member: time.time() + lease_seconds}, xx=True, ch=True)
+                    or self.r.zscore(self.leases_key, member) is not None)
+
+    def finish_job(self, run_id: str, index: int, attempt: int, status: str, *, allowed: bool = False,
+                   fields: dict[str, Any] | None = None, attempt_record: dict[str, Any] | None = None) -> Transition:
+        """Record the final result of an attempt and run the barrier; returns the jobs now ready."""
+        old = self.r.hget(self._run(run_id), "status") or "running"
+        result = self._scripts["FINISH_JOB"](
+            keys=self._keys(run_id),
+            args=[index, attempt, status, "1" if allowed else "0",
+                  json.dumps({k: v for k, v in (fields or {}).items() if v is not None}),
+                  json.dumps(attempt_record) if attempt_record else "", now_iso()])
+        if result[0] == "stale":
+            return Transition("stale", [])
+        member = f"{run_id}|{index}|{attempt}"
+        pipe = self.r.pipeline()
+        pipe.zrem(self.leases_key, member)
+        pipe.zrem(self.queued_key, member)
+        pipe.execute()
+        self._after_status_change(run_id, old, result[0])
+        return Transition("ok", [int(i) for i in result[1:]], result[0])
+
+    def requeue_job(self, run_id: str, index: int, attempt: int, attempt_record: dict[str, Any]) -> int | None:
+        """Start the next attempt of a job (retry); returns its number, None if not allowed."""
+        result = self._scripts["REQUEUE_JOB"](keys=self._keys(run_id),
+                                              args=[index, attempt, json.dumps(attempt_record), now_iso()])
+        if result[0] != "ok":
+            return None
+        self.r.zrem(self.leases_key, f"{run_id}|{index}|{attempt}")
+        return int(result[1])
+
+    def mark_queued(self, run_id: str, index: int, attempt: int, queue: str, queue_timeout: float) -> None:
+        """Remember that a message for this attempt is in ``queue`` (for stuck detection)."""
+        pipe = self.r.pipeline()
+        pipe.hset(self._state(run_id), f"n{index}.queue", queue)
+        pipe.zadd(self.queued_key, {f"{run_id}|{index}|{attempt}": time.time() + queue_timeout})
+        pipe.execute()
+
+    def play_job(self, run_id: str, index: int) -> int:
+        """Start a manual job; returns the attempt to dispatch. Raises StoreError otherwise."""
+        result = self._scripts["PLAY_JOB"](keys=self._keys(run_id), args=[index, now_iso()])
+        if result[0] != "ok":
+            raise StoreError(f"job is {result[1] if len(result) > 1 else result[0]}, not manual")
+        old = self.r.hget(self._run(run_id), "status")
+        if old != "running":
+            self._after_status_change(run_id, old or "running", "running")
+        return int(result[1])
+
+    def cancel_run(self, run_id: str) -> tuple[str, list[int]]:
+        """Cancel a run; returns its status and the indexes of jobs still running."""
+        old = self.r.hget(self._run(run_id), "status")
+        if old is None:
+            raise StoreError(f"no run {run_id}")
+        count = int(self.r.hget(self._run(run_id), "job_count") or 0)
+        if old == "queued":
+            self.r.hset(self._run(run_id), "canceling", "1")
+            self.fail_run(run_id, "canceled before it was planned", status="canceled")
+            return "canceled", []
+        result = self._scripts["CANCEL_RUN"](keys=self._keys(run_id), args=[now_iso(), count])
+        self._after_status_change(run_id, old, result[0])
+        return result[0], [int(i) for i in result[1:]]
+
+    # -- logs ----------------------------------------------------------------------------------------
+    def append_log(self, run_id: str, index: int, lines: list[dict[str, Any]], maxlen: int = 200_000) -> None:
+        """Append log lines (dicts of the job log's fields) in one round trip."""
+        if not lines:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        key = self._log(run_id, index)
+        for line in lines:
+            pipe.xadd(key, {k: str(v) for k, v in line.items()}, maxlen=maxlen, approximate=True)
+        pipe.execute()
+
+    def read_log(self, run_id: str, index: int, after: str = "-", count: int = 10_000) -> list[tuple[str, dict]]:
+        """Log entries after stream id ``after`` (exclusive; ``-`` from the start)."""
+        start = "-" if after == "-" else f"({after}"
+        return self.r.xrange(self._log(run_id, index), start, "+", count=count)
+
+    # -- sweeper queries ---------------------------------------------------------------------------------
+    def expired(self, key: str, now: float | None = None, limit: int = 100) -> list[tuple[str, int, int]]:
+        """Members of the lease or queue set whose deadline passed: (run, index, attempt)."""
+        members = self.r.zrangebyscore(key, "-inf", now or time.time(), start=0, num=limit)
+        result = []
+        for member in members:
+            run_id, index, attempt = member.rsplit("|", 2)
+            result.append((run_id, int(index), int(attempt)))
+        return result
+
+    def forget(self, key: str, run_id: str, index: int, attempt: int) -> None:
+        self.r.zrem(key, f"{run_id}|{index}|{attempt}")

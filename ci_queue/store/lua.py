@@ -1,0 +1,226 @@
+"""The store's Lua scripts: every state transition of a job is one atomic script.
+
+All scripts work on two hashes of a run: the run record (KEYS[1]) and the run's state
+(KEYS[2]: one field per node property, ``n<i>.<prop>``). Fencing: a write names the attempt it
+belongs to and is refused ("stale") when the job has moved on to another attempt or already
+reached a terminal state, so a redelivered or late message never records twice.
+
+The barrier (``release`` / ``evaluate``) walks the graph of ``ci_queue.graph`` with a work list:
+when a node finishes, each dependent's counter of unfinished predecessors drops; at zero the
+dependent is decided at once (run, skip, wait for a manual play) and skipped nodes cascade in
+the same call. The jobs that became ready are returned exactly once, to the one caller whose
+write finished their last predecessor.
+"""
+
+# Shared functions, prepended to the scripts that move the graph forward.
+_PRELUDE = r"""
+local run_key, st = KEYS[1], KEYS[2]
+local TERMINAL = {success=true, failed=true, canceled=true, skipped=true}
+
+local function get(i, prop) return redis.call('HGET', st, 'n' .. i .. '.' .. prop) end
+local function set(i, prop, value) redis.call('HSET', st, 'n' .. i .. '.' .. prop, value) end
+local function num(i, prop) return tonumber(get(i, prop) or '0') end
+local function counter(name, delta) return redis.call('HINCRBY', st, 'c.' .. name, delta) end
+
+local function record_attempt(i, record)
+  if record == nil or record == '' then return end
+  local attempts = cjson.decode(get(i, 'attempts') or '[]')
+  table.insert(attempts, cjson.decode(record))
+  set(i, 'attempts', cjson.encode(attempts))
+end
+
+-- Queue node i's dependents after it ended with `result` (success | failed | skipped |
+-- canceled); `stage_only` releases only the stage boundary (an optional manual job, which
+-- holds back the jobs that need it but not the next stage).
+local function release(first, first_result, first_stage_only, ready)
+  local work = {{first, first_result, first_stage_only}}
+  while #work > 0 do
+    local item = table.remove(work)
+    local node, result, stage_only = item[1], item[2], item[3]
+    local deps = get(node, 'deps') or ''
+    for dep in string.gmatch(deps, '[^,]+') do
+      local needs_edge = get(dep, 'needs') == '1'
+      if not (stage_only and needs_edge) then
+        local rem = redis.call('HINCRBY', st, 'n' .. dep .. '.rem', -1)
+        if result == 'failed' then redis.call('HINCRBY', st, 'n' .. dep .. '.fp', 1) end
+        if result == 'failed' or result == 'canceled' or (result == 'skipped' and needs_edge) then
+          redis.call('HINCRBY', st, 'n' .. dep .. '.np', 1)
+        end
+        if rem == 0 then
+          local kind = get(dep, 'kind')
+          if kind == 'stage' then
+            set(dep, 'st', 'done')
+            table.insert(work, {dep, (num(dep, 'fp') > 0) and 'failed' or 'success', false})
+          elseif redis.call('HGET', run_key, 'canceling') == '1' then
+            set(dep, 'st', 'canceled')
+            table.insert(work, {dep, 'canceled', false})
+          else
+            local when, fp, np = get(dep, 'when'), num(dep, 'fp'), num(dep, 'np')
+            local run_it
+            if when == 'always' then run_it = true
+            elseif when == 'on_failure' then run_it = fp > 0
+            else run_it = np == 0 end
+            if when == 'manual' and run_it then
+              set(dep, 'st', 'manual')
+              if get(dep, 'om') == '1' then
+                set(dep, 'rel', 'stage')
+                table.insert(work, {dep, 'skipped', true})
+              else
+                counter('blocked', 1)
+              end
+            elseif run_it then
+              set(dep, 'st', 'pending')
+              counter('active', 1)
+              table.insert(ready, tonumber(dep))
+            else
+              set(dep, 'st', 'skipped')
+              table.insert(work, {dep, 'skipped', false})
+            end
+          end
+        end
+      end
+    end
+  end
+end
+
+-- Recompute the run's status once nothing is pending or running; returns it.
+local function settle(now)
+  local status = redis.call('HGET', run_key, 'status')
+  if TERMINAL[status] or status == 'error' then return status end
+  if tonumber(redis.call('HGET', st, 'c.active') or '0') > 0 then return status end
+  local canceling = redis.call('HGET', run_key, 'canceling') == '1'
+  if tonumber(redis.call('HGET', st, 'c.blocked') or '0') > 0 and not canceling then return status end
+  local final = 'success'
+  if canceling then final = 'canceled'
+  elseif tonumber(redis.call('HGET', st, 'c.failed') or '0') > 0 then final = 'failed' end
+  redis.call('HSET', run_key, 'status', final, 'finished_at', now)
+  return final
+end
+
+local function result_list(ready, status)
+  local out = {status}
+  for _, i in ipairs(ready) do table.insert(out, i) end
+  return out
+end
+"""
+
+# KEYS: run, state. ARGV: now. Decide every node without predecessors: the first wave.
+START_RUN = _PRELUDE + r"""
+local now = ARGV[1]
+local ready = {}
+local count = tonumber(redis.call('HGET', run_key, 'node_count'))
+redis.call('HSET', run_key, 'status', 'running', 'started_at', now)
+-- a virtual finished predecessor for every root, so roots are decided like everything else
+for i = 0, count - 1 do
+  if num(i, 'rem') == 0 and get(i, 'st') == 'created' then
+    redis.call('HSET', st, 'n-1.deps', i)
+    redis.call('HSET', st, 'n' .. i .. '.rem', 1)
+    release(-1, 'success', false, ready)
+  end
+end
+redis.call('HDEL', st, 'n-1.deps')
+return result_list(ready, settle(now))
+"""
+
+# KEYS: run, state. ARGV: i, attempt, worker, now. The worker starts attempt `attempt` of job i.
+BEGIN_JOB = _PRELUDE + r"""
+local i, attempt, worker, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if get(i, 'att') ~= attempt or get(i, 'st') ~= 'pending' then return {'stale'} end
+if redis.call('HGET', run_key, 'canceling') == '1' then
+  set(i, 'st', 'canceled')
+  set(i, 'finished', now)
+  counter('active', -1)
+  local ready = {}
+  release(i, 'canceled', false, ready)
+  return {'canceled', settle(now)}
+end
+set(i, 'st', 'running')
+set(i, 'worker', worker)
+set(i, 'started', now)
+return {'ok'}
+"""
+
+# KEYS: run, state. ARGV: i, attempt, status, allowed (1: a failure that may happen), fields
+# (JSON object of extra job fields), attempt record (JSON), now.
+FINISH_JOB = _PRELUDE + r"""
+local i, attempt, status, allowed, fields, record, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local current = get(i, 'st')
+if get(i, 'att') ~= attempt or TERMINAL[current] then return {'stale'} end
+set(i, 'st', status)
+set(i, 'finished', now)
+for key, value in pairs(cjson.decode(fields)) do set(i, key, tostring(value)) end
+record_attempt(i, record)
+if current == 'running' or current == 'pending' then counter('active', -1) end
+local result = status
+if status == 'failed' and allowed == '1' then
+  result = 'success'
+  set(i, 'allowed', '1')
+elseif status == 'failed' then
+  counter('failed', 1)
+end
+local ready = {}
+if get(i, 'rel') == 'stage' then
+  -- an optional manual job, played: the next stage went on without it; release its needers
+  local deps = get(i, 'deps') or ''
+  local needers = {}
+  for dep in string.gmatch(deps, '[^,]+') do
+    if get(dep, 'needs') == '1' then table.insert(needers, dep) end
+  end
+  set(i, 'deps', table.concat(needers, ','))
+  set(i, 'rel', 'all')
+end
+release(i, result, false, ready)
+return result_list(ready, settle(now))
+"""
+
+# KEYS: run, state. ARGV: i, attempt, attempt record (JSON), now. A failed attempt that is
+# retried (YAML `retry:` or a lost worker): same job, next attempt, pending again.
+REQUEUE_JOB = _PRELUDE + r"""
+local i, attempt, record, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local current = get(i, 'st')
+if get(i, 'att') ~= attempt or (current ~= 'running' and current ~= 'pending') then return {'stale'} end
+if redis.call('HGET', run_key, 'canceling') == '1' then return {'canceled'} end
+record_attempt(i, record)
+local next_attempt = tonumber(attempt) + 1
+set(i, 'att', next_attempt)
+set(i, 'st', 'pending')
+redis.call('HDEL', st, 'n' .. i .. '.worker', 'n' .. i .. '.started', 'n' .. i .. '.exit', 'n' .. i .. '.reason')
+return {'ok', next_attempt}
+"""
+
+# KEYS: run, state. ARGV: i, now. Play a manual job.
+PLAY_JOB = _PRELUDE + r"""
+local i, now = ARGV[1], ARGV[2]
+if get(i, 'st') ~= 'manual' then return {'not_manual', get(i, 'st') or ''} end
+if redis.call('HGET', run_key, 'canceling') == '1' then return {'canceled'} end
+if get(i, 'om') ~= '1' then counter('blocked', -1) end
+set(i, 'st', 'pending')
+counter('active', 1)
+local status = redis.call('HGET', run_key, 'status')
+if TERMINAL[status] then redis.call('HSET', run_key, 'status', 'running', 'finished_at', '') end
+return {'ok', get(i, 'att')}
+"""
+
+# KEYS: run, state. ARGV: now, job count. Cancel: nothing not started will start; running jobs
+# are stopped by their workers, which poll the flag. Returns the running jobs' indexes.
+CANCEL_RUN = _PRELUDE + r"""
+local now, jobs = ARGV[1], tonumber(ARGV[2])
+local status = redis.call('HGET', run_key, 'status')
+if TERMINAL[status] or status == 'error' then return {status} end
+redis.call('HSET', run_key, 'canceling', '1')
+local running = {}
+for i = 0, jobs - 1 do
+  local s = get(i, 'st')
+  if s == 'pending' then
+    set(i, 'st', 'canceled'); set(i, 'finished', now); counter('active', -1)
+  elseif s == 'created' or s == 'manual' then
+    if s == 'manual' and get(i, 'om') ~= '1' then counter('blocked', -1) end
+    set(i, 'st', 'canceled')
+  elseif s == 'running' then
+    table.insert(running, i)
+  end
+end
+local out = {settle(now)}
+for _, i in ipairs(running) do table.insert(out, i) end
+return out
+"""
