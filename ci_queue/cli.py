@@ -63,24 +63,29 @@ def validate(files: tuple[str, ...], repo_dir: str | None) -> None:
     sys.exit(EXIT_INVALID if invalid else 0)
 
 
-@cli.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--event", "kind", type=click.Choice(EVENT_KINDS), default=None,
-              help="Event kind (default: push, or tag with --tag).")
-@click.option("--branch", help="Branch pushed (the source branch of a merge request).")
-@click.option("--tag", help="Tag pushed.")
-@click.option("--default-branch", default="main", show_default=True)
-@click.option("--target-branch", help="Target branch of a merge request (default: the default branch).")
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="A pipeline variable (repeatable).")
-@click.option("--changed", multiple=True, metavar="PATH",
-              help="A changed file, for `changes:` (repeatable; none given: every `changes:` holds).")
-@click.option("--repo-dir", type=click.Path(file_okay=False, exists=True),
-              help="Repository tree for `include: local` and `exists:` (default: the file's git work tree).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def plan(file: str, kind: str | None, branch: str | None, tag: str | None, default_branch: str,
-         target_branch: str | None, var_pairs: tuple[str, ...], changed: tuple[str, ...],
-         repo_dir: str | None, fmt: str) -> None:
-    """Show the jobs a pipeline file runs for an event."""
+_EVENT_OPTIONS = (
+    click.option("--event", "kind", type=click.Choice(EVENT_KINDS), default=None,
+                 help="Event kind (default: push, or tag with --tag)."),
+    click.option("--branch", help="Branch pushed (the source branch of a merge request)."),
+    click.option("--tag", help="Tag pushed."),
+    click.option("--default-branch", default="main", show_default=True),
+    click.option("--target-branch", help="Target branch of a merge request (default: the default branch)."),
+    click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="A pipeline variable (repeatable)."),
+)
+
+
+def event_options(command: Any) -> Any:
+    """The options saying which event a pipeline is planned for (``plan``, ``exec``): ``--event``,
+    ``--branch``, ``--tag``, ``--default-branch``, ``--target-branch``, ``--var``."""
+    for option in reversed(_EVENT_OPTIONS):
+        command = option(command)
+    return command
+
+
+def event_context(kind: str | None, branch: str | None, tag: str | None, default_branch: str,
+                  target_branch: str | None, var_pairs: tuple[str, ...], *, repo_dir: Path,
+                  changed: tuple[str, ...] = (), sha: str | None = None) -> PlanContext:
+    """The ``PlanContext`` of the :func:`event_options` (raises click.UsageError / BadParameter)."""
     if branch and tag:
         raise click.UsageError("give --branch or --tag, not both")
     kind = kind or ("tag" if tag else "push")
@@ -90,10 +95,26 @@ def plan(file: str, kind: str | None, branch: str | None, tag: str | None, defau
     merge_request = None
     if kind == "merge_request":
         merge_request = MergeRequest(source_branch=branch or "", target_branch=target_branch or default_branch)
+    extra = {"sha": sha} if sha else {}
+    return PlanContext(kind=kind, branch=branch, tag=tag, default_branch=default_branch,
+                       variables=_parse_vars(var_pairs), merge_request=merge_request,
+                       changed_files=tuple(changed) if changed else None, repo_dir=str(repo_dir), **extra)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@event_options
+@click.option("--changed", multiple=True, metavar="PATH",
+              help="A changed file, for `changes:` (repeatable; none given: every `changes:` holds).")
+@click.option("--repo-dir", type=click.Path(file_okay=False, exists=True),
+              help="Repository tree for `include: local` and `exists:` (default: the file's git work tree).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def plan(file: str, kind: str | None, branch: str | None, tag: str | None, default_branch: str,
+         target_branch: str | None, var_pairs: tuple[str, ...], changed: tuple[str, ...],
+         repo_dir: str | None, fmt: str) -> None:
+    """Show the jobs a pipeline file runs for an event."""
     root = Path(repo_dir) if repo_dir else repository_root(file)
-    ctx = PlanContext(kind=kind, branch=branch, tag=tag, default_branch=default_branch,
-                      variables=_parse_vars(var_pairs), merge_request=merge_request,
-                      changed_files=tuple(changed) if changed else None, repo_dir=str(root))
+    ctx = event_context(kind, branch, tag, default_branch, target_branch, var_pairs, repo_dir=root, changed=changed)
     try:
         result = plan_file(file, ctx, root, display_name=file)
     except PipelineError as exc:
