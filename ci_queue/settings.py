@@ -36,6 +36,14 @@ class Settings:
     queue_timeout_seconds: int = 3600  # a job no worker takes for this long fails as `stuck`
     system_failure_retries: int = 2  # new attempts after a lost worker (runner_system_failure)
     log_stream_maxlen: int = 200_000  # lines kept per job log stream (capped)
+    max_job_timeout: int = 24 * 3600  # longest `timeout:` a job may ask for (sizes the visibility timeout)
+    shutdown_grace_seconds: int = 300  # a stopping worker lets running jobs finish this long
+
+    # -- the web app and the API ----------------------------------------------------------------
+    api_tokens: str = ""  # comma-separated bearer tokens for /api/v1
+    public_url: str = ""  # how users reach the web app (links in statuses); empty: the request's
+    server_url: str = "http://127.0.0.1:8080"  # where the CLI client finds the API (CIQ_SERVER_URL)
+    api_token: str = ""  # the CLI client's token (CIQ_API_TOKEN); else the stored one
 
     # -- executing jobs on a build host (workers/) ----------------------------------------------
     executor: str = "auto"  # auto (docker when the job has an image) | shell | docker

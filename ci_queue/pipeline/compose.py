@@ -28,6 +28,10 @@ from ci_queue.pipeline.schema import GLOBAL_KEYS, INCLUDE_KEYS, did_you_mean
 MAX_INCLUDES = 150  # GitLab's limit of included files per pipeline
 MAX_EXTENDS_DEPTH = 11  # GitLab's limit of `extends` nesting
 MAX_REFERENCE_DEPTH = 10  # GitLab's limit of nested `!reference`
+# Nodes `!reference` may copy in all. Like aliases, references to lists of references multiply:
+# a few hundred bytes could otherwise expand without end. Real files copy a few thousand nodes
+# (at most about 5,500 in the GitLab corpus of tests/pipeline).
+MAX_REFERENCE_NODES = 200_000
 
 # Decides whether an `include:` entry with `rules:` applies: gets the rules and their mark.
 IncludeFilter = Callable[[Any, Mark | None], bool]
@@ -106,11 +110,15 @@ class Composer:
         self.warnings: list[Diagnostic] = []
         self.errors: list[Diagnostic] = []
         self.included: list[str] = []
+        self.reference_nodes = 0
+        self.reference_mark: Mark | None = None  # the !reference being expanded, for messages
 
     # -- step 1 and 2: files and includes ------------------------------------------------------
     def compose_file(self, path: str | os.PathLike, display_name: str | None = None) -> YMap:
         """Load ``path`` with its includes and resolve ``extends`` and ``!reference``."""
-        config = self._load_with_includes(Path(path), display_name or str(path), chain=())
+        path = Path(path)
+        display_name = display_name or str(path)
+        config = self._load_with_includes(path, display_name, chain=(self._include_name(path, display_name),))
         self._raise_errors()
         config = self._resolve_extends(config)
         self._raise_errors()
@@ -132,7 +140,16 @@ class Composer:
                                             "a pipeline file must be a mapping of keywords and jobs")])
         return data
 
+    def _include_name(self, path: Path, display_name: str) -> str:
+        """How ``include: local`` names the file (repository-relative), so that a file including
+        the main file is seen as the loop it is."""
+        resolved = path.resolve()
+        if self.repo_dir is not None and resolved.is_relative_to(self.repo_dir):
+            return str(resolved.relative_to(self.repo_dir))
+        return display_name
+
     def _load_with_includes(self, path: Path, display_name: str, chain: tuple[str, ...]) -> YMap:
+        """``chain``: the include names of the files being loaded, this one last."""
         config = self._load(path, display_name)
         if "include" not in config:
             return config
@@ -148,7 +165,7 @@ class Composer:
             if len(self.included) > MAX_INCLUDES:
                 raise PipelineError([Diagnostic(value_mark(config, "include"),
                                                 f"more than {MAX_INCLUDES} included files")])
-            included = self._load_with_includes(include_path, include_name, (*chain, display_name))
+            included = self._load_with_includes(include_path, include_name, (*chain, include_name))
             merged = deep_merge(merged, included)
         body = new_map(node_mark(config))
         for key, value in config.items():
@@ -189,19 +206,20 @@ class Composer:
                 self.errors.append(Diagnostic(key_mark(entry, key), f"unknown include key `{key}`",
                                               did_you_mean(key, INCLUDE_KEYS)))
                 return None
-        if (
-            "rules" in entry
-            and self.include_filter is not None
-            and not self.include_filter(entry["rules"], value_mark(entry, "rules"))
-        ):
-            return None
+        if "rules" in entry and self.include_filter is not None:
+            try:
+                if not self.include_filter(entry["rules"], value_mark(entry, "rules")):
+                    return None
+            except PipelineError as exc:  # invalid rules: reported with the other errors
+                self.errors.extend(exc.errors)
+                return None
         if "local" in entry:
             local = entry["local"]
             if not isinstance(local, str) or not local:
                 self.errors.append(Diagnostic(value_mark(entry, "local"), "include `local:` must be a path"))
                 return None
             return local
-        kind = next((k for k in ("file", "project", "remote", "template", "component") if k in entry), None)
+        kind = next((k for k in ("project", "file", "remote", "template", "component") if k in entry), None)
         if kind is None:
             self.errors.append(Diagnostic(mark, "include entry needs `local:`"))
             return None
@@ -297,8 +315,16 @@ class Composer:
         return self._walk(config, config, depth=0)
 
     def _walk(self, node: Any, config: YMap, depth: int) -> Any:
+        """A copy of ``node`` with every ``!reference`` replaced; ``depth``: references followed."""
         if isinstance(node, Reference):
+            self.reference_mark = node.mark
             return self._walk(self._deref(node, config, depth), config, depth + 1)
+        if depth:
+            self.reference_nodes += 1
+            if self.reference_nodes > MAX_REFERENCE_NODES:
+                raise PipelineError([*self.errors, Diagnostic(
+                    self.reference_mark, f"!reference expands to more than {MAX_REFERENCE_NODES} nodes",
+                    "every !reference counts as a full copy of what it points at")])
         if isinstance(node, dict):
             result = new_map(node_mark(node))
             for key, value in node.items():
@@ -312,15 +338,21 @@ class Composer:
         return node
 
     def _deref(self, ref: Reference, config: YMap, depth: int) -> Any:
+        """What ``ref`` points at; None, with an error, when it points nowhere (so that every
+        bad reference of a file is reported, not just the first)."""
         if depth >= MAX_REFERENCE_DEPTH:
-            raise PipelineError([Diagnostic(ref.mark, f"!reference nested more than {MAX_REFERENCE_DEPTH} levels "
-                                                      "deep (or a reference loop)")])
+            loop = Diagnostic(ref.mark, f"!reference nested more than {MAX_REFERENCE_DEPTH} levels deep "
+                                        "(or a reference loop)")
+            if loop not in self.errors:  # a loop is met again from every place that refers into it
+                self.errors.append(loop)
+            return None
         node: Any = config
         for i, part in enumerate(ref.path):
             if not isinstance(node, dict) or part not in node:
                 where = " > ".join(ref.path[: i + 1])
-                hint = did_you_mean(part, node.keys()) if isinstance(node, dict) else None
-                raise PipelineError([Diagnostic(ref.mark, f"!reference [{', '.join(ref.path)}]: `{where}` not found",
-                                                hint)])
+                hint = did_you_mean(part, [str(k) for k in node]) if isinstance(node, dict) else None
+                self.errors.append(Diagnostic(ref.mark, f"!reference [{', '.join(ref.path)}]: `{where}` not found",
+                                              hint))
+                return None
             node = node[part]
         return node

@@ -90,6 +90,8 @@ class Conditions:
         source = PIPELINE_SOURCES.get(ctx.kind, ctx.kind).removesuffix("_event")
         if pattern in (source, _SOURCE_PLURALS.get(source)):
             return True
+        if ctx.kind == "merge_request":
+            return False  # GitLab matches ref names only in branch and tag pipelines (Policy::Refs)
         ref = ctx.ref_name
         if len(pattern) >= 2 and pattern.startswith("/") and pattern.rfind("/") > 0:
             regex = _ref_regex(pattern)

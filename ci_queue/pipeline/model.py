@@ -147,6 +147,26 @@ class Job:
             return {"exit_codes": list(self.allow_failure_exit_codes)}
         return self.allow_failure
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        """The inverse of ``to_dict``: a job that travelled as JSON (store, Celery message)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        allow = data.get("allow_failure", False)
+        fields["allow_failure"] = allow is True
+        fields["allow_failure_exit_codes"] = tuple(allow["exit_codes"]) if isinstance(allow, dict) else ()
+        if data.get("needs") is not None:
+            fields["needs"] = [Need(**n) for n in data["needs"]]
+        retry = data.get("retry") or {}
+        fields["retry"] = Retry(max=retry.get("max", 0), when=tuple(retry.get("when", ("always",))),
+                                exit_codes=tuple(retry.get("exit_codes", ())))
+        return cls(**fields)
+
+    def failure_allowed(self, exit_code: int | None) -> bool:
+        """May this job fail with ``exit_code`` without failing the pipeline?"""
+        if self.allow_failure_exit_codes:
+            return exit_code in self.allow_failure_exit_codes
+        return self.allow_failure
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["allow_failure"] = self.allow_failure_value()

@@ -39,6 +39,7 @@ from ci_queue.pipeline.schema import (
     VARIABLE_KEYS,
     WORKFLOW_KEYS,
     WORKFLOW_RULE_KEYS,
+    WORKFLOW_RULE_WHEN,
     did_you_mean,
 )
 from ci_queue.pipeline.specs import (
@@ -58,6 +59,7 @@ MAX_PARALLEL = 200
 MAX_NEEDS = 50
 MAX_SCRIPT_NESTING = 10
 MAX_CACHES = 4
+MAX_START_IN = 7 * 86400  # GitLab's limit of `start_in`: one week
 # Top-level keys GitLab took as global defaults before `default:` existed.
 LEGACY_GLOBAL_DEFAULTS = ("image", "services", "before_script", "after_script", "cache")
 
@@ -68,6 +70,8 @@ class Normalizer:
     def __init__(self) -> None:
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
+        # where each (job, dependency) is written, for the cross-job check of `dependencies`
+        self.dependency_marks: dict[tuple[str, str], Mark | None] = {}
 
     def error(self, mark: Mark | None, message: str, hint: str | None = None) -> None:
         self.errors.append(Diagnostic(mark, message, hint))
@@ -115,18 +119,25 @@ class Normalizer:
 
     def string_list(self, value: Any, mark: Mark | None, what: str, allow_string: bool = True) -> list[str] | None:
         """A string or a (nested) list of strings."""
+        items = self.marked_strings(value, mark, what, allow_string)
+        return None if items is None else [text for text, _ in items]
+
+    def marked_strings(self, value: Any, mark: Mark | None, what: str,
+                       allow_string: bool = True) -> list[tuple[str, Mark | None]] | None:
+        """``string_list`` with where each string is written, for messages about one entry."""
         if isinstance(value, str) and allow_string:
-            return [value]
+            return [(value, mark)]
         items = self.flat_list(value, mark, what)
         if items is None:
-            self.error(mark, f"{what} must be {'a string or ' if allow_string else ''}a list of strings")
+            if not isinstance(value, list):  # a list nested too deeply was reported by flat_list
+                self.error(mark, f"{what} must be {'a string or ' if allow_string else ''}a list of strings")
             return None
         result = []
         for item, item_pos in items:
             text = self.string(item, item_pos, f"each entry of {what}")
             if text is None:
                 return None
-            result.append(text)
+            result.append((text, item_pos))
         return result
 
     def script(self, value: Any, mark: Mark | None, what: str) -> list[str] | None:
@@ -200,10 +211,10 @@ class Normalizer:
             if isinstance(raw, dict):
                 self.check_keys(raw, VARIABLE_KEYS, f"variable `{name}`")
                 text = self.scalar_text(raw.get("value", ""), value_mark(raw, "value") or vmark, f"variable `{name}`")
-                expand = raw.get("expand", True)
+                expand = self.boolean(raw["expand"], value_mark(raw, "expand"), "expand") if "expand" in raw else True
                 description = raw.get("description")
                 if text is not None:
-                    result[name] = VariableSpec(text, bool(expand), description if isinstance(description, str)
+                    result[name] = VariableSpec(text, expand is not False, description if isinstance(description, str)
                                                 else None)
             else:
                 text = self.scalar_text(raw, vmark, f"variable `{name}`")
@@ -230,7 +241,8 @@ class Normalizer:
         self.check_keys(value, WORKFLOW_KEYS, "workflow")
         rules = None
         if "rules" in value:
-            rules = self.rules(value["rules"], value_mark(value, "rules"), WORKFLOW_RULE_KEYS, "workflow:rules")
+            rules = self.rules(value["rules"], value_mark(value, "rules"), WORKFLOW_RULE_KEYS, "workflow:rules",
+                               WORKFLOW_RULE_WHEN)
         name = None
         if "name" in value:
             name = self.string(value["name"], value_mark(value, "name"), "workflow:name")
@@ -260,14 +272,20 @@ class Normalizer:
         return merged
 
     # -- rules, only/except, needs --------------------------------------------------------------
-    def rules(self, value: Any, mark: Mark | None, allowed: frozenset[str], what: str) -> tuple[RuleSpec, ...] | None:
+    def rules(self, value: Any, mark: Mark | None, allowed: frozenset[str], what: str,
+              allowed_when: tuple[str, ...] = RULE_WHEN) -> tuple[RuleSpec, ...] | None:
+        """``allowed``/``allowed_when``: the keys and ``when`` values of this kind of rules (GitLab
+        gives job, workflow and include rules each their own)."""
         items = self.flat_list(value, mark, what)
         if items is None:
-            self.error(mark, f"`{what}` must be a list of rules")
+            if not isinstance(value, list):  # a list nested too deeply was reported by flat_list
+                self.error(mark, f"`{what}` must be a list of rules")
             return None
-        return tuple(rule for raw, rmark in items if (rule := self.rule(raw, rmark, allowed, what)) is not None)
+        return tuple(rule for raw, rmark in items
+                     if (rule := self.rule(raw, rmark, allowed, what, allowed_when)) is not None)
 
-    def rule(self, raw: Any, mark: Mark | None, allowed: frozenset[str], what: str) -> RuleSpec | None:
+    def rule(self, raw: Any, mark: Mark | None, allowed: frozenset[str], what: str,
+             allowed_when: tuple[str, ...] = RULE_WHEN) -> RuleSpec | None:
         if not isinstance(raw, dict):
             self.error(mark, f"each entry of `{what}` must be a mapping (`if:`, `changes:`, `exists:`, `when:`)")
             return None
@@ -280,7 +298,7 @@ class Normalizer:
         if "exists" in raw:
             fields["exists"] = self.exists(raw["exists"], value_mark(raw, "exists"))
         if "when" in raw:
-            fields["when"] = self.when_value(raw["when"], value_mark(raw, "when"), RULE_WHEN)
+            fields["when"] = self.when_value(raw["when"], value_mark(raw, "when"), allowed_when)
         if "allow_failure" in raw:
             fields["allow_failure"], fields["allow_failure_exit_codes"] = self.allow_failure(
                 raw["allow_failure"], value_mark(raw, "allow_failure"))
@@ -293,8 +311,19 @@ class Normalizer:
             fields["interruptible"] = self.boolean(raw["interruptible"], value_mark(raw, "interruptible"),
                                                    "interruptible")
         if "start_in" in raw:
-            fields["start_in"] = self.duration(raw["start_in"], value_mark(raw, "start_in"), "start_in")
+            fields["start_in"] = self.start_in(raw["start_in"], value_mark(raw, "start_in"))
+            if fields.get("when") != "delayed":  # as GitLab's Rules::Rule checks
+                self.error(key_mark(raw, "start_in"), "`start_in` needs `when: delayed`")
+        elif fields.get("when") == "delayed":
+            self.error(value_mark(raw, "when"), "`when: delayed` needs `start_in:`")
         return RuleSpec(**fields)
+
+    def start_in(self, value: Any, mark: Mark | None) -> int | None:
+        seconds = self.duration(value, mark, "start_in")
+        if seconds is not None and seconds > MAX_START_IN:
+            self.error(mark, "start_in must be at most one week")
+            return None
+        return seconds
 
     def expression(self, value: Any, mark: Mark | None, what: str) -> str | None:
         if not isinstance(value, str):
@@ -338,10 +367,10 @@ class Normalizer:
         if "refs" in value:
             refs = self.string_list(value["refs"], value_mark(value, "refs"), f"{what}:refs")
         if "variables" in value:
-            exprs = self.string_list(value["variables"], value_mark(value, "variables"), f"{what}:variables")
+            exprs = self.marked_strings(value["variables"], value_mark(value, "variables"), f"{what}:variables")
             if exprs is not None:
-                vmark = value_mark(value, "variables")
-                variables = tuple(e for e in exprs if self.expression(e, vmark, f"{what}:variables") is not None)
+                variables = tuple(e for e, emark in exprs
+                                  if self.expression(e, emark, f"{what}:variables") is not None)
         if "changes" in value:
             changes = self.changes(value["changes"], value_mark(value, "changes"))
         return PolicySpec(refs=tuple(refs) if refs is not None else None, variables=variables, changes=changes,
@@ -352,12 +381,15 @@ class Normalizer:
             return ()
         items = self.flat_list(value, mark, "needs")
         if items is None:
-            self.error(mark, "`needs` must be a list of job names")
+            if not isinstance(value, list):  # a list nested too deeply was reported by flat_list
+                self.error(mark, "`needs` must be a list of job names")
             return None
-        result = []
+        result: list[NeedSpec] = []
         for raw, nmark in items:
             need = self.need(raw, nmark)
-            if need is not None:
+            if need is not None and need.matrix is None and any(n.job == need.job and n.matrix is None for n in result):
+                self.error(need.mark, f"`{need.job}` is needed twice", "GitLab refuses duplicated needs")
+            elif need is not None:
                 result.append(need)
         if len(result) > MAX_NEEDS:
             self.error(mark, f"a job may need at most {MAX_NEEDS} jobs, not {len(result)}")
@@ -438,12 +470,13 @@ class Normalizer:
         parts: dict[str, tuple[str, ...] | None] = {}
         for key in ("on", "branches", "tags"):
             if key in value:
-                items = self.string_list(value[key], value_mark(value, key), f"when:{key}")
-                parts[key] = tuple(items) if items is not None else None
-        for event in parts.get("on") or ():
-            if event not in SHORT_FORM_EVENTS:
-                self.error(value_mark(value, "on"), f"unknown event `{event}` in `when:on`",
-                           did_you_mean(event, SHORT_FORM_EVENTS) or f"events: {', '.join(sorted(SHORT_FORM_EVENTS))}")
+                items = self.marked_strings(value[key], value_mark(value, key), f"when:{key}")
+                parts[key] = tuple(text for text, _ in items) if items is not None else None
+                for event, emark in items if key == "on" and items else ():
+                    if event not in SHORT_FORM_EVENTS:
+                        self.error(emark, f"unknown event `{event}` in `when:on`",
+                                   did_you_mean(event, SHORT_FORM_EVENTS)
+                                   or f"events: {', '.join(sorted(SHORT_FORM_EVENTS))}")
         return EventFilter(mark=mark, **parts)
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -525,7 +558,8 @@ class Normalizer:
         elif not ({"script", "command", "run"} & raw.keys()):
             self.error(job.mark, f"job `{job.name}` has no `script`", "every job needs `script:` (or `trigger:`)")
         elif not job.script and any(raw.get(k) == [] or raw.get(k) == "" for k in ("script", "command")):
-            self.error(value_mark(raw, "script") or value_mark(raw, "command"), f"job `{job.name}` has an empty script")
+            key = "script" if "script" in raw else "command"
+            self.error(value_mark(raw, key), f"job `{job.name}` has an empty script")
 
     def trigger(self, value: Any, mark: Mark | None) -> dict[str, Any] | None:
         if isinstance(value, str):
@@ -543,11 +577,12 @@ class Normalizer:
                 job.event_filter = self.event_filter(value, mark)
             else:
                 job.when = self.when_value(value, mark, JOB_WHEN)
-        if "start_in" in raw:
-            job.start_in = self.duration(raw["start_in"], value_mark(raw, "start_in"), "start_in")
-            if job.when != "delayed" and "rules" not in raw:
+        # With `rules`, a delayed job takes `start_in` from its rule (job_policies refuses the job's).
+        if "start_in" in raw and "rules" not in raw:
+            job.start_in = self.start_in(raw["start_in"], value_mark(raw, "start_in"))
+            if job.when != "delayed":
                 self.error(key_mark(raw, "start_in"), "`start_in` needs `when: delayed`")
-        elif job.when == "delayed":
+        elif job.when == "delayed" and "rules" not in raw:
             self.error(value_mark(raw, "when"), "`when: delayed` needs `start_in:`")
         if "allow_failure" in raw:
             job.allow_failure, job.allow_failure_exit_codes = self.allow_failure(
@@ -556,7 +591,7 @@ class Normalizer:
     def job_policies(self, job: JobSpec, raw: dict) -> None:
         if "rules" in raw:
             job.rules = self.rules(raw["rules"], value_mark(raw, "rules"), RULE_KEYS, "rules")
-            for key in ("only", "except"):
+            for key in ("only", "except", "start_in"):  # GitLab: "key may not be used with `rules`"
                 if key in raw:
                     self.error(key_mark(raw, key), f"`{key}` cannot be used together with `rules`")
             if job.event_filter is not None:
@@ -569,8 +604,11 @@ class Normalizer:
         if "needs" in raw:
             job.needs = self.needs(raw["needs"], value_mark(raw, "needs"))
         if "dependencies" in raw:
-            job.dependencies = self.string_list(raw["dependencies"], value_mark(raw, "dependencies"),
-                                                "dependencies", allow_string=False)
+            dependencies = self.marked_strings(raw["dependencies"], value_mark(raw, "dependencies"),
+                                               "dependencies", allow_string=False)
+            if dependencies is not None:
+                job.dependencies = [name for name, _ in dependencies]
+                self.dependency_marks.update(((job.name, name), dmark) for name, dmark in dependencies)
         if "parallel" in raw:
             self.parallel(job, raw["parallel"], value_mark(raw, "parallel"))
 
@@ -587,6 +625,7 @@ class Normalizer:
                 total = sum(_product_size(entry) for entry in job.matrix)
                 if total > MAX_PARALLEL:
                     self.error(mark, f"`parallel: matrix` makes {total} jobs; the limit is {MAX_PARALLEL}")
+                    job.matrix = None  # never expanded: it may be astronomically large
             return
         self.error(mark, "`parallel` must be a number or `{matrix: [...]}`")
 
@@ -627,7 +666,8 @@ class Normalizer:
     def services(self, value: Any, mark: Mark | None) -> list[dict[str, Any]]:
         items = self.flat_list(value, mark, "services")
         if items is None:
-            self.error(mark, "`services` must be a list")
+            if not isinstance(value, list):  # a list nested too deeply was reported by flat_list
+                self.error(mark, "`services` must be a list")
             return []
         return [s for raw, smark in items if (s := self.image(raw, smark, SERVICE_KEYS, "service")) is not None]
 
@@ -656,6 +696,8 @@ class Normalizer:
         codes: tuple[int, ...] = ()
         if "exit_codes" in value:
             codes = self.exit_codes(value["exit_codes"], value_mark(value, "exit_codes"), "retry:exit_codes") or ()
+            if "when" not in value:
+                when = ()  # only the exit codes decide (GitLab: `when` defaults to always only without them)
         return Retry(max=maximum, when=when, exit_codes=codes)
 
     def job_metadata(self, job: JobSpec, raw: dict) -> None:
@@ -686,27 +728,67 @@ class Normalizer:
                     self.error(value_mark(raw, "cache"), "`cache` must be a mapping or a list of mappings")
         if "coverage" in raw:
             job.coverage = self.string(raw["coverage"], value_mark(raw, "coverage"), "coverage")
+        if "secrets" in raw:
+            job.secrets = self.secret_names(raw["secrets"], value_mark(raw, "secrets"))
+
+    def secret_names(self, value: Any, mark: Mark | None) -> list[str]:
+        """``secrets:`` as GitLab writes it (a mapping of names) or a plain list of names.
+
+        Only the names matter here: the worker takes the values from its environment or its
+        secrets file, so no secret ever passes through the plan or Redis."""
+        names = list(value) if isinstance(value, dict) else self.string_list(value, mark, "secrets") or []
+        for name in names:
+            if not isinstance(name, str) or not name.replace("_", "a").isalnum():
+                self.error(mark, f"invalid secret name {name!r}", "names are letters, digits and underscores")
+        return [str(n) for n in names]
 
     # -- cross-job checks --------------------------------------------------------------------------
     def check_needs(self, jobs: list[JobSpec], stages: list[str]) -> None:
-        """Every needed job exists and is not in a later stage (GitLab checks this statically)."""
+        """Every needed job exists and is not in a later stage (GitLab checks this statically,
+        after expanding ``parallel`` jobs: a need may name the job, meaning all its instances, or
+        one instance such as ``build: [linux, amd64]``); the same for ``dependencies``. Also: no
+        two planned jobs share a name, and needs do not go round in circles."""
         by_name = {job.name: job for job in jobs}
+        for job in jobs:
+            names = [name for name, _, _ in job.instances()]
+            for i, name in enumerate(names):
+                # two planned jobs of one name could not be told apart
+                if by_name.setdefault(name, job) is not job or name in names[:i]:
+                    self.error(job.mark, f"two jobs would be named `{name}`",
+                               f"`{job.name}` makes one with `parallel`; rename a job or change the matrix")
+        order = {stage: i for i, stage in enumerate(stages)}
         for job in jobs:
             for needs in [job.needs or ()] + [rule.needs or () for rule in job.rules or ()]:
                 for need in needs:
-                    target = by_name.get(need.job) or _matrix_parent(need.job, by_name)
+                    target = by_name.get(need.job)
                     if target is None:
                         if not need.optional:
                             self.error(need.mark, f"job `{job.name}` needs `{need.job}`, which is not defined",
                                        did_you_mean(need.job, by_name))
-                        continue
-                    if stages.index(target.stage) > stages.index(job.stage):
+                    elif order.get(target.stage, -1) > order.get(job.stage, len(order)):
                         self.error(need.mark, f"job `{job.name}` (stage {job.stage}) needs `{need.job}`, "
                                               f"which is in the later stage {target.stage}")
+            needed = {need.job for need in job.needs or ()}
             for dep in job.dependencies or ():
-                if dep not in by_name and _matrix_parent(dep, by_name) is None:
-                    self.error(job.mark, f"job `{job.name}`: dependency `{dep}` is not defined",
+                mark = self.dependency_marks.get((job.name, dep), job.mark)
+                target = by_name.get(dep)
+                if needed and dep not in needed:  # GitLab: "dependencies the X should be part of needs"
+                    self.error(mark, f"job `{job.name}` depends on `{dep}` but does not need it",
+                               "with `needs`, every job in `dependencies` must be in `needs` too")
+                elif target is None:
+                    self.error(mark, f"job `{job.name}`: dependency `{dep}` is not defined",
                                did_you_mean(dep, by_name))
+                elif order.get(target.stage, -1) > order.get(job.stage, len(order)):
+                    self.error(mark, f"job `{job.name}` (stage {job.stage}) depends on `{dep}`, "
+                                     f"which is in the later stage {target.stage}")
+        # Needs within a stage may go round in circles, and such jobs would wait for ever; GitLab
+        # refuses them too ("The pipeline has circular dependencies"). Every instance of a parallel
+        # job has the same needs, so a cycle between jobs is a cycle between instances.
+        edges = {job.name: {by_name[n.job].name: n.mark for n in job.needs or () if n.job in by_name}
+                 for job in jobs}
+        cycle = find_cycle({name: list(targets) for name, targets in edges.items()})
+        if cycle:
+            self.error(edges[cycle[-2]][cycle[-1]], f"circular `needs`: {' -> '.join(cycle)}")
 
 
 class _MarkedView(dict):
@@ -725,6 +807,29 @@ class _MarkedView(dict):
         return self._marks.get(key) or value_mark(self._raw, key)
 
 
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as ``[a, b, ..., a]``, or None (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in graph:
+        if root in state:
+            continue
+        path = [root]
+        stack = [iter(graph.get(root, ()))]
+        state[root] = 1
+        while stack:
+            node = next(stack[-1], None)
+            if node is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(node) == 1:
+                return [*path[path.index(node):], node]
+            elif node not in state:
+                state[node] = 1
+                path.append(node)
+                stack.append(iter(graph.get(node, ())))
+    return None
+
+
 def _without_nulls(raw: dict) -> dict:
     """The job without keys set to null: GitLab treats ``key: null`` as "not set", which is how a
     job drops a key it inherited (``except: null`` under ``extends``)."""
@@ -738,15 +843,6 @@ def _product_size(entry: dict[str, tuple[str, ...]]) -> int:
     for values in entry.values():
         size *= len(values)
     return size
-
-
-def _matrix_parent(name: str, by_name: dict[str, JobSpec]) -> JobSpec | None:
-    """The parallel job an instance name like ``build: [a, b]`` or ``test 1/3`` belongs to."""
-    for sep in (": [", " "):
-        base = name.rsplit(sep, 1)[0] if sep in name else None
-        if base and base in by_name and (by_name[base].matrix or by_name[base].parallel):
-            return by_name[base]
-    return None
 
 
 def _plain(value: Any) -> Any:

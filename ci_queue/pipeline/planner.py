@@ -6,17 +6,17 @@ parse (``loader``) -> compose (``include``, ``extends``, ``!reference``) -> lint
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ci_queue.pipeline.compose import Composer
+from ci_queue.pipeline.compose import Composer, IncludeFilter
 from ci_queue.pipeline.conditions import DEFAULT_ONLY, Conditions
 from ci_queue.pipeline.errors import Diagnostic, Mark, PipelineError
 from ci_queue.pipeline.model import Job, Need, Plan, PlanContext
-from ci_queue.pipeline.normalize import Normalizer
+from ci_queue.pipeline.normalize import Normalizer, find_cycle
+from ci_queue.pipeline.schema import INCLUDE_RULE_KEYS, INCLUDE_RULE_WHEN
 from ci_queue.pipeline.specs import JobSpec, NeedSpec, PipelineSpec, RuleSpec
 from ci_queue.pipeline.variables import expand_all, expand_text, job_predefined, predefined
 
@@ -51,8 +51,7 @@ def load_spec(path: str | os.PathLike, repo_dir: str | os.PathLike | None = None
               max_bytes: int | None = None) -> tuple[PipelineSpec, list[Diagnostic]]:
     """Parse, compose and validate a pipeline file; raises PipelineError (errors and warnings)."""
     root = Path(repo_dir) if repo_dir is not None else repository_root(path)
-    include_filter = _include_filter(ctx) if ctx is not None else None
-    composer = Composer(root, include_filter, max_bytes=max_bytes)
+    composer = Composer(root, _include_filter(ctx), max_bytes=max_bytes)
     try:
         config = composer.compose_file(path, display_name)
     except PipelineError as exc:
@@ -86,15 +85,20 @@ def plan_file(path: str | os.PathLike, ctx: PlanContext, repo_dir: str | os.Path
     return plan
 
 
-def _include_filter(ctx: PlanContext):
-    """``include: rules:`` see the predefined and the event's variables (not the YAML ones)."""
-    conditions = Conditions(ctx)
+def _include_filter(ctx: PlanContext | None) -> IncludeFilter:
+    """``include: rules:`` see the predefined and the event's variables (not the YAML ones).
+
+    Without an event (``validate_file``) every include is taken and its rules are only checked.
+    """
+    conditions = Conditions(ctx) if ctx is not None else None
 
     def include_applies(raw_rules: Any, mark: Mark | None) -> bool:
         normalizer = Normalizer()
-        rules = normalizer.rules(raw_rules, mark, frozenset({"if", "exists", "changes", "when"}), "include:rules")
+        rules = normalizer.rules(raw_rules, mark, INCLUDE_RULE_KEYS, "include:rules", INCLUDE_RULE_WHEN)
         if normalizer.errors:
             raise PipelineError(normalizer.errors)
+        if ctx is None or conditions is None:
+            return True
         variables = expand_all({**predefined(ctx), **ctx.variables})
         rule = conditions.first_rule(rules or (), variables)
         return rule is not None and rule.when != "never"
@@ -114,15 +118,9 @@ class _Instance:
 
 
 def _instances(spec: JobSpec) -> list[_Instance]:
-    if spec.matrix:
-        combos = [dict(zip(entry, values, strict=True))
-                  for entry in spec.matrix for values in itertools.product(*entry.values())]
-        return [_Instance(f"{spec.name}: [{', '.join(combo.values())}]", spec, combo, i + 1, len(combos))
-                for i, combo in enumerate(combos)]
-    if spec.parallel:
-        return [_Instance(f"{spec.name} {i}/{spec.parallel}", spec, None, i, spec.parallel)
-                for i in range(1, spec.parallel + 1)]
-    return [_Instance(spec.name, spec)]
+    instances = spec.instances()
+    total = len(instances) if spec.matrix or spec.parallel else None
+    return [_Instance(name, spec, matrix, index, total) for name, matrix, index in instances]
 
 
 class _Planner:
@@ -132,6 +130,7 @@ class _Planner:
         self.conditions = Conditions(ctx)
         self.predefined = predefined(ctx)
         self.errors: list[Diagnostic] = []
+        self.need_marks: dict[tuple[str, str], Mark | None] = {}  # (job, needed job): where it is written
         self.instances = {spec_job.name: _instances(spec_job) for spec_job in spec.jobs}
         self.by_instance = {inst.name: inst for insts in self.instances.values() for inst in insts}
 
@@ -141,7 +140,8 @@ class _Planner:
         plan = Plan(stages=[], jobs=[], variables=dict(self.predefined), name=self.spec.workflow.name)
         workflow_vars: dict[str, str] = {}
         if self.spec.workflow.rules is not None:
-            env = expand_all({**self.predefined, **global_vars, **self.ctx.variables}, raw_names)
+            env = expand_all({**self.predefined, **global_vars, **self.ctx.variables},
+                             raw_names - self.ctx.variables.keys())
             rule = self.conditions.first_rule(self.spec.workflow.rules, env)
             if rule is None or rule.when == "never":
                 plan.skipped_reason = ("workflow:rules excluded this pipeline" if rule is None
@@ -158,6 +158,10 @@ class _Planner:
                 if job is not None:
                     plan.jobs.append(job)
         self.link_needs(plan)
+        cycle = find_cycle({job.name: [n.job for n in job.needs or ()] for job in plan.jobs})
+        if cycle:  # only `rules:needs` can make one: the static needs were checked by normalize
+            spec = self.by_instance[cycle[0]].spec
+            self.errors.append(Diagnostic(spec.mark, f"circular `needs` in this pipeline: {' -> '.join(cycle)}"))
         if self.errors:
             raise PipelineError(self.errors)
         order = {stage: i for i, stage in enumerate(self.spec.stages)}
@@ -171,10 +175,16 @@ class _Planner:
     def job(self, inst: _Instance, global_vars: dict[str, str], workflow_vars: dict[str, str],
             raw_names: frozenset[str]) -> Job | None:
         spec = inst.spec
-        inherited = _inherited(global_vars, spec.inherit_variables)
+        # workflow:rules:variables join the global ones, and `inherit:variables` filters both
+        # (GitLab's Seed::Build#calculate_yaml_variables! on the context's root variables).
+        inherited = _inherited({**global_vars, **workflow_vars}, spec.inherit_variables)
         job_vars = {name: v.value for name, v in spec.variables.items()}
-        raw = raw_names | {name for name, v in spec.variables.items() if not v.expand}
-        yaml_vars = {**inherited, **workflow_vars, **job_vars, **(inst.matrix or {})}
+        yaml_vars = {**inherited, **job_vars, **(inst.matrix or {})}
+        # `expand: false` belongs to one definition: a name stays raw only while the definition
+        # that carries it is the one that wins.
+        overridden = workflow_vars.keys() | job_vars.keys() | (inst.matrix or {}).keys() | self.ctx.variables.keys()
+        raw = ((raw_names & inherited.keys()) - overridden) | {
+            name for name, v in spec.variables.items() if not v.expand and name not in self.ctx.variables}
         env = expand_all({**self.predefined, **job_predefined(inst.name, spec.stage, inst.index, inst.total),
                           **yaml_vars, **self.ctx.variables}, raw)
         decision = self.decide(spec, env)
@@ -187,7 +197,7 @@ class _Planner:
         job = Job(
             name=inst.name, stage=spec.stage, when=when, allow_failure=allow_failure,
             allow_failure_exit_codes=exit_codes,
-            needs=None if needs_spec is None else self.resolve_needs(needs_spec),
+            needs=None if needs_spec is None else self.resolve_needs(inst.name, needs_spec),
             tags=[expand_text(t, env) for t in spec.tags], image=_expand_image(spec.image, env),
             services=[_expand_image(s, env) for s in spec.services],
             before_script=spec.before_script, script=spec.script, after_script=spec.after_script,
@@ -199,6 +209,7 @@ class _Planner:
             resource_group=spec.resource_group, environment=spec.environment, artifacts=spec.artifacts,
             cache=spec.cache, trigger=spec.trigger, coverage=spec.coverage,
             dependencies=None if spec.dependencies is None else self.resolve_names(spec.dependencies),
+            secrets=list(spec.secrets), raw_variables=sorted(raw & set(yaml_vars)),
             line=spec.mark.line if spec.mark else None,
         )
         if job.when == "delayed" and job.start_in is None:
@@ -216,7 +227,10 @@ class _Planner:
         else:
             if spec.event_filter is not None and not self.conditions.filter_matches(spec.event_filter):
                 return None
-            only = spec.only or (None if spec.event_filter else DEFAULT_ONLY)
+            # GitLab drops the default `only: [branches, tags]` once `workflow: rules` exists
+            # (Processable#compose!): the workflow decides which pipelines exist.
+            default_only = None if spec.event_filter or self.spec.workflow.rules is not None else DEFAULT_ONLY
+            only = spec.only or default_only
             if only is not None and not self.conditions.policy_satisfied(only, env):
                 return None
             if spec.except_ is not None and self.conditions.policy_any(spec.except_, env):
@@ -233,12 +247,13 @@ class _Planner:
         # GitLab: a manual job (set on the job itself, not by a rule) may fail by default.
         return when, spec.when == "manual", (), rule
 
-    def resolve_needs(self, needs: tuple[NeedSpec, ...]) -> list[Need]:
+    def resolve_needs(self, job: str, needs: tuple[NeedSpec, ...]) -> list[Need]:
         result: list[Need] = []
         for need in needs:
             for name in self.need_targets(need):
                 if all(n.job != name for n in result):
                     result.append(Need(job=name, artifacts=need.artifacts, optional=need.optional))
+                    self.need_marks[job, name] = need.mark
         return result
 
     def need_targets(self, need: NeedSpec) -> list[str]:
@@ -255,9 +270,12 @@ class _Planner:
         return [target for name in names for target in self.need_targets(NeedSpec(job=name))]
 
     def link_needs(self, plan: Plan) -> None:
-        """Drop optional needs of jobs not in this pipeline; a missing required one is an error."""
+        """Drop optional needs and dependencies on jobs not in this pipeline; a missing required
+        need is an error."""
         planned = {job.name for job in plan.jobs}
         for job in plan.jobs:
+            if job.dependencies is not None:
+                job.dependencies = [d for d in job.dependencies if d in planned]
             if job.needs is None:
                 continue
             kept = []
@@ -265,15 +283,12 @@ class _Planner:
                 if need.job in planned:
                     kept.append(need)
                 elif not need.optional:
-                    spec = self.by_instance[job.name].spec
-                    mark = next((n.mark for n in spec.needs or () if n.job in need.job), None) or spec.mark
+                    mark = self.need_marks.get((job.name, need.job)) or self.by_instance[job.name].spec.mark
                     self.errors.append(Diagnostic(mark, f"job `{job.name}` needs `{need.job}`, which is not "
                                                         "in this pipeline (its rules exclude it for this event)",
                                                   "make the need `optional: true`, or give both jobs the "
                                                   "same rules"))
             job.needs = kept
-            if job.dependencies is not None:
-                job.dependencies = [d for d in job.dependencies if d in planned]
 
 
 def _expand_image(image: dict[str, Any] | None, env: dict[str, str]) -> Any:

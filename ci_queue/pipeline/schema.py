@@ -40,7 +40,10 @@ DEFAULT_KEYS = frozenset({
 RULE_KEYS = frozenset({"if", "changes", "exists", "when", "allow_failure", "variables", "needs",
                        "interruptible", "start_in"})
 WORKFLOW_KEYS = frozenset({"rules", "name", "auto_cancel"})
-WORKFLOW_RULE_KEYS = frozenset({"if", "changes", "exists", "when", "variables", "auto_cancel"})
+# GitLab tolerates `start_in`, `allow_failure` and `needs` in workflow rules (gitlab#436473), and ignores them.
+WORKFLOW_RULE_KEYS = frozenset({"if", "changes", "exists", "when", "variables", "auto_cancel", "start_in",
+                                "allow_failure", "needs"})
+INCLUDE_RULE_KEYS = frozenset({"if", "changes", "exists", "when"})
 INCLUDE_KEYS = frozenset({"local", "file", "project", "ref", "remote", "template", "component",
                           "rules", "inputs", "cache", "integrity"})
 NEED_KEYS = frozenset({"job", "artifacts", "optional", "pipeline", "project", "ref", "parallel"})
@@ -63,6 +66,8 @@ SHORT_WHEN_KEYS = frozenset({"on", "branches", "tags"})
 
 JOB_WHEN = ("on_success", "on_failure", "always", "manual", "delayed", "never")
 RULE_WHEN = JOB_WHEN
+WORKFLOW_RULE_WHEN = ("always", "never")
+INCLUDE_RULE_WHEN = ("never", "always")
 RETRY_WHEN = frozenset({
     "always", "unknown_failure", "script_failure", "api_failure", "stuck_or_timeout_failure",
     "runner_system_failure", "runner_unsupported", "stale_schedule", "job_execution_timeout",

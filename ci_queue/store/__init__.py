@@ -19,6 +19,6 @@ the retention are trimmed by the sweeper and the index keys themselves carry a T
 on every write, so nothing is left without one.
 """
 
-from ci_queue.store.core import JobState, RunRecord, Store, StoreError
+from ci_queue.store.core import JobState, RunRecord, Store, StoreError, store_from_settings
 
-__all__ = ["JobState", "RunRecord", "Store", "StoreError"]
+__all__ = ["JobState", "RunRecord", "Store", "StoreError", "store_from_settings"]

@@ -15,9 +15,9 @@ from ci_queue.graph import build_graph, dependents
 from ci_queue.pipeline.model import Plan
 from ci_queue.store import lua
 
-RUN_STATUSES = ("queued", "running", "success", "failed", "canceled", "error")
+RUN_STATUSES = ("queued", "running", "success", "failed", "canceled", "skipped", "error")
 JOB_STATUSES = ("created", "pending", "running", "success", "failed", "canceled", "skipped", "manual")
-TERMINAL_RUN = frozenset({"success", "failed", "canceled", "error"})
+TERMINAL_RUN = frozenset({"success", "failed", "canceled", "skipped", "error"})
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
 _JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "finished", "allowed")
 
@@ -194,7 +194,8 @@ class Store:
         pipe.hset(self._state(run_id), mapping=state)
         if names:
             pipe.hset(self._names(run_id), mapping=names)
-        fields = {"node_count": len(nodes), "job_count": len(plan.jobs), "stages": json.dumps(plan.stages)}
+        fields = {"node_count": len(nodes), "job_count": len(plan.jobs), "stages": json.dumps(plan.stages),
+                  "pipeline_variables": json.dumps(plan.variables), "name": plan.name or ""}
         if sha:
             fields["sha"] = sha
         pipe.hset(self._run(run_id), mapping=fields)
@@ -223,6 +224,10 @@ class Store:
             for i in range(count):
                 pipe.expire(self._log(run_id, i), self.retention)
         pipe.execute()
+
+    def pipeline_variables(self, run_id: str) -> dict[str, str]:
+        """The plan's predefined pipeline variables (``CI_PIPELINE_SOURCE``...), for the jobs."""
+        return json.loads(self.r.hget(self._run(run_id), "pipeline_variables") or "{}")
 
     def run_status(self, run_id: str) -> str | None:
         return self.r.hget(self._run(run_id), "status")
@@ -411,3 +416,9 @@ class Store:
 
     def forget(self, key: str, run_id: str, index: int, attempt: int) -> None:
         self.r.zrem(key, f"{run_id}|{index}|{attempt}")
+
+
+def store_from_settings(settings: Any) -> Store:
+    """The store the settings point at: ``CIQ_STATE_URL``, else the broker's Redis."""
+    url = settings.state_url or settings.redis_url or "redis://127.0.0.1:6379/0"
+    return Store.from_url(url, settings.key_prefix, settings.retention_days * 86400)

@@ -1,0 +1,72 @@
+"""The Celery application: broker settings that keep jobs from being lost or run twice.
+
+The control plane (web app, planner) sends tasks by name; the tasks themselves live in
+``workers.tasks`` and are registered only in worker processes, so ``ci_queue`` needs no
+executor code.
+
+Why each setting (see docs/DESIGN.md, "Celery settings that matter"):
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job's message is acknowledged only
+  when its task returns, so a worker killed mid-job gives the message back;
+- ``worker_prefetch_multiplier=1``: a busy worker does not hoard queued jobs;
+- ``task_ignore_result``: all state lives in our store, no result backend;
+- ``visibility_timeout`` above the longest job plus queueing: the Redis transport re-delivers an
+  unacknowledged message after it, so it must not fire while a job legitimately runs (a lost
+  worker is handled much sooner by the lease sweeper, as a new attempt);
+- ``worker_cancel_long_running_tasks_on_connection_loss``: a worker cut off from the broker
+  stops its jobs instead of finishing work whose message will be re-delivered anyway;
+- soft shutdown (Celery 5.5): SIGTERM lets running jobs finish for ``CIQ_SHUTDOWN_GRACE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from ci_queue.routing import CONTROL_QUEUE, DEFAULT_QUEUE
+from ci_queue.settings import Settings, get_settings
+
+PLAN_RUN = "ciq.plan_run"
+RUN_JOB = "ciq.run_job"
+
+
+def visibility_timeout(settings: Settings) -> int:
+    """Longest job + time in the queue + an hour of margin."""
+    return settings.max_job_timeout + settings.queue_timeout_seconds + 3600
+
+
+def make_celery(settings: Settings | None = None, broker_url: str | None = None) -> Celery:
+    """A configured Celery app (one per process; see ``get_celery``)."""
+    settings = settings or get_settings()
+    broker = broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"
+    app = Celery("ci_queue", broker=broker, set_as_current=False)
+    transport = {"visibility_timeout": visibility_timeout(settings)}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=float(settings.shutdown_grace_seconds),
+        worker_enable_soft_shutdown_on_idle=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_routes={PLAN_RUN: {"queue": CONTROL_QUEUE}},
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+_app: Celery | None = None
+
+
+def get_celery() -> Celery:
+    """The process-wide Celery app."""
+    global _app
+    if _app is None:
+        _app = make_celery()
+    return _app

@@ -1,0 +1,95 @@
+"""Runs into Celery messages: triggering, dispatching waves of ready jobs, retry decisions.
+
+No chords: each wave of jobs that became ready goes out as a Celery group, each job routed to
+the queue of its tags with time limits from its timeout. What makes the next wave ready is the
+store's barrier, called by the worker at the end of each job (``Store.finish_job``), which
+returns the jobs it made ready exactly once; the worker then calls ``send_jobs`` for them. (The
+design first had a separate ``advance`` task linked to each job; running the barrier at the end
+of the job itself saves a broker round trip per job and has the same failure story: if the
+worker dies between the barrier and the send, the sweeper re-sends pending jobs whose message
+is gone, and attempt fencing drops any duplicate.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, group
+from loguru import logger
+
+from ci_queue.celery_app import PLAN_RUN, RUN_JOB
+from ci_queue.pipeline.model import Job
+from ci_queue.routing import CONTROL_QUEUE, job_queue
+from ci_queue.settings import Settings
+from ci_queue.store import Store
+
+# GitLab's failure reasons that `retry:when` names, for each of our failure classes.
+RETRY_REASONS = {
+    "script_failure": "script_failure",
+    "timeout": "job_execution_timeout",
+    "stuck": "stuck_or_timeout_failure",
+    "runner_system_failure": "runner_system_failure",
+    "image_missing": "runner_system_failure",
+    "missing_secret": "unknown_failure",
+}
+
+
+def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = "", event: str = "push",
+                clone_url: str | None = None, variables: dict[str, str] | None = None,
+                context: dict[str, Any] | None = None) -> str:
+    """Record a run as ``queued`` and ask any worker to plan it; returns the run id.
+
+    This is all a webhook or an API call does synchronously: cloning and planning happen on a
+    worker, so the request answers in milliseconds whatever the repository.
+    """
+    run_id = store.create_run(repo=repo, ref=ref, sha=sha, event=event, clone_url=clone_url,
+                              variables=variables, context=context)
+    app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+    logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
+    return run_id
+
+
+def time_limits(job: Job, settings: Settings) -> tuple[int, int]:
+    """Celery's ``soft_time_limit`` / ``time_limit`` for a job: the backstop behind the runner's
+    own deadline (timeout + after_script + kill grace), plus margins."""
+    timeout = min(job.timeout or settings.default_job_timeout, settings.max_job_timeout)
+    soft = timeout + settings.after_script_timeout + int(settings.kill_grace_seconds) * 2 + 120
+    return soft, soft + 60
+
+
+def job_signature(app: Celery, store: Store, settings: Settings, run_id: str, index: int, attempt: int,
+                  job: Job) -> Any:
+    """The Celery signature of one attempt of a job, routed by its tags."""
+    queue = job_queue(job.tags)
+    soft, hard = time_limits(job, settings)
+    store.mark_queued(run_id, index, attempt, queue, settings.queue_timeout_seconds)
+    options: dict[str, Any] = {"queue": queue, "soft_time_limit": soft, "time_limit": hard}
+    if job.when == "delayed" and job.start_in and attempt == 1:
+        options["countdown"] = job.start_in
+    return app.signature(RUN_JOB, args=[run_id, index, attempt], **options)
+
+
+def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexes: list[int]) -> None:
+    """Dispatch the jobs that became ready as one Celery group."""
+    if not indexes:
+        return
+    signatures = []
+    for index in indexes:
+        state = store.job(run_id, index)
+        if state is None or state.status != "pending":
+            continue
+        signatures.append(job_signature(app, store, settings, run_id, index, state.attempt,
+                                        Job.from_dict(state.spec)))
+    if signatures:
+        group(signatures).apply_async()
+
+
+def retry_wanted(job: Job, failure_class: str | None, exit_code: int | None, yaml_retries_used: int) -> bool:
+    """Does the job's ``retry:`` ask for another attempt after this failure? (GitLab's rules:
+    at most ``max`` retries, for a failure reason in ``when`` or an exit code in ``exit_codes``.)"""
+    if failure_class in (None, "canceled") or yaml_retries_used >= job.retry.max:
+        return False
+    reason = RETRY_REASONS.get(failure_class, "unknown_failure")
+    when = job.retry.when
+    return ("always" in when or reason in when
+            or (exit_code is not None and exit_code in job.retry.exit_codes))

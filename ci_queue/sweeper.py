@@ -1,0 +1,130 @@
+"""The sweeper: the periodic repair of what crashed processes leave behind.
+
+It runs inside every ``ci-queue worker`` and ``ci-queue serve`` process, behind a Redis lock so
+that exactly one sweeps at a time and another takes over within seconds when that one dies; a
+deployment has no extra process to forget. Each tick it
+
+- re-queues, as a new attempt, every running job whose lease lapsed (its worker or host is
+  gone) while ``CIQ_SYSTEM_FAILURE_RETRIES`` allows, else fails it as ``runner_system_failure``;
+- fails as ``stuck`` every job that waited longer than ``CIQ_QUEUE_TIMEOUT_SECONDS`` because no
+  worker has its tags;
+- trims index entries older than the retention.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from celery import Celery
+from loguru import logger
+
+from ci_queue.dispatch import send_jobs
+from ci_queue.settings import Settings
+from ci_queue.store import Store
+
+LOCK_SECONDS = 10.0
+
+# Take the lock if free, or extend it if we hold it; atomic.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class Sweeper:
+    """One sweeper per process; only the lock holder does any work."""
+
+    def __init__(self, store: Store, app: Celery, settings: Settings, interval: float = 2.0) -> None:
+        self.store, self.app, self.settings = store, app, settings
+        self.interval = interval
+        self.owner = uuid.uuid4().hex
+        self._acquire = store.r.register_script(_ACQUIRE)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lock_key(self) -> str:
+        return f"{self.store.prefix}sweeper:lock"
+
+    def holds_lock(self) -> bool:
+        return bool(self._acquire(keys=[self.lock_key], args=[self.owner, int(LOCK_SECONDS * 1000)]))
+
+    def start(self) -> Sweeper:
+        self._thread = threading.Thread(target=self._loop, name="ciq-sweeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=LOCK_SECONDS)
+        try:
+            if self.store.r.get(self.lock_key) == self.owner:
+                self.store.r.delete(self.lock_key)
+        except Exception:  # stopping must not fail; the lock expires by itself
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self.holds_lock():
+                    self.sweep()
+            except Exception as exc:  # Redis away for a moment: the next tick tries again
+                logger.warning("sweeper tick failed: {}", exc)
+
+    def sweep(self, now: float | None = None) -> dict[str, int]:
+        """One pass; returns what it did (for tests and metrics)."""
+        done = {"requeued": 0, "failed_lost": 0, "stale": 0, "stuck": 0}
+        for run_id, index, attempt in self.store.expired(self.store.leases_key, now):
+            done[self._lease_lapsed(run_id, index, attempt)] += 1
+        for run_id, index, attempt in self.store.expired(self.store.queued_key, now):
+            done["stuck"] += self._stuck(run_id, index, attempt)
+        return done
+
+    def _lease_lapsed(self, run_id: str, index: int, attempt: int) -> str:
+        store = self.store
+        store.forget(store.leases_key, run_id, index, attempt)
+        job = store.job(run_id, index)
+        if job is None or job.status != "running" or job.attempt != attempt:
+            return "stale"  # finished or moved on meanwhile
+        log = logger.bind(run_id=run_id, job=job.name)
+        record = {"attempt": attempt, "worker": job.worker, "status": "failed",
+                  "failure_reason": "runner_system_failure", "started_at": job.started_at,
+                  "reason": "the worker stopped renewing its lease (host or worker lost)"}
+        used = sum(a.get("retried") == "system" for a in job.attempts)
+        if used < self.settings.system_failure_retries:
+            new_attempt = store.requeue_job(run_id, index, attempt, {**record, "retried": "system"})
+            if new_attempt is not None:
+                log.warning("lease of attempt {} lapsed (worker {} lost): re-queued as attempt {}", attempt,
+                            job.worker, new_attempt)
+                send_jobs(store, self.app, self.settings, run_id, [index])
+                return "requeued"
+        transition = store.finish_job(run_id, index, attempt, "failed",
+                                      fields={"reason": "runner_system_failure"}, attempt_record=record)
+        log.warning("lease of attempt {} lapsed and no system retry is left: failed", attempt)
+        send_jobs(store, self.app, self.settings, run_id, transition.ready)
+        return "failed_lost"
+
+    def _stuck(self, run_id: str, index: int, attempt: int) -> int:
+        store = self.store
+        store.forget(store.queued_key, run_id, index, attempt)
+        job = store.job(run_id, index)
+        if job is None or job.status != "pending" or job.attempt != attempt:
+            return 0
+        reason = (f"no worker took this job within {self.settings.queue_timeout_seconds}s "
+                  f"(queue {job.queue}; tags {job.spec.get('tags') or []})")
+        store.append_log(run_id, index, [{"attempt": attempt, "step": "prepare", "n": 0, "stream": "system",
+                                          "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                          "text": f"[ci-queue] {reason}"}])
+        transition = store.finish_job(run_id, index, attempt, "failed", fields={"reason": "stuck"},
+                                      attempt_record={"attempt": attempt, "status": "failed",
+                                                      "failure_reason": "stuck", "reason": reason})
+        logger.bind(run_id=run_id, job=job.name).warning(reason)
+        send_jobs(store, self.app, self.settings, run_id, transition.ready)
+        return 1

@@ -1,0 +1,47 @@
+"""The Flask app: the runs API under ``/api/v1`` and the health endpoints.
+
+``create_app`` is the factory (gunicorn: ``ci-queue serve`` or
+``gunicorn 'ci_queue.web:create_app()'``); configuration comes from ``Settings`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ci_queue.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, *, store: Any = None, celery: Any = None) -> Flask:
+    """Build the app; ``store`` / ``celery`` may be given (tests), else made from the settings."""
+    from ci_queue.celery_app import make_celery
+    from ci_queue.store import store_from_settings
+    from ci_queue.web.api import api
+    from ci_queue.web.health import health
+
+    settings = settings or get_settings()
+    app = Flask("ci_queue")
+    app.config["CIQ_SETTINGS"] = settings
+    app.config["CIQ_STORE"] = store or store_from_settings(settings)
+    app.config["CIQ_CELERY"] = celery or make_celery(settings)
+    app.config["CIQ_TOKENS"] = [t.strip() for t in settings.api_tokens.split(",") if t.strip()]
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.json.sort_keys = False
+    app.register_blueprint(api)
+    app.register_blueprint(health)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        """Every error is JSON with a message, never an HTML page or a traceback."""
+        return jsonify(error=exc.description or exc.name), exc.code
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Any:
+        from loguru import logger
+
+        logger.opt(exception=exc).error("unhandled error in a request")
+        return jsonify(error="internal error; the server log has the details"), 500
+
+    return app

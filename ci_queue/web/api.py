@@ -1,0 +1,205 @@
+"""The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, play.
+
+Every route needs ``Authorization: Bearer <token>`` with one of ``CIQ_API_TOKENS`` (compared in
+constant time). Errors are JSON ``{"error": message}``; unknown ids are 404.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context, url_for
+
+from ci_queue.dispatch import send_jobs, trigger_run
+from ci_queue.settings import Settings
+from ci_queue.store import Store, StoreError
+from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+MAX_PAGE = 100
+EVENTS = ("push", "tag", "merge_request", "web", "schedule", "api", "trigger")
+
+
+def _store() -> Store:
+    return current_app.config["CIQ_STORE"]
+
+
+def _settings() -> Settings:
+    return current_app.config["CIQ_SETTINGS"]
+
+
+@api.before_request
+def require_token() -> Any:
+    tokens: list[str] = current_app.config["CIQ_TOKENS"]
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    # compare with every token, whatever matches, so the timing tells nothing
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given.encode(), token.encode())
+    if not given or not matched:
+        response = jsonify(error="missing or invalid API token (Authorization: Bearer <token>)")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ci-queue"'
+        return response, 401
+    return None
+
+
+def _json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        abort(400, "the body must be a JSON object")
+    return data
+
+
+def _string(data: dict[str, Any], key: str, required: bool = False, default: str = "") -> str:
+    value = data.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, str) or (required and not value):
+        abort(400, f"`{key}` must be a{' non-empty' if required else ''} string")
+    return value
+
+
+@api.post("/runs")
+def create_run() -> Any:
+    """Trigger a run: ``{repo, clone_url, ref, sha?, event?, variables?, pipeline?}``."""
+    data = _json_body()
+    clone_url = _string(data, "clone_url", required=True)
+    repo = _string(data, "repo") or clone_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    ref = _string(data, "ref", required=True)
+    sha = _string(data, "sha")
+    if sha and (len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha.lower())):
+        abort(400, "`sha` must be a full hexadecimal commit id")
+    event = _string(data, "event", default="push")
+    if event not in EVENTS:
+        abort(400, f"`event` must be one of {', '.join(EVENTS)}")
+    variables = data.get("variables") or {}
+    if not isinstance(variables, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in variables.items()):
+        abort(400, "`variables` must be an object of strings")
+    context: dict[str, Any] = {"kind": event}
+    if event == "tag":
+        context["tag"] = ref
+    else:
+        context["branch"] = ref
+    for key in ("default_branch", "pipeline", "commit_message"):
+        if key in data:
+            context[key] = _string(data, key)
+    run_id = trigger_run(_store(), current_app.config["CIQ_CELERY"], repo=repo, ref=ref, sha=sha.lower(),
+                         event=event, clone_url=clone_url, variables=variables, context=context)
+    status_url = url_for("api.show_run", run_id=run_id, _external=True)
+    return jsonify(id=run_id, run_id=run_id, status="queued", status_url=status_url), 202
+
+
+@api.get("/runs")
+def list_runs() -> Any:
+    status = request.args.get("status")
+    if status and status not in RUN_STATUSES:
+        abort(400, f"`status` must be one of {', '.join(RUN_STATUSES)}")
+    try:
+        limit = min(max(int(request.args.get("limit", 20)), 1), MAX_PAGE)
+        cursor = float(request.args["cursor"]) if request.args.get("cursor") else None
+    except ValueError:
+        abort(400, "`limit` and `cursor` must be numbers")
+    runs, next_cursor = _store().list_runs(repo=request.args.get("repo"), ref=request.args.get("ref"),
+                                           status=status, cursor=cursor, limit=limit)
+    return jsonify(runs=[{k: v for k, v in run.to_dict().items() if k != "jobs"} for run in runs],
+                   next_cursor=next_cursor)
+
+
+def _run_or_404(run_id: str, with_jobs: bool = True) -> Any:
+    run = _store().get_run(run_id, with_jobs=with_jobs)
+    if run is None:
+        abort(404, f"no run {run_id}")
+    return run
+
+
+def _job_index_or_404(run_id: str, name: str) -> int:
+    _run_or_404(run_id, with_jobs=False)
+    index = _store().job_index(run_id, name)
+    if index is None:
+        abort(404, f"run {run_id} has no job {name!r}")
+    return index
+
+
+@api.get("/runs/<run_id>")
+def show_run(run_id: str) -> Any:
+    return jsonify(_run_or_404(run_id).to_dict())
+
+
+@api.post("/runs/<run_id>/cancel")
+def cancel_run(run_id: str) -> Any:
+    _run_or_404(run_id, with_jobs=False)
+    status, running = _store().cancel_run(run_id)
+    return jsonify(id=run_id, status=status, stopping=len(running))
+
+
+@api.post("/runs/<run_id>/jobs/<path:name>/play")
+def play_job(run_id: str, name: str) -> Any:
+    index = _job_index_or_404(run_id, name)
+    try:
+        attempt = _store().play_job(run_id, index)
+    except StoreError as exc:
+        abort(409, str(exc))
+    send_jobs(_store(), current_app.config["CIQ_CELERY"], _settings(), run_id, [index])
+    return jsonify(id=run_id, job=name, attempt=attempt, status="pending"), 202
+
+
+def _log_text(entries: list[tuple[str, dict[str, str]]]) -> str:
+    return "".join(fields.get("text", "") + "\n" for _, fields in entries)
+
+
+@api.get("/runs/<run_id>/jobs/<path:name>/log")
+def job_log(run_id: str, name: str) -> Any:
+    """The job's log as text; ``?offset=`` (the ``X-Next-Offset`` of a previous read) continues."""
+    index = _job_index_or_404(run_id, name)
+    offset = request.args.get("offset") or "-"
+    if offset != "-" and not _valid_stream_id(offset):
+        abort(400, "`offset` must be a value of X-Next-Offset")
+    entries = _store().read_log(run_id, index, after=offset)
+    next_offset = entries[-1][0] if entries else offset
+    if request.args.get("format") == "json":
+        return jsonify(lines=[{"id": entry_id, **fields} for entry_id, fields in entries], next_offset=next_offset)
+    response = Response(_log_text(entries), mimetype="text/plain")
+    response.headers["X-Next-Offset"] = next_offset
+    return response
+
+
+def _valid_stream_id(value: str) -> bool:
+    head, _, tail = value.partition("-")
+    return head.isdigit() and (tail == "" or tail.isdigit())
+
+
+@api.get("/runs/<run_id>/jobs/<path:name>/log/stream")
+def job_log_stream(run_id: str, name: str) -> Any:
+    """Server-Sent Events: one ``line`` event per log line, then ``end`` when the job is over."""
+    index = _job_index_or_404(run_id, name)
+    store = _store()
+    start = request.headers.get("Last-Event-ID") or request.args.get("offset") or "-"
+
+    def events() -> Iterator[str]:
+        offset = start
+        idle_since = time.monotonic()
+        while True:
+            entries = store.read_log(run_id, index, after=offset, count=1000)
+            for entry_id, fields in entries:
+                offset = entry_id
+                yield f"id: {entry_id}\nevent: line\ndata: {json.dumps(fields)}\n\n"
+            if entries:
+                idle_since = time.monotonic()
+                continue
+            job = store.job(run_id, index)
+            if job is None or job.status in TERMINAL_JOB:
+                yield f"event: end\ndata: {json.dumps({'status': job.status if job else 'gone'})}\n\n"
+                return
+            if time.monotonic() - idle_since > 15:
+                yield ": keep-alive\n\n"
+                idle_since = time.monotonic()
+            time.sleep(0.2)  # polling the stream; XREAD BLOCK would hold a connection per viewer
+
+    return Response(stream_with_context(events()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,295 @@
+"""The Celery tasks a build host executes: plan a run, run one attempt of a job.
+
+Both are idempotent under redelivery: ``plan_run`` only plans a ``queued`` run, and
+``run_job`` starts only the attempt the store says is current and pending (fencing), so a
+message delivered twice never runs or records twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from loguru import logger
+
+from ci_queue.celery_app import PLAN_RUN, RUN_JOB, get_celery
+from ci_queue.dispatch import retry_wanted, send_jobs
+from ci_queue.pipeline.errors import PipelineError
+from ci_queue.pipeline.model import Job, MergeRequest, PlanContext
+from ci_queue.pipeline.planner import PIPELINE_FILES, plan_file
+from ci_queue.settings import Settings, get_settings
+from ci_queue.store import RunRecord, Store, store_from_settings
+from ci_queue.store.core import now_iso
+from workers.checkout import CheckoutError, checkout, resolve_ref
+from workers.job import JobRequest, JobResult, run_job
+from workers.logs import LogLine
+from workers.runners.base import InfrastructureError
+from workers.workspace import Workspace
+
+INFRASTRUCTURE_FAILURES = frozenset({"runner_system_failure", "image_missing"})
+
+
+@dataclass
+class _Runtime:
+    """What a worker process needs, built once per process (after the prefork fork)."""
+
+    settings: Settings
+
+    @cached_property
+    def store(self) -> Store:
+        return store_from_settings(self.settings)
+
+    @cached_property
+    def celery(self) -> Celery:
+        return get_celery()
+
+
+_runtime: _Runtime | None = None
+
+
+def runtime() -> _Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = _Runtime(get_settings())
+    return _runtime
+
+
+app = get_celery()
+
+
+class RedisLogSink:
+    """Job log lines to the run's log stream, batched: one round trip per 100 ms or 500 lines."""
+
+    def __init__(self, store: Store, run_id: str, index: int, attempt: int, maxlen: int,
+                 interval: float = 0.1, batch: int = 500) -> None:
+        self.store, self.run_id, self.index, self.attempt = store, run_id, index, attempt
+        self.maxlen, self.interval, self.batch = maxlen, interval, batch
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="log-flush", daemon=True)
+        self._flusher.start()
+
+    def write(self, line: LogLine) -> None:
+        entry = {"attempt": self.attempt, "step": line.step, "n": line.number, "stream": line.stream,
+                 "ts": line.timestamp, "text": line.text}
+        with self._lock:
+            self._buffer.append(entry)
+            full = len(self._buffer) >= self.batch
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._buffer = self._buffer, []
+        if lines:
+            try:
+                self.store.append_log(self.run_id, self.index, lines, self.maxlen)
+            except Exception as exc:  # a log write must never kill the job; say so in the service log
+                logger.bind(run_id=self.run_id).warning("could not store {} log lines: {}", len(lines), exc)
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(self.interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flusher.join(timeout=5)
+        self.flush()
+
+
+class LeaseKeeper:
+    """Renews a running attempt's lease; notices when the attempt was taken away."""
+
+    def __init__(self, store: Store, run_id: str, index: int, attempt: int, lease_seconds: float) -> None:
+        self.store, self.run_id, self.index, self.attempt = store, run_id, index, attempt
+        self.lease = lease_seconds
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(1.0, self.lease / 3)):
+            try:
+                if not self.store.renew_lease(self.run_id, self.index, self.attempt, self.lease):
+                    self.lost = True
+                    return
+            except Exception as exc:  # Redis hiccup: try again next period; the lease has slack
+                logger.warning("lease renewal failed: {}", exc)
+
+
+class CancelWatch:
+    """The cancel check a runner polls: the run's cancel flag (read at most twice a second)
+    or a lost lease."""
+
+    def __init__(self, store: Store, run_id: str, lease: LeaseKeeper) -> None:
+        self.store, self.run_id, self.lease = store, run_id, lease
+        self._checked = 0.0
+        self._canceled = False
+
+    def __call__(self) -> bool:
+        if self._canceled or self.lease.lost:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= 0.5:
+            self._checked = now
+            try:
+                self._canceled = self.store.is_canceling(self.run_id)
+            except Exception:
+                return False
+        return self._canceled
+
+
+def plan_context(run: RunRecord, sha: str, repo_dir: Path) -> PlanContext:
+    """The planner's view of the event that triggered ``run``."""
+    context = dict(run.context)
+    mr = context.pop("merge_request", None)
+    fields = {k: v for k, v in context.items() if k in PlanContext.__dataclass_fields__}
+    if "changed_files" in fields and fields["changed_files"] is not None:
+        fields["changed_files"] = tuple(fields["changed_files"])
+    fields.setdefault("kind", run.event or "push")
+    fields.setdefault("project_path", run.repo)
+    if fields["kind"] != "tag":
+        fields.setdefault("branch", run.ref)
+    else:
+        fields.setdefault("tag", run.ref)
+    return PlanContext(**fields, sha=sha, variables=dict(run.variables), repo_dir=str(repo_dir),
+                       merge_request=MergeRequest(**mr) if mr else None)
+
+
+@app.task(name=PLAN_RUN, bind=True, acks_late=True, max_retries=None)
+def plan_run(self: Any, run_id: str) -> None:
+    """Check out the pipeline file at the run's commit, plan it, persist it, send the first wave."""
+    rt = runtime()
+    store, log = rt.store, logger.bind(run_id=run_id)
+    run = store.get_run(run_id, with_jobs=False)
+    if run is None or run.status != "queued" or store.is_canceling(run_id):
+        return  # already planned (redelivery), canceled, or expired
+    try:
+        sha = run.sha or resolve_ref(run.clone_url or "", run.ref)
+        with Workspace(run_id, "plan", 1, settings=rt.settings) as workspace:
+            checkout(run.clone_url or "", sha, workspace.builds_dir, ref=run.ref)
+            path = _pipeline_path(workspace.builds_dir, run.context.get("pipeline"))
+            if path is None:
+                store.fail_run(run_id, f"no pipeline file ({' or '.join(PIPELINE_FILES)}) in {run.repo} at {sha[:12]}")
+                return
+            ctx = plan_context(run, sha, workspace.builds_dir)
+            plan = plan_file(path, ctx, workspace.builds_dir, display_name=path.name)
+    except PipelineError as exc:
+        log.info("pipeline file invalid: {}", exc)
+        store.fail_run(run_id, str(exc))
+        return
+    except CheckoutError as exc:
+        if self.request.retries < 3:
+            raise self.retry(exc=exc, countdown=2 ** self.request.retries + 1) from None
+        store.fail_run(run_id, f"checkout failed: {exc}", status="error")
+        return
+    if plan.skipped_reason:
+        store.fail_run(run_id, f"no pipeline: {plan.skipped_reason}", status="skipped")
+        return
+    ready = store.set_plan(run_id, plan, sha)
+    log.info("planned {} jobs in {} stages", len(plan.jobs), len(plan.stages))
+    send_jobs(store, rt.celery, rt.settings, run_id, ready)
+
+
+def _pipeline_path(repo_dir: Path, configured: str | None) -> Path | None:
+    if configured:
+        candidate = (repo_dir / configured).resolve()
+        return candidate if candidate.is_relative_to(repo_dir.resolve()) and candidate.is_file() else None
+    return next((repo_dir / name for name in PIPELINE_FILES if (repo_dir / name).is_file()), None)
+
+
+@app.task(name=RUN_JOB, bind=True, acks_late=True)
+def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
+    """Run one attempt of job ``index`` of ``run_id``, then record it and send what became ready."""
+    rt = runtime()
+    store, settings = rt.store, rt.settings
+    worker = self.request.hostname or "worker"
+    begun = store.begin_job(run_id, index, attempt, worker, settings.job_lease_seconds)
+    if begun.status != "ok":
+        return  # stale message (redelivered, or an older attempt) or the run was canceled
+    state = store.job(run_id, index)
+    run = store.get_run(run_id, with_jobs=False)
+    if state is None or run is None:
+        return
+    job = Job.from_dict(state.spec)
+    log = logger.bind(run_id=run_id, job=job.name)
+    started = now_iso()
+    sink = RedisLogSink(store, run_id, index, attempt, settings.log_stream_maxlen)
+    with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds) as lease:
+        try:
+            result = _execute(store, settings, run, job, index, attempt, sink, CancelWatch(store, run_id, lease))
+        finally:
+            sink.close()
+    if lease.lost:
+        log.warning("attempt {} was taken over (lease lapsed); its result is dropped", attempt)
+        return
+    _conclude(rt, run_id, index, attempt, job, worker, started, result)
+
+
+def _execute(store: Store, settings: Settings, run: RunRecord, job: Job, index: int, attempt: int,
+             sink: RedisLogSink, cancel: CancelWatch) -> JobResult:
+    request = JobRequest(job=job, run_id=run.id, job_id=f"{run.id}-{index}", pipeline_id=run.id, attempt=attempt,
+                         sha=run.sha, ref=run.ref, project_path=run.repo,
+                         pipeline_variables=store.pipeline_variables(run.id), clone_url=run.clone_url)
+    with Workspace(run.id, job.name, attempt, settings=settings) as workspace:
+        try:
+            if run.clone_url:
+                checkout(run.clone_url, run.sha, workspace.builds_dir, ref=run.ref)
+            else:
+                workspace.builds_dir.mkdir(parents=True, exist_ok=True)
+        except InfrastructureError as exc:
+            return _infrastructure_result(exc, sink, run.id, job.name)
+        return run_job(request, workspace.builds_dir, sink, cancel, settings=settings)
+
+
+def _infrastructure_result(exc: InfrastructureError, sink: RedisLogSink, run_id: str, job: str) -> JobResult:
+    now = now_iso()
+    sink.write(LogLine(run_id=run_id, job=job, step="prepare", number=1, stream="system", text=f"[ci-queue] {exc}",
+                       timestamp=now))
+    return JobResult(status="failed", failure_class=exc.failure_class, exit_code=None, steps=[], started_at=now,
+                     finished_at=now, duration=0.0, log_truncated=False, reason=str(exc))
+
+
+def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, worker: str, started: str,
+              result: JobResult) -> None:
+    """Record the attempt: finished, or retried as a new attempt; then dispatch what became ready."""
+    store, settings = rt.store, rt.settings
+    record = {"attempt": attempt, "worker": worker, "status": result.status, "failure_reason": result.failure_class,
+              "exit_code": result.exit_code, "started_at": result.started_at or started,
+              "finished_at": result.finished_at, "duration": result.duration,
+              "steps": [vars(step) for step in result.steps], "reason": result.reason}
+    if result.status == "failed":
+        previous = store.job(run_id, index)
+        attempts = previous.attempts if previous else []
+        retry_kind = None
+        if (result.failure_class in INFRASTRUCTURE_FAILURES
+                and sum(a.get("retried") == "system" for a in attempts) < settings.system_failure_retries):
+            retry_kind = "system"
+        elif retry_wanted(job, result.failure_class, result.exit_code,
+                          sum(a.get("retried") == "yaml" for a in attempts)):
+            retry_kind = "yaml"
+        if retry_kind:
+            new_attempt = store.requeue_job(run_id, index, attempt, {**record, "retried": retry_kind})
+            if new_attempt is not None:
+                logger.bind(run_id=run_id, job=job.name).info("retrying ({}) as attempt {}", retry_kind, new_attempt)
+                send_jobs(store, rt.celery, settings, run_id, [index])
+                return
+    fields = {"exit": result.exit_code, "reason": result.failure_class}
+    transition = store.finish_job(run_id, index, attempt, result.status,
+                                  allowed=result.status == "failed" and job.failure_allowed(result.exit_code),
+                                  fields=fields, attempt_record=record)
+    send_jobs(store, rt.celery, settings, run_id, transition.ready)
