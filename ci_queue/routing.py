@@ -1,7 +1,7 @@
 """Which Celery queue a job goes to, and which queues a worker consumes.
 
 A job's ``tags`` must be a subset of the worker's tags. Each distinct tag set is one queue
-(``ciq.tags.<sorted,tags>``); a worker with tags T consumes the queue of every non-empty subset
+(``ciq.tags.<sorted+tags>``; ``+`` because Celery's ``--queues`` splits on commas); a worker with tags T consumes the queue of every non-empty subset
 of T, so it takes exactly the jobs it can serve, and the broker does the matching. Subsets grow
 as 2^|T|, hence the limit of ``MAX_WORKER_TAGS``. Untagged jobs go to ``ciq.default``.
 """
@@ -16,7 +16,7 @@ DEFAULT_QUEUE = "ciq.default"
 CONTROL_QUEUE = "ciq.control"  # planning and other work any worker may do
 TAG_QUEUE_PREFIX = "ciq.tags."
 MAX_WORKER_TAGS = 6
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,62}$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$")
 
 
 class RoutingError(ValueError):
@@ -28,14 +28,14 @@ def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
     result = sorted({t.strip() for t in tags if t and t.strip()})
     for tag in result:
         if not _TAG.match(tag):
-            raise RoutingError(f"invalid tag {tag!r}: letters, digits and _ . : / + - only, at most 63")
+            raise RoutingError(f"invalid tag {tag!r}: letters, digits and _ . : / - only, at most 63")
     return tuple(result)
 
 
 def job_queue(tags: Iterable[str]) -> str:
     """The queue of a job with these tags."""
     normalized = normalize_tags(tags)
-    return TAG_QUEUE_PREFIX + ",".join(normalized) if normalized else DEFAULT_QUEUE
+    return TAG_QUEUE_PREFIX + "+".join(normalized) if normalized else DEFAULT_QUEUE
 
 
 def worker_queues(tags: Iterable[str], untagged: bool = True) -> list[str]:

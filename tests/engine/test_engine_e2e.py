@@ -69,3 +69,130 @@ def test_an_invalid_pipeline_fails_the_run_with_positions(engine, tmp_path):
     run = engine.wait(engine.trigger(repo))
     assert run.status == "failed"
     assert run.error.startswith(".ci-queue.yml:3:10: ") and "stage `nope` is not defined" in run.error
+
+
+def test_needs_start_a_job_while_a_slow_job_of_the_earlier_stage_runs(engine, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": """
+stages: [build, test]
+slow:
+  stage: build
+  script: sleep 4
+fast:
+  stage: build
+  script: echo fast
+after-fast:
+  stage: test
+  needs: [fast]
+  script: echo eager
+after-all:
+  stage: test
+  script: echo staged
+"""})
+    engine.start_worker("w1", concurrency=3)
+    run = engine.wait(engine.trigger(repo))
+    jobs = by_name(run)
+    assert run.status == "success"
+    assert jobs["after-fast"].started_at >= jobs["fast"].finished_at
+    assert jobs["after-fast"].finished_at < jobs["slow"].finished_at, "the needs job waited for the stage"
+    assert jobs["after-all"].started_at >= jobs["slow"].finished_at
+
+
+def test_timeout_and_cancel_leave_no_process_behind(engine, tmp_path):
+    import os
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": f"""
+slow-timeout:
+  timeout: 2s
+  script:
+    - sleep 300 & echo $! > {pids}/timeout-child
+    - sleep 300
+slow-cancel:
+  script:
+    - sleep 300 & echo $! > {pids}/cancel-child
+    - sleep 300
+"""})
+    engine.start_worker("w1", concurrency=2)
+    run_id = engine.trigger(repo)
+    engine.wait(run_id, until=lambda r: getattr(by_name(r).get("slow-cancel"), "status", None) == "running"
+                and (pids / "cancel-child").exists())
+    started = time.monotonic()
+    engine.store.cancel_run(run_id)
+    run = engine.wait(run_id, timeout=30)
+    jobs = by_name(run)
+    assert run.status == "canceled"
+    assert jobs["slow-cancel"].status == "canceled" and time.monotonic() - started < 5
+    assert jobs["slow-timeout"].status in ("failed", "canceled")
+    if jobs["slow-timeout"].status == "failed":
+        assert jobs["slow-timeout"].failure_reason == "timeout"
+    for name in ("cancel-child", "timeout-child"):
+        if (pids / name).exists():
+            pid = int((pids / name).read_text())
+            deadline = time.monotonic() + 5
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.exists(f"/proc/{pid}"), f"{name} {pid} survived"
+
+
+def test_a_timed_out_job_fails_as_timeout(engine, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "slow:\n  timeout: 2s\n  script: sleep 300\n"})
+    engine.start_worker("w1")
+    run = engine.wait(engine.trigger(repo))
+    job = by_name(run)["slow"]
+    assert (run.status, job.status, job.failure_reason) == ("failed", "failed", "timeout")
+    assert [step["status"] for step in job.attempts[-1]["steps"]][-1] in ("timeout", "success")
+
+
+def test_retry_runs_a_failing_job_again_as_attempt_2(engine, tmp_path):
+    repo = tmp_path / "repo"
+    marker = tmp_path / "first-attempt-done"
+    make_repo(repo, {".ci-queue.yml": f"""
+flaky:
+  retry: 1
+  script:
+    - if [ ! -e {marker} ]; then touch {marker}; exit 1; fi
+    - echo second time lucky
+"""})
+    engine.start_worker("w1")
+    run = engine.wait(engine.trigger(repo))
+    job = by_name(run)["flaky"]
+    assert run.status == "success" and job.status == "success" and job.attempt == 2
+    assert [(a["attempt"], a["status"], a.get("retried")) for a in job.attempts] == [
+        (1, "failed", "yaml"), (2, "success", None)]
+
+
+def test_jobs_go_only_to_workers_whose_tags_cover_theirs_and_unservable_jobs_get_stuck(engine, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": """
+on-docker:
+  tags: [docker]
+  script: echo docker
+on-both:
+  tags: [docker, linux]
+  script: echo both
+untagged:
+  script: echo anywhere
+on-gpu:
+  tags: [gpu]
+  script: echo gpu
+"""})
+    engine.env["CIQ_QUEUE_TIMEOUT_SECONDS"] = "4"
+    engine.start_worker("plain", untagged=True)
+    engine.start_worker("tagged", tags="docker,linux", untagged=False)
+    settings_timeout = engine.settings.__class__.from_env(engine.env)
+    from ci_queue.dispatch import trigger_run
+
+    engine.settings = settings_timeout
+    run_id = trigger_run(engine.store, engine.celery, repo=repo.name, ref="main", clone_url=f"file://{repo}")
+    run = engine.wait(run_id, timeout=60)
+    jobs = by_name(run)
+    assert all(jobs[n].worker and jobs[n].worker.startswith("tagged@") for n in ("on-docker", "on-both")), [(j.name, j.status, j.worker, j.queue, j.failure_reason) for j in run.jobs]
+    assert jobs["on-docker"].queue == "ciq.tags.docker" and jobs["on-both"].queue == "ciq.tags.docker+linux"
+    assert jobs["untagged"].status == "success"
+    assert (jobs["on-gpu"].status, jobs["on-gpu"].failure_reason) == ("failed", "stuck")
+    assert run.status == "failed"
