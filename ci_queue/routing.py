@@ -1,7 +1,8 @@
 """Which Celery queue a job goes to, and which queues a worker consumes.
 
 A job's ``tags`` must be a subset of the worker's tags. Each distinct tag set is one queue
-(``ciq.tags.<sorted+tags>``; ``+`` because Celery's ``--queues`` splits on commas); a worker with tags T consumes the queue of every non-empty subset
+(``ciq.tags.<sorted+tags>``; ``+``, because Celery's ``--queues`` splits on
+commas); a worker with tags T consumes the queue of every non-empty subset
 of T, so it takes exactly the jobs it can serve, and the broker does the matching. Subsets grow
 as 2^|T|, hence the limit of ``MAX_WORKER_TAGS``. Untagged jobs go to ``ciq.default``.
 """

@@ -191,7 +191,8 @@ on-gpu:
     run_id = trigger_run(engine.store, engine.celery, repo=repo.name, ref="main", clone_url=f"file://{repo}")
     run = engine.wait(run_id, timeout=60)
     jobs = by_name(run)
-    assert all(jobs[n].worker and jobs[n].worker.startswith("tagged@") for n in ("on-docker", "on-both")), [(j.name, j.status, j.worker, j.queue, j.failure_reason) for j in run.jobs]
+    states = [(j.name, j.status, j.worker, j.queue, j.failure_reason) for j in run.jobs]
+    assert all(jobs[n].worker and jobs[n].worker.startswith("tagged@") for n in ("on-docker", "on-both")), states
     assert jobs["on-docker"].queue == "ciq.tags.docker" and jobs["on-both"].queue == "ciq.tags.docker+linux"
     assert jobs["untagged"].status == "success"
     assert (jobs["on-gpu"].status, jobs["on-gpu"].failure_reason) == ("failed", "stuck")
