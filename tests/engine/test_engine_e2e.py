@@ -197,3 +197,49 @@ on-gpu:
     assert jobs["untagged"].status == "success"
     assert (jobs["on-gpu"].status, jobs["on-gpu"].failure_reason) == ("failed", "stuck")
     assert run.status == "failed"
+
+
+def test_sigkill_of_the_worker_running_a_job_reruns_it_elsewhere_as_attempt_2(engine, tmp_path):
+    import os
+    import signal
+
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "long:\n  script:\n    - echo start\n    - sleep 4\n    - echo done\n"})
+    engine.env["CIQ_JOB_LEASE_SECONDS"] = "3"
+    victim = engine.start_worker("victim", concurrency=1)
+    run_id = engine.trigger(repo)
+    run = engine.wait(run_id, until=lambda r: bool(r.jobs) and r.jobs[0].status == "running")
+    assert run.jobs[0].worker.startswith("victim@")
+    engine.start_worker("survivor", concurrency=1)
+    os.killpg(victim.pid, signal.SIGKILL)
+    run = engine.wait(run_id, timeout=90)
+    job = run.jobs[0]
+    assert run.status == "success" and job.status == "success"
+    assert job.attempt == 2 and job.worker.startswith("survivor@")
+    assert [(a["attempt"], a["status"], a.get("failure_reason"), a.get("retried")) for a in job.attempts] == [
+        (1, "failed", "runner_system_failure", "system"), (2, "success", None, None)]
+
+
+def test_fifty_runs_of_twenty_jobs_through_two_workers(engine, tmp_path):
+    """Every run ends, every job is recorded exactly once, and after the end every key of the
+    runs has a TTL (retention)."""
+    jobs = "\n".join(f"j{i}:\n  stage: s{i % 4}\n  script: echo {i}\n" for i in range(20))
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "stages: [s0, s1, s2, s3]\n" + jobs})
+    engine.start_worker("a", concurrency=4)
+    engine.start_worker("b", concurrency=4)
+    run_ids = [engine.trigger(repo) for _ in range(50)]
+    for run_id in run_ids:
+        run = engine.wait(run_id, timeout=240)
+        assert run.status == "success", run.to_dict()
+        assert len(run.jobs) == 20
+        for job in run.jobs:
+            assert job.status == "success" and job.attempt == 1 and len(job.attempts) == 1, job.to_dict()
+            out = [e[1]["text"] for e in engine.store.read_log(run_id, job.index) if e[1]["stream"] == "out"]
+            assert out == [f"$ echo {job.name[1:]}", job.name[1:]], out
+    client = engine.store.r
+    for key in client.scan_iter(f"{engine.store.prefix}*", count=1000):
+        if key.endswith(("leases", "queued", "sweeper:lock")):
+            continue  # shared sets / the lock, not run data; members are removed as jobs end
+        assert client.ttl(key) > 0, f"{key} has no TTL"
+    assert client.zcard(engine.store.leases_key) == 0 and client.zcard(engine.store.queued_key) == 0
