@@ -204,7 +204,7 @@ def load_yaml(
     try:
         data = loader.load_stream()
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, file, source) from None
+        raise _yaml_error(exc, file, source, max_depth) from None
     except RecursionError:
         raise error(Mark(file, 1, 1), "the document is nested too deeply to load") from None
     warnings = sorted(loader.warnings, key=lambda d: (d.mark.line, d.mark.col) if d.mark else (0, 0))
@@ -268,16 +268,20 @@ def _decode(text: str | bytes, file: str, max_bytes: int) -> str:
     return source
 
 
-def _yaml_error(exc: yaml.YAMLError, file: str, source: str) -> PipelineError:
+def _yaml_error(exc: yaml.YAMLError, file: str, source: str, max_depth: int) -> PipelineError:
     """Turn PyYAML's multi-line error into one diagnostic: position, problem, and context as hint.
 
     An error on a tab gets a hint about tabs, since libyaml's message does not name the character.
+    libyaml 0.2.6 and later refuse deep nesting themselves while scanning ahead, before our own
+    depth check sees the events: that is the same problem and gets the same message.
     """
     if not isinstance(exc, yaml.MarkedYAMLError):
         return error(Mark(file, 1, 1), str(exc).splitlines()[0] if str(exc) else "invalid YAML")
     where = exc.problem_mark or exc.context_mark
     mark = Mark(file, where.line + 1, where.column + 1) if where else Mark(file, 1, 1)
     message = " ".join((exc.problem or exc.context or "invalid YAML").split())
+    if "max" in message and "nesting depth" in message:
+        return error(mark, f"nesting is deeper than {max_depth} levels", "aliases count as copies of their anchor")
     hint = None
     if exc.problem and exc.context:
         hint = " ".join(exc.context.split())

@@ -441,10 +441,10 @@ def test_a_300_kb_file_loads_in_well_under_a_second() -> None:
     text = ".defaults: &defaults\n  retry: 2\n  tags: [docker]\n" + "".join(JOB.format(i) for i in range(650))
     assert len(text) > 300_000
     timings = []
-    for _ in range(3):  # the best of three, to ignore a busy machine
-        start = time.perf_counter()
+    for _ in range(3):  # the best of three, in CPU time: a busy machine must not fail this test
+        start = time.process_time()
         data, _ = load_yaml(text, "big.yml")
-        timings.append(time.perf_counter() - start)
+        timings.append(time.process_time() - start)
     assert min(timings) < 1.0
     assert data["build:649"]["retry"] == 2
 
