@@ -38,6 +38,7 @@ class Settings:
     log_stream_maxlen: int = 200_000  # lines kept per job log stream (capped)
     max_job_timeout: int = 24 * 3600  # longest `timeout:` a job may ask for (sizes the visibility timeout)
     shutdown_grace_seconds: int = 300  # a stopping worker lets running jobs finish this long
+    auto_cancel: bool = True  # a newer run of a ref cancels the interruptible jobs of older ones
 
     # -- the web app and the API ----------------------------------------------------------------
     api_tokens: str = ""  # comma-separated bearer tokens for /api/v1

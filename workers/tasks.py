@@ -132,11 +132,11 @@ class LeaseKeeper:
 
 
 class CancelWatch:
-    """The cancel check a runner polls: the run's cancel flag (read at most twice a second)
-    or a lost lease."""
+    """The cancel check a runner polls: the run's or the job's cancel flag (read at most twice a
+    second) or a lost lease."""
 
-    def __init__(self, store: Store, run_id: str, lease: LeaseKeeper) -> None:
-        self.store, self.run_id, self.lease = store, run_id, lease
+    def __init__(self, store: Store, run_id: str, index: int, lease: LeaseKeeper) -> None:
+        self.store, self.run_id, self.index, self.lease = store, run_id, index, lease
         self._checked = 0.0
         self._canceled = False
 
@@ -147,7 +147,7 @@ class CancelWatch:
         if now - self._checked >= 0.5:
             self._checked = now
             try:
-                self._canceled = self.store.is_canceling(self.run_id)
+                self._canceled = self.store.is_canceling(self.run_id, self.index)
             except Exception:
                 return False
         return self._canceled
@@ -203,6 +203,23 @@ def plan_run(self: Any, run_id: str) -> None:
     ready = store.set_plan(run_id, plan, sha)
     log.info("planned {} jobs in {} stages", len(plan.jobs), len(plan.stages))
     send_jobs(store, rt.celery, rt.settings, run_id, ready)
+    if rt.settings.auto_cancel:
+        cancel_superseded(store, run_id)
+
+
+def cancel_superseded(store: Store, run_id: str) -> None:
+    """A newer run of a ref makes the ``interruptible`` jobs of the older, still running runs of
+    that ref pointless: cancel them (GitLab's auto-cancel of redundant pipelines)."""
+    for older in store.superseded(run_id):
+        record = store.get_run(older)
+        if record is None:
+            continue
+        interruptible = [job.index for job in record.jobs if job.spec.get("interruptible")
+                         and job.status in ("created", "pending", "running", "manual")]
+        if interruptible:
+            status, running = store.cancel_jobs(older, interruptible)
+            logger.bind(run_id=older).info("superseded by run {}: canceled {} interruptible jobs ({} running)",
+                                           run_id, len(interruptible), len(running))
 
 
 def _pipeline_path(repo_dir: Path, configured: str | None) -> Path | None:
@@ -231,7 +248,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     sink = RedisLogSink(store, run_id, index, attempt, settings.log_stream_maxlen)
     with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds) as lease:
         try:
-            result = _execute(store, settings, run, job, index, attempt, sink, CancelWatch(store, run_id, lease))
+            result = _execute(store, settings, run, job, index, attempt, sink, CancelWatch(store, run_id, index, lease))
         finally:
             sink.close()
     if lease.lost:

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from ci_queue.graph import build_graph, dependents
-from ci_queue.pipeline.model import Plan
+from ci_queue.pipeline.model import Job, Plan
 from ci_queue.store import lua
 
 RUN_STATUSES = ("queued", "running", "success", "failed", "canceled", "skipped", "error")
@@ -91,6 +91,15 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class RetryResult:
+    """What ``Store.retry_run`` did: the run's status now, the jobs retried, the jobs ready now."""
+
+    status: str
+    retried: list[int]
+    ready: list[int]
+
+
+@dataclass(frozen=True)
 class Transition:
     """What a state-changing script answered: a status and the jobs that became ready."""
 
@@ -111,7 +120,8 @@ class Store:
         self.prefix = prefix
         self.retention = int(retention_seconds)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
-                         ("START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB", "CANCEL_RUN")}
+                         ("START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB", "CANCEL_RUN",
+                          "CANCEL_JOBS", "RETRY_RUN")}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> Store:
@@ -232,8 +242,14 @@ class Store:
     def run_status(self, run_id: str) -> str | None:
         return self.r.hget(self._run(run_id), "status")
 
-    def is_canceling(self, run_id: str) -> bool:
-        return self.r.hget(self._run(run_id), "canceling") == "1"
+    def is_canceling(self, run_id: str, index: int | None = None) -> bool:
+        """Was the run canceled (or, with ``index``, that one job)? Polled by running jobs."""
+        if index is None:
+            return self.r.hget(self._run(run_id), "canceling") == "1"
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self._run(run_id), "canceling")
+        pipe.hget(self._state(run_id), f"n{index}.cancel")
+        return "1" in pipe.execute()
 
     def get_run(self, run_id: str, with_jobs: bool = True) -> RunRecord | None:
         pipe = self.r.pipeline()
@@ -387,6 +403,72 @@ class Store:
         result = self._scripts["CANCEL_RUN"](keys=self._keys(run_id), args=[now_iso(), count])
         self._after_status_change(run_id, old, result[0])
         return result[0], [int(i) for i in result[1:]]
+
+    def retry_run(self, run_id: str) -> RetryResult:
+        """GitLab's "retry failed jobs": every failed or canceled job runs again as a new attempt
+        (its earlier attempts kept), what depends on it and has not run is decided again, jobs that
+        succeeded keep their result; the run is ``running`` again and kept (no TTL). Returns the
+        jobs retried and the jobs ready now (to dispatch). Raises StoreError when there is nothing
+        to retry, the run is still queued or still being canceled, or it does not exist."""
+        raw = self.r.hmget(self._run(run_id), ["status", "stages", "job_count"])
+        if raw[0] is None:
+            raise StoreError(f"no run {run_id}")
+        if raw[0] == "queued" or raw[2] is None:
+            raise StoreError(f"run {run_id} is {raw[0]}: it has not been planned yet, nothing to retry")
+        job_count = int(raw[2])
+        specs = self.r.hmget(self._state(run_id), [f"n{i}.spec" for i in range(job_count)]) if job_count else []
+        plan = Plan(stages=json.loads(raw[1] or "[]"), jobs=[Job.from_dict(json.loads(s or "{}")) for s in specs])
+        nodes = build_graph(plan)
+        reverse = dependents(nodes)
+        graph = {"preds": [node.preds for node in nodes], "deps": [reverse[node.index] for node in nodes]}
+        keys = [*self._keys(run_id), self._names(run_id), *(self._log(run_id, i) for i in range(job_count))]
+        result = self._scripts["RETRY_RUN"](keys=keys, args=[now_iso(), json.dumps(graph)])
+        messages = {
+            "missing": f"no run {run_id}",
+            "queued": f"run {run_id} has not been planned yet, nothing to retry",
+            "canceling": f"run {run_id} is still being canceled; retry it once its jobs stopped",
+            "nothing": f"run {run_id} has no failed or canceled job to retry",
+            "graph": f"run {run_id}: its stored graph does not match its jobs",
+        }
+        if result[0] in messages and len(result) == 1:
+            raise StoreError(messages[result[0]])
+        old, new, count = result[0], result[1], int(result[2])
+        retried = [int(i) for i in result[3:3 + count]]
+        ready = [int(i) for i in result[3 + count:]]
+        if old != new:
+            pipe = self.r.pipeline()
+            self._reindex_status(run_id, old, new, pipe)
+            pipe.execute()
+        if new in TERMINAL_RUN:  # settled at once (e.g. only optional manual jobs to play again)
+            pipe = self.r.pipeline()
+            for key in keys:
+                pipe.expire(key, self.retention)
+            pipe.execute()
+        return RetryResult(new, retried, ready)
+
+    def cancel_jobs(self, run_id: str, indexes: list[int]) -> tuple[str, list[int]]:
+        """Cancel some jobs of a run (not the run); returns its status and the jobs still running."""
+        if not indexes:
+            return self.run_status(run_id) or "", []
+        old = self.r.hget(self._run(run_id), "status") or "running"
+        result = self._scripts["CANCEL_JOBS"](keys=self._keys(run_id), args=[now_iso(), *indexes])
+        self._after_status_change(run_id, old, result[0])
+        return result[0], [int(i) for i in result[1:]]
+
+    def superseded(self, run_id: str) -> list[str]:
+        """Older runs of the same repository and ref that are still going (for auto-cancel)."""
+        raw = self.r.hmget(self._run(run_id), ["repo", "ref"])
+        if raw[0] is None:
+            return []
+        key = self._index("ref", f"{raw[0]}:{raw[1]}")
+        score = self.r.zscore(key, run_id)
+        if score is None:
+            return []
+        older = self.r.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=50)
+        pipe = self.r.pipeline(transaction=False)
+        for other in older:
+            pipe.hget(self._run(other), "status")
+        return [other for other, status in zip(older, pipe.execute(), strict=True) if status == "running"]
 
     # -- logs ----------------------------------------------------------------------------------------
     def append_log(self, run_id: str, index: int, lines: list[dict[str, Any]], maxlen: int = 200_000) -> None:

@@ -22,11 +22,16 @@ local function set(i, prop, value) redis.call('HSET', st, 'n' .. i .. '.' .. pro
 local function num(i, prop) return tonumber(get(i, prop) or '0') end
 local function counter(name, delta) return redis.call('HINCRBY', st, 'c.' .. name, delta) end
 
+-- Append an attempt record (JSON text) to the job's list as text: decoding and re-encoding the
+-- list with Redis' cjson would turn every empty list in it into {} and round numbers to 14 digits.
 local function record_attempt(i, record)
   if record == nil or record == '' then return end
-  local attempts = cjson.decode(get(i, 'attempts') or '[]')
-  table.insert(attempts, cjson.decode(record))
-  set(i, 'attempts', cjson.encode(attempts))
+  local attempts = get(i, 'attempts') or '[]'
+  if attempts == '[]' or attempts == '{}' then
+    set(i, 'attempts', '[' .. record .. ']')
+  else
+    set(i, 'attempts', string.sub(attempts, 1, -2) .. ',' .. record .. ']')
+  end
 end
 
 -- Queue node i's dependents after it ended with `result` (success | failed | skipped |
@@ -48,9 +53,15 @@ local function release(first, first_result, first_stage_only, ready)
         end
         if rem == 0 then
           local kind = get(dep, 'kind')
-          if kind == 'stage' then
+          if get(dep, 'st') == 'canceled' then
+            -- canceled before it was ready (an interruptible job of a superseded run)
+            table.insert(work, {dep, 'canceled', false})
+          elseif kind == 'stage' then
             set(dep, 'st', 'done')
-            table.insert(work, {dep, (num(dep, 'fp') > 0) and 'failed' or 'success', false})
+            local stage_result = 'success'
+            if num(dep, 'fp') > 0 then stage_result = 'failed'
+            elseif num(dep, 'np') > 0 then stage_result = 'canceled' end
+            table.insert(work, {dep, stage_result, false})
           elseif redis.call('HGET', run_key, 'canceling') == '1' then
             set(dep, 'st', 'canceled')
             table.insert(work, {dep, 'canceled', false})
@@ -91,7 +102,7 @@ local function settle(now)
   local canceling = redis.call('HGET', run_key, 'canceling') == '1'
   if tonumber(redis.call('HGET', st, 'c.blocked') or '0') > 0 and not canceling then return status end
   local final = 'success'
-  if canceling then final = 'canceled'
+  if canceling or tonumber(redis.call('HGET', st, 'c.canceled') or '0') > 0 then final = 'canceled'
   elseif tonumber(redis.call('HGET', st, 'c.failed') or '0') > 0 then final = 'failed' end
   redis.call('HSET', run_key, 'status', final, 'finished_at', now)
   return final
@@ -157,6 +168,8 @@ if status == 'failed' and allowed == '1' then
   set(i, 'allowed', '1')
 elseif status == 'failed' then
   counter('failed', 1)
+elseif status == 'canceled' then
+  counter('canceled', 1)
 end
 local ready = {}
 if get(i, 'rel') == 'stage' then
@@ -218,6 +231,182 @@ for i = 0, jobs - 1 do
     set(i, 'st', 'canceled')
   elseif s == 'running' then
     table.insert(running, i)
+  end
+end
+local out = {settle(now)}
+for _, i in ipairs(running) do table.insert(out, i) end
+return out
+"""
+
+# KEYS: run, state, names, then the log stream of every job. ARGV: now, the graph as JSON
+# ({"preds": [[...], ...], "deps": [[...], ...]}, one entry per node, from ``ci_queue.graph``: the
+# stored ``deps`` of a played optional manual job are trimmed, so they cannot be trusted here).
+# Retry a run as GitLab's "retry failed jobs" does: every failed or canceled job gets a new
+# attempt; it and every node downstream of it that has not run (created, skipped, manual, stage
+# nodes) go back to `created` with their barrier counters recomputed from their predecessors'
+# current states, then are decided by the barrier like a new run's roots. Jobs that succeeded,
+# and jobs still pending or running, keep their state. Answers {old status, new status, number
+# of retried jobs, retried indexes..., ready indexes...}, or {error} (missing, queued,
+# canceling, nothing, graph).
+RETRY_RUN = _PRELUDE + r"""
+local now, graph = ARGV[1], cjson.decode(ARGV[2])
+local preds, alldeps = graph['preds'], graph['deps']
+local old = redis.call('HGET', run_key, 'status')
+if not old then return {'missing'} end
+local count = tonumber(redis.call('HGET', run_key, 'node_count') or '')
+local jobs = tonumber(redis.call('HGET', run_key, 'job_count') or '')
+if old == 'queued' or count == nil or jobs == nil then return {'queued'} end
+if count ~= #preds or count ~= #alldeps then return {'graph'} end
+local canceling = redis.call('HGET', run_key, 'canceling') == '1'
+
+-- the jobs to retry, and everything downstream of them
+local retry, seen, work = {}, {}, {}
+for i = 0, jobs - 1 do
+  local s = get(i, 'st')
+  -- a job still stopping after a cancel would race its own retry: wait until it stopped
+  if s == 'running' and (canceling or get(i, 'cancel') == '1') then return {'canceling'} end
+  if s == 'failed' or s == 'canceled' then
+    table.insert(retry, i)
+    seen[i] = true
+    table.insert(work, i)
+  end
+end
+if #retry == 0 then return {'nothing'} end
+while #work > 0 do
+  local node = table.remove(work)
+  for _, dep in ipairs(alldeps[node + 1]) do
+    if not seen[dep] then
+      seen[dep] = true
+      table.insert(work, dep)
+    end
+  end
+end
+
+-- reset: retried jobs get their next attempt; downstream nodes that have not run start over
+local resets, retried = {}, {}
+for _, i in ipairs(retry) do retried[i] = true end
+for i = 0, count - 1 do
+  local s = get(i, 'st')
+  local reset = retried[i] or (seen[i] and (get(i, 'kind') == 'stage' or s == 'created' or s == 'skipped'
+                                           or s == 'manual'))
+  if reset then
+    table.insert(resets, i)
+    if retried[i] then
+      -- keep the record of the attempt that ended (a job canceled before it ran has none yet)
+      local att = num(i, 'att')
+      local text = get(i, 'attempts') or '[]'
+      local attempts = cjson.decode(text)
+      local last = attempts[#attempts]
+      if last == nil or tonumber(last['attempt']) ~= att then
+        local record = {attempt = att, status = s, retried = 'manual'}
+        for key, prop in pairs({failure_reason = 'reason', worker = 'worker', started_at = 'started',
+                                finished_at = 'finished'}) do
+          record[key] = get(i, prop) or nil
+        end
+        text = (text == '[]') and ('[' .. cjson.encode(record) .. ']')
+               or (string.sub(text, 1, -2) .. ',' .. cjson.encode(record) .. ']')
+      elseif last['retried'] == nil and string.sub(text, -2) == '}]' and string.sub(text, -3, -3) ~= '{' then
+        -- mark it without decoding and re-encoding the list (cjson turns [] into {})
+        text = string.sub(text, 1, -3) .. ', "retried": "manual"}]'
+      end
+      set(i, 'attempts', text)
+      set(i, 'att', att + 1)
+    end
+    redis.call('HDEL', st, 'n' .. i .. '.worker', 'n' .. i .. '.started', 'n' .. i .. '.finished',
+               'n' .. i .. '.exit', 'n' .. i .. '.reason', 'n' .. i .. '.allowed', 'n' .. i .. '.rel',
+               'n' .. i .. '.queue', 'n' .. i .. '.cancel')
+    local deps = alldeps[i + 1]
+    set(i, 'deps', (#deps > 0) and table.concat(deps, ',') or '')
+    set(i, 'st', 'created')
+  end
+end
+
+-- What predecessor p released to node n, as `release` would have (nil: not yet).
+local function released(p, n)
+  local s = get(p, 'st')
+  if get(p, 'kind') == 'stage' then
+    if s == 'done' then return (num(p, 'fp') > 0) and 'failed' or 'success' end
+    return nil
+  end
+  local rel = get(p, 'rel')
+  -- an optional manual job released the stage boundary as `skipped` when it became manual
+  if (rel == 'stage' or rel == 'all') and get(n, 'needs') ~= '1' then return 'skipped' end
+  if s == 'success' then return 'success' end
+  if s == 'failed' then return (get(p, 'allowed') == '1') and 'success' or 'failed' end
+  if s == 'skipped' or s == 'canceled' then return s end
+  return nil
+end
+
+for _, i in ipairs(resets) do
+  local rem, fp, np = 0, 0, 0
+  local needs_edge = get(i, 'needs') == '1'
+  for _, p in ipairs(preds[i + 1]) do
+    local result = released(p, i)
+    if result == nil then
+      rem = rem + 1
+    else
+      if result == 'failed' then fp = fp + 1 end
+      if result == 'failed' or result == 'canceled' or (result == 'skipped' and needs_edge) then np = np + 1 end
+    end
+  end
+  set(i, 'rem', rem)
+  set(i, 'fp', fp)
+  set(i, 'np', np)
+end
+
+-- the run's counters, from the jobs' states
+local active, failed, blocked, canceled = 0, 0, 0, 0
+for i = 0, jobs - 1 do
+  local s = get(i, 'st')
+  if s == 'pending' or s == 'running' then active = active + 1
+  elseif s == 'failed' and get(i, 'allowed') ~= '1' then failed = failed + 1
+  elseif s == 'manual' and get(i, 'om') ~= '1' then blocked = blocked + 1
+  elseif s == 'canceled' then canceled = canceled + 1 end
+end
+redis.call('HSET', st, 'c.active', active, 'c.failed', failed, 'c.blocked', blocked, 'c.canceled', canceled)
+redis.call('HSET', run_key, 'status', 'running')
+redis.call('HDEL', run_key, 'finished_at', 'canceling')
+for k = 1, #KEYS do redis.call('PERSIST', KEYS[k]) end
+
+-- decide the reset nodes whose predecessors are all done, as START_RUN decides roots
+local ready = {}
+for _, i in ipairs(resets) do
+  if num(i, 'rem') == 0 and get(i, 'st') == 'created' then
+    redis.call('HSET', st, 'n-1.deps', i)
+    set(i, 'rem', 1)
+    release(-1, 'success', false, ready)
+  end
+end
+redis.call('HDEL', st, 'n-1.deps')
+local out = {old, settle(now), #retry}
+for _, i in ipairs(retry) do table.insert(out, i) end
+for _, i in ipairs(ready) do table.insert(out, i) end
+return out
+"""
+
+
+# KEYS: run, state. ARGV: now, job indexes... Cancel some jobs of a run (the interruptible jobs of
+# a run superseded by a newer one on the same ref): waiting ones are canceled at once, running
+# ones get a cancel flag their worker polls. Returns the run status and the running indexes.
+CANCEL_JOBS = _PRELUDE + r"""
+local now = ARGV[1]
+local running = {}
+local ready = {}
+for k = 2, #ARGV do
+  local i = ARGV[k]
+  local s = get(i, 'st')
+  if s == 'running' then
+    set(i, 'cancel', '1')
+    table.insert(running, tonumber(i))
+  elseif s == 'pending' or s == 'created' or s == 'manual' then
+    if s == 'manual' and get(i, 'om') ~= '1' then counter('blocked', -1) end
+    set(i, 'st', 'canceled')
+    set(i, 'finished', now)
+    counter('canceled', 1)
+    if s == 'pending' then
+      counter('active', -1)
+      release(i, 'canceled', false, ready)
+    end
   end
 end
 local out = {settle(now)}

@@ -243,3 +243,34 @@ def test_fifty_runs_of_twenty_jobs_through_two_workers(engine, tmp_path):
             continue  # shared sets / the lock, not run data; members are removed as jobs end
         assert client.ttl(key) > 0, f"{key} has no TTL"
     assert client.zcard(engine.store.leases_key) == 0 and client.zcard(engine.store.queued_key) == 0
+
+
+def test_a_newer_run_of_a_ref_cancels_the_interruptible_jobs_of_the_older_one(engine, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": """
+stages: [test, deploy]
+long-tests:
+  stage: test
+  interruptible: true
+  script: sleep 300
+migration:
+  stage: test
+  script: sleep 2
+deploy:
+  stage: deploy
+  script: echo deploy
+"""})
+    engine.start_worker("w1", concurrency=4)
+    first = engine.trigger(repo)
+    engine.wait(first, until=lambda r: {j.name: j.status for j in r.jobs}.get("long-tests") == "running")
+    second = engine.trigger(repo)
+    old = engine.wait(first, timeout=30)
+    jobs = by_name(old)
+    assert jobs["long-tests"].status == "canceled"
+    assert jobs["migration"].status == "success", "a job that is not interruptible is left to finish"
+    assert jobs["deploy"].status in ("skipped", "canceled")
+    assert old.status == "canceled"
+    assert engine.wait(second, until=lambda r: by_name(r).get("long-tests") is not None
+                       and by_name(r)["long-tests"].status == "running").status == "running"
+    engine.store.cancel_run(second)
+    assert engine.wait(second, timeout=30).status == "canceled"
