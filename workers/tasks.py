@@ -217,7 +217,7 @@ def cancel_superseded(store: Store, run_id: str) -> None:
         interruptible = [job.index for job in record.jobs if job.spec.get("interruptible")
                          and job.status in ("created", "pending", "running", "manual")]
         if interruptible:
-            status, running = store.cancel_jobs(older, interruptible)
+            _, running = store.cancel_jobs(older, interruptible)
             logger.bind(run_id=older).info("superseded by run {}: canceled {} interruptible jobs ({} running)",
                                            run_id, len(interruptible), len(running))
 
