@@ -19,6 +19,7 @@ from loguru import logger
 
 from ci_queue.celery_app import PLAN_RUN, RUN_JOB
 from ci_queue.pipeline.model import Job
+from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE, job_queue
 from ci_queue.settings import Settings
 from ci_queue.store import Store
@@ -69,19 +70,44 @@ def job_signature(app: Celery, store: Store, settings: Settings, run_id: str, in
     return app.signature(RUN_JOB, args=[run_id, index, attempt], **options)
 
 
-def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexes: list[int]) -> None:
-    """Dispatch the jobs that became ready as one Celery group."""
-    if not indexes:
-        return
+def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexes: list[int],
+              freed_groups: tuple[str, ...] = ()) -> None:
+    """Dispatch the jobs that became ready as one Celery group.
+
+    A job of a ``resource_group`` joins its group's line instead and is sent when the group is
+    granted to it; ``freed_groups`` are groups a finished job just released.
+    """
     signatures = []
+    lines = ResourceGroups(store, settings.job_lease_seconds)
+    to_grant = set(freed_groups)
     for index in indexes:
         state = store.job(run_id, index)
         if state is None or state.status != "pending":
             continue
-        signatures.append(job_signature(app, store, settings, run_id, index, state.attempt,
-                                        Job.from_dict(state.spec)))
+        job = Job.from_dict(state.spec)
+        if job.resource_group:
+            lines.enqueue(job.resource_group, run_id, index, state.attempt)
+            to_grant.add(job.resource_group)
+            continue
+        signatures.append(job_signature(app, store, settings, run_id, index, state.attempt, job))
+    for name in sorted(to_grant):
+        signatures.extend(grant_next(store, app, settings, lines, name))
     if signatures:
         group(signatures).apply_async()
+
+
+def grant_next(store: Store, app: Celery, settings: Settings, lines: ResourceGroups, name: str) -> list[Any]:
+    """The signature of the job the resource group ``name`` was just granted to, if any."""
+    granted = lines.grant(name)
+    if granted is None:
+        return []
+    run_id, index, attempt = granted
+    state = store.job(run_id, index)
+    if state is None:
+        lines.release(name, run_id, index, attempt)
+        return []
+    logger.bind(run_id=run_id, job=state.name).info("resource group {} granted", name)
+    return [job_signature(app, store, settings, run_id, index, attempt, Job.from_dict(state.spec))]
 
 
 def retry_wanted(job: Job, failure_class: str | None, exit_code: int | None, yaml_retries_used: int) -> bool:

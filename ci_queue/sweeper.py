@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 
-from celery import Celery
+from celery import Celery, group
 from loguru import logger
 
-from ci_queue.dispatch import send_jobs
+from ci_queue.dispatch import grant_next, send_jobs
+from ci_queue.resource_groups import ResourceGroups
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 
@@ -85,7 +86,22 @@ class Sweeper:
             done[self._lease_lapsed(run_id, index, attempt)] += 1
         for run_id, index, attempt in self.store.expired(self.store.queued_key, now):
             done["stuck"] += self._stuck(run_id, index, attempt)
+        done["granted"] = self._grant_free_groups()
         return done
+
+    def _grant_free_groups(self) -> int:
+        """A resource group whose holder vanished (its lease expired) goes to the next in line."""
+        lines = ResourceGroups(self.store, self.settings.job_lease_seconds)
+        signatures = []
+        for name in lines.groups():
+            if lines.holder(name) is None:
+                if not lines.waiting(name):
+                    self.store.r.srem(lines.groups_key, name)
+                    continue
+                signatures.extend(grant_next(self.store, self.app, self.settings, lines, name))
+        if signatures:
+            group(signatures).apply_async()
+        return len(signatures)
 
     def _lease_lapsed(self, run_id: str, index: int, attempt: int) -> str:
         store = self.store

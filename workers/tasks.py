@@ -22,6 +22,7 @@ from ci_queue.dispatch import retry_wanted, send_jobs
 from ci_queue.pipeline.errors import PipelineError
 from ci_queue.pipeline.model import Job, MergeRequest, PlanContext
 from ci_queue.pipeline.planner import PIPELINE_FILES, plan_file
+from ci_queue.resource_groups import ResourceGroups
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
 from ci_queue.store.core import now_iso
@@ -104,11 +105,15 @@ class RedisLogSink:
 
 
 class LeaseKeeper:
-    """Renews a running attempt's lease; notices when the attempt was taken away."""
+    """Renews a running attempt's lease (and its resource group's claim); notices when the
+    attempt was taken away."""
 
-    def __init__(self, store: Store, run_id: str, index: int, attempt: int, lease_seconds: float) -> None:
+    def __init__(self, store: Store, run_id: str, index: int, attempt: int, lease_seconds: float,
+                 resource_group: str | None = None) -> None:
         self.store, self.run_id, self.index, self.attempt = store, run_id, index, attempt
         self.lease = lease_seconds
+        self.group = resource_group
+        self.lines = ResourceGroups(store, lease_seconds) if resource_group else None
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease", daemon=True)
@@ -127,6 +132,8 @@ class LeaseKeeper:
                 if not self.store.renew_lease(self.run_id, self.index, self.attempt, self.lease):
                     self.lost = True
                     return
+                if self.lines and self.group:
+                    self.lines.renew(self.group, self.run_id, self.index, self.attempt)
             except Exception as exc:  # Redis hiccup: try again next period; the lease has slack
                 logger.warning("lease renewal failed: {}", exc)
 
@@ -246,7 +253,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     log = logger.bind(run_id=run_id, job=job.name)
     started = now_iso()
     sink = RedisLogSink(store, run_id, index, attempt, settings.log_stream_maxlen)
-    with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds) as lease:
+    with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds, job.resource_group) as lease:
         try:
             result = _execute(store, settings, run, job, index, attempt, sink, CancelWatch(store, run_id, index, lease))
         finally:
@@ -285,6 +292,10 @@ def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, wor
               result: JobResult) -> None:
     """Record the attempt: finished, or retried as a new attempt; then dispatch what became ready."""
     store, settings = rt.store, rt.settings
+    freed: tuple[str, ...] = ()
+    if job.resource_group and ResourceGroups(store, settings.job_lease_seconds).release(
+            job.resource_group, run_id, index, attempt):
+        freed = (job.resource_group,)
     record = {"attempt": attempt, "worker": worker, "status": result.status, "failure_reason": result.failure_class,
               "exit_code": result.exit_code, "started_at": result.started_at or started,
               "finished_at": result.finished_at, "duration": result.duration,
@@ -303,10 +314,10 @@ def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, wor
             new_attempt = store.requeue_job(run_id, index, attempt, {**record, "retried": retry_kind})
             if new_attempt is not None:
                 logger.bind(run_id=run_id, job=job.name).info("retrying ({}) as attempt {}", retry_kind, new_attempt)
-                send_jobs(store, rt.celery, settings, run_id, [index])
+                send_jobs(store, rt.celery, settings, run_id, [index], freed)
                 return
     fields = {"exit": result.exit_code, "reason": result.failure_class}
     transition = store.finish_job(run_id, index, attempt, result.status,
                                   allowed=result.status == "failed" and job.failure_allowed(result.exit_code),
                                   fields=fields, attempt_record=record)
-    send_jobs(store, rt.celery, settings, run_id, transition.ready)
+    send_jobs(store, rt.celery, settings, run_id, transition.ready, freed)

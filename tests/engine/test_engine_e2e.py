@@ -274,3 +274,34 @@ deploy:
                        and by_name(r)["long-tests"].status == "running").status == "running"
     engine.store.cancel_run(second)
     assert engine.wait(second, timeout=30).status == "canceled"
+
+
+def test_resource_group_runs_one_job_at_a_time_in_order_without_holding_a_slot(engine, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": """
+deploy:
+  resource_group: production
+  script: sleep 1
+"""})
+    other = tmp_path / "other"
+    make_repo(other, {".ci-queue.yml": """
+deploy:
+  resource_group: production
+  script: sleep 1
+unrelated:
+  script: echo quick
+"""})
+    engine.start_worker("w1", concurrency=1)
+    first = engine.trigger(repo)
+    engine.wait(first, until=lambda r: bool(r.jobs) and r.jobs[0].status == "running")
+    second = engine.trigger(other)
+    third = engine.trigger(repo)
+    runs = [engine.wait(run_id, timeout=60) for run_id in (first, second, third)]
+    assert [run.status for run in runs] == ["success"] * 3
+    deploys = [by_name(run)["deploy"] for run in runs]
+    for earlier, later in zip(deploys, deploys[1:], strict=False):
+        assert later.started_at >= earlier.finished_at, "two jobs of the group overlapped or ran out of order"
+    unrelated = by_name(runs[1])["unrelated"]
+    assert unrelated.started_at < deploys[1].started_at, "a waiting job of the group held the only worker slot"
+    lines = engine.store.r
+    assert lines.get(f"{engine.store.prefix}rg:production:holder") is None
