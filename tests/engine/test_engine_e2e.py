@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from tests.engine.conftest import make_repo
@@ -299,7 +301,7 @@ unrelated:
     runs = [engine.wait(run_id, timeout=60) for run_id in (first, second, third)]
     assert [run.status for run in runs] == ["success"] * 3
     deploys = [by_name(run)["deploy"] for run in runs]
-    for earlier, later in zip(deploys, deploys[1:], strict=False):
+    for earlier, later in itertools.pairwise(deploys):
         assert later.started_at >= earlier.finished_at, "two jobs of the group overlapped or ran out of order"
     unrelated = by_name(runs[1])["unrelated"]
     assert unrelated.started_at < deploys[1].started_at, "a waiting job of the group held the only worker slot"
