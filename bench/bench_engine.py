@@ -120,7 +120,7 @@ def main() -> None:
         for _ in range(options.runs + 3):
             started = time.time()
             run_id = trigger_run(store, app, repo="one", ref="main", clone_url=f"file://{one}")
-            run = wait_for(lambda: (r := store.get_run(run_id)) and r.status == "success" and r, 60, "a run")
+            run = wait_for(lambda rid=run_id: (r := store.get_run(rid)) and r.status == "success" and r, 60, "a run")
             step = run.jobs[0].attempts[-1]["steps"][0]["started_at"]
             latencies.append(iso(step) - started)
         latencies = latencies[3:]  # the first runs warm the mirror cache and the worker imports
