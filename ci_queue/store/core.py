@@ -413,8 +413,10 @@ class Store:
         raw = self.r.hmget(self._run(run_id), ["status", "stages", "job_count"])
         if raw[0] is None:
             raise StoreError(f"no run {run_id}")
-        if raw[0] == "queued" or raw[2] is None:
-            raise StoreError(f"run {run_id} is {raw[0]}: it has not been planned yet, nothing to retry")
+        if raw[0] == "queued":
+            raise StoreError(f"run {run_id} has not been planned yet, nothing to retry")
+        if raw[2] is None:  # ended before it had jobs: an invalid pipeline file, no pipeline, a checkout error
+            raise StoreError(f"run {run_id} is {raw[0]} without jobs, nothing to retry")
         job_count = int(raw[2])
         specs = self.r.hmget(self._state(run_id), [f"n{i}.spec" for i in range(job_count)]) if job_count else []
         plan = Plan(stages=json.loads(raw[1] or "[]"), jobs=[Job.from_dict(json.loads(s or "{}")) for s in specs])

@@ -1,4 +1,4 @@
-"""The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, play.
+"""The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, retry, play.
 
 Every route needs ``Authorization: Bearer <token>`` with one of ``CIQ_API_TOKENS`` (compared in
 constant time). Errors are JSON ``{"error": message}``; unknown ids are 404.
@@ -6,8 +6,11 @@ constant time). Errors are JSON ``{"error": message}``; unknown ids are 404.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import math
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +25,8 @@ from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_PAGE = 100
 EVENTS = ("push", "tag", "merge_request", "web", "schedule", "api", "trigger")
+# Run ids are made by the store (hex); anything else, a `:` above all, could name another key.
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _store() -> Store:
@@ -37,10 +42,12 @@ def require_token() -> Any:
     tokens: list[str] = current_app.config["CIQ_TOKENS"]
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    # compare with every token, whatever matches, so the timing tells nothing
+    # compare digests (equal length, so not even the token's length shows) with every token,
+    # whatever matches, in constant time: the timing tells nothing
+    digest = hashlib.sha256(given.encode()).digest()
     matched = False
     for token in tokens:
-        matched |= hmac.compare_digest(given.encode(), token.encode())
+        matched |= hmac.compare_digest(digest, hashlib.sha256(token.encode()).digest())
     if not given or not matched:
         response = jsonify(error="missing or invalid API token (Authorization: Bearer <token>)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="ci-queue"'
@@ -77,7 +84,9 @@ def create_run() -> Any:
     event = _string(data, "event", default="push")
     if event not in EVENTS:
         abort(400, f"`event` must be one of {', '.join(EVENTS)}")
-    variables = data.get("variables") or {}
+    variables = data.get("variables")
+    if variables is None:
+        variables = {}
     if not isinstance(variables, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in variables.items()):
         abort(400, "`variables` must be an object of strings")
@@ -91,7 +100,11 @@ def create_run() -> Any:
             context[key] = _string(data, key)
     run_id = trigger_run(_store(), current_app.config["CIQ_CELERY"], repo=repo, ref=ref, sha=sha.lower(),
                          event=event, clone_url=clone_url, variables=variables, context=context)
-    status_url = url_for("api.show_run", run_id=run_id, _external=True)
+    public_url = _settings().public_url.rstrip("/")
+    if public_url:
+        status_url = public_url + url_for("api.show_run", run_id=run_id)
+    else:
+        status_url = url_for("api.show_run", run_id=run_id, _external=True)
     return jsonify(id=run_id, run_id=run_id, status="queued", status_url=status_url), 202
 
 
@@ -103,8 +116,10 @@ def list_runs() -> Any:
     try:
         limit = min(max(int(request.args.get("limit", 20)), 1), MAX_PAGE)
         cursor = float(request.args["cursor"]) if request.args.get("cursor") else None
+        if cursor is not None and not math.isfinite(cursor):
+            raise ValueError(cursor)
     except ValueError:
-        abort(400, "`limit` and `cursor` must be numbers")
+        abort(400, "`limit` and `cursor` must be numbers (`cursor`: a `next_cursor` of a previous page)")
     runs, next_cursor = _store().list_runs(repo=request.args.get("repo"), ref=request.args.get("ref"),
                                            status=status, cursor=cursor, limit=limit)
     return jsonify(runs=[{k: v for k, v in run.to_dict().items() if k != "jobs"} for run in runs],
@@ -112,7 +127,7 @@ def list_runs() -> Any:
 
 
 def _run_or_404(run_id: str, with_jobs: bool = True) -> Any:
-    run = _store().get_run(run_id, with_jobs=with_jobs)
+    run = _store().get_run(run_id, with_jobs=with_jobs) if RUN_ID.fullmatch(run_id) else None
     if run is None:
         abort(404, f"no run {run_id}")
     return run
@@ -138,6 +153,23 @@ def cancel_run(run_id: str) -> Any:
     return jsonify(id=run_id, status=status, stopping=len(running))
 
 
+@api.post("/runs/<run_id>/retry")
+def retry_run(run_id: str) -> Any:
+    """GitLab's "retry failed jobs": failed and canceled jobs run again as new attempts, what
+    depends on them is decided again, successful jobs keep their result (``Store.retry_run``)."""
+    _run_or_404(run_id, with_jobs=False)
+    store = _store()
+    try:
+        result = store.retry_run(run_id)
+    except StoreError as exc:
+        abort(409, str(exc))
+    send_jobs(store, current_app.config["CIQ_CELERY"], _settings(), run_id, result.ready)
+    run = store.get_run(run_id)
+    jobs = run.jobs if run else []
+    return jsonify(id=run_id, status=result.status, retried=[jobs[i].name for i in result.retried if i < len(jobs)],
+                   ready=[jobs[i].name for i in result.ready if i < len(jobs)]), 202
+
+
 @api.post("/runs/<run_id>/jobs/<path:name>/play")
 def play_job(run_id: str, name: str) -> Any:
     index = _job_index_or_404(run_id, name)
@@ -153,15 +185,37 @@ def _log_text(entries: list[tuple[str, dict[str, str]]]) -> str:
     return "".join(fields.get("text", "") + "\n" for _, fields in entries)
 
 
+def _offset(value: str | None) -> str:
+    """A stream position from ``?offset=`` / ``Last-Event-ID``: ``-`` (the start) or an entry id."""
+    if not value or value == "-":
+        return "-"
+    head, _, tail = value.partition("-")
+    if not (head.isdigit() and (tail == "" or tail.isdigit())):
+        abort(400, "`offset` must be a value of X-Next-Offset")
+    return value
+
+
+def _attempt_filter() -> str | None:
+    """``?attempt=N``: only the lines of that attempt (default: every attempt, in order)."""
+    attempt = request.args.get("attempt")
+    if attempt is not None and not attempt.isdigit():
+        abort(400, "`attempt` must be a positive number")
+    return attempt
+
+
+def _lines(entries: list[tuple[str, dict[str, str]]], attempt: str | None) -> list[tuple[str, dict[str, str]]]:
+    return entries if attempt is None else [e for e in entries if e[1].get("attempt") == attempt]
+
+
 @api.get("/runs/<run_id>/jobs/<path:name>/log")
 def job_log(run_id: str, name: str) -> Any:
     """The job's log as text; ``?offset=`` (the ``X-Next-Offset`` of a previous read) continues."""
     index = _job_index_or_404(run_id, name)
-    offset = request.args.get("offset") or "-"
-    if offset != "-" and not _valid_stream_id(offset):
-        abort(400, "`offset` must be a value of X-Next-Offset")
+    offset = _offset(request.args.get("offset"))
+    attempt = _attempt_filter()
     entries = _store().read_log(run_id, index, after=offset)
     next_offset = entries[-1][0] if entries else offset
+    entries = _lines(entries, attempt)
     if request.args.get("format") == "json":
         return jsonify(lines=[{"id": entry_id, **fields} for entry_id, fields in entries], next_offset=next_offset)
     response = Response(_log_text(entries), mimetype="text/plain")
@@ -169,31 +223,31 @@ def job_log(run_id: str, name: str) -> Any:
     return response
 
 
-def _valid_stream_id(value: str) -> bool:
-    head, _, tail = value.partition("-")
-    return head.isdigit() and (tail == "" or tail.isdigit())
-
-
 @api.get("/runs/<run_id>/jobs/<path:name>/log/stream")
 def job_log_stream(run_id: str, name: str) -> Any:
     """Server-Sent Events: one ``line`` event per log line, then ``end`` when the job is over."""
     index = _job_index_or_404(run_id, name)
     store = _store()
-    start = request.headers.get("Last-Event-ID") or request.args.get("offset") or "-"
+    start = _offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
+    attempt = _attempt_filter()
 
     def events() -> Iterator[str]:
         offset = start
         idle_since = time.monotonic()
         while True:
+            # the status first: a worker writes all its lines before it records the end, so once
+            # the job was seen over, one more read gets every line there will ever be
+            job = store.job(run_id, index)
+            over = job is None or job.status in TERMINAL_JOB
             entries = store.read_log(run_id, index, after=offset, count=1000)
             for entry_id, fields in entries:
                 offset = entry_id
-                yield f"id: {entry_id}\nevent: line\ndata: {json.dumps(fields)}\n\n"
+                if attempt is None or fields.get("attempt") == attempt:
+                    yield f"id: {entry_id}\nevent: line\ndata: {json.dumps(fields)}\n\n"
             if entries:
                 idle_since = time.monotonic()
                 continue
-            job = store.job(run_id, index)
-            if job is None or job.status in TERMINAL_JOB:
+            if over:
                 yield f"event: end\ndata: {json.dumps({'status': job.status if job else 'gone'})}\n\n"
                 return
             if time.monotonic() - idle_since > 15:

@@ -1,0 +1,97 @@
+"""The web app on real services: the store on the test Redis (a key prefix of the test's own) and
+a real Celery app whose broker is a Redis database reserved for this session. No worker consumes
+it: the messages the API sends just sit in their queues, where the tests read them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ci_queue.celery_app import make_celery
+from ci_queue.settings import Settings
+from ci_queue.store import Store
+from ci_queue.web import create_app
+from tests.engine.conftest import RESERVATION, engine, reserve_database  # noqa: F401 (engine: a fixture)
+from tests.engine.test_store import make_plan
+
+TOKENS = ("tok-one-3f9c1a", "tok-two-77be02")
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    from tests.conftest import require_redis
+
+    require_redis()
+    import redis
+
+    db, token = reserve_database()
+    url = f"redis://127.0.0.1:6379/{db}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield url
+    finally:
+        for pattern in ("ciq.*", "_kombu.*", "unacked*"):
+            for key in client.scan_iter(pattern, count=1000):
+                client.delete(key)
+        if client.get(RESERVATION) == token:
+            client.delete(RESERVATION)
+
+
+@dataclass
+class Api:
+    """The app, its test client, the store behind it and a view of the broker's queues."""
+
+    app: Any
+    client: Any
+    store: Store
+    broker: Any
+    tmp_path: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[0]}"}
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.client.get(url, headers={**self.auth, **kwargs.pop("headers", {})}, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.client.post(url, headers={**self.auth, **kwargs.pop("headers", {})}, **kwargs)
+
+    def messages(self, queue: str, run_id: str | None = None) -> list[tuple[str, list]]:
+        """The (task name, args) of the messages waiting in ``queue`` (for ``run_id``)."""
+        found = []
+        for raw in self.broker.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            if run_id is None or args[0] == run_id:
+                found.append((message["headers"]["task"], args))
+        return found
+
+    def planned_run(self, text: str, **create: Any) -> tuple[str, dict[str, int], list[int]]:
+        """A run planned from pipeline ``text``: (id, job indexes by name, first wave)."""
+        plan = make_plan(self.tmp_path, text)
+        run_id = self.store.create_run(**{"repo": "o/r", "ref": "main", **create})
+        ready = self.store.set_plan(run_id, plan, sha="a" * 40)
+        return run_id, {job.name: i for i, job in enumerate(plan.jobs)}, ready
+
+
+def make_api(store: Store, broker_url: str, tmp_path: Path, **settings: Any) -> Api:
+    import redis
+
+    config = Settings(**{"api_tokens": f" {TOKENS[0]} , {TOKENS[1]},", "redis_url": broker_url,
+                         "key_prefix": store.prefix, **settings})
+    app = create_app(config, store=store, celery=make_celery(config))
+    app.testing = True
+    return Api(app, app.test_client(), store, redis.Redis.from_url(broker_url, decode_responses=True), tmp_path)
+
+
+@pytest.fixture
+def api(store: Store, broker_url: str, tmp_path: Path) -> Api:
+    """Messages are not cleaned per test (the database is this session's): read them by run id."""
+    return make_api(store, broker_url, tmp_path)
