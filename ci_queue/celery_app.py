@@ -14,7 +14,8 @@ Why each setting (see docs/DESIGN.md, "Celery settings that matter"):
   worker is handled much sooner by the lease sweeper, as a new attempt);
 - ``worker_cancel_long_running_tasks_on_connection_loss``: a worker cut off from the broker
   stops its jobs instead of finishing work whose message will be re-delivered anyway;
-- soft shutdown (Celery 5.5): SIGTERM lets running jobs finish for ``CIQ_SHUTDOWN_GRACE_SECONDS``.
+- shutdown: SIGTERM is Celery's warm shutdown (no new jobs; exit when the running ones end);
+  after ``CIQ_SHUTDOWN_GRACE_SECONDS`` the running jobs are handed back (``workers.service``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ def make_celery(settings: Settings | None = None, broker_url: str | None = None)
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_soft_shutdown_timeout=float(settings.shutdown_grace_seconds),
-        worker_enable_soft_shutdown_on_idle=True,
         task_default_queue=DEFAULT_QUEUE,
         task_routes={PLAN_RUN: {"queue": CONTROL_QUEUE}},
         task_serializer="json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 import click
 
@@ -40,15 +41,15 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         raise click.UsageError("this worker would consume no queue")
     settings = get_settings()
     configure(settings)
-    # SIGTERM starts Celery's soft shutdown: running jobs get CIQ_SHUTDOWN_GRACE_SECONDS to finish,
-    # new ones are not taken; what is still running after that is handed back (lease / redelivery).
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    # SIGTERM is Celery's warm shutdown: no new jobs are taken and the worker exits as soon as the
+    # running ones end; after CIQ_SHUTDOWN_GRACE_SECONDS they are asked to hand back (below).
     from ci_queue.sweeper import Sweeper
     from workers.tasks import app, runtime
 
     hostname = f"{name or f'worker-{os.getpid()}'}@{socket.gethostname()}"
     rt = runtime()
     sweeper = Sweeper(rt.store, app, settings).start()
+    _hand_back_after_grace(rt.store, hostname, settings.shutdown_grace_seconds)
     argv = ["worker", "--pool=prefork", f"--hostname={hostname}", f"--queues={','.join(consumed)}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     if concurrency:
@@ -58,3 +59,47 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     finally:
         sweeper.stop()
     sys.exit(0)
+
+
+def _hand_back_after_grace(store, hostname: str, grace: float) -> None:
+    """When the worker is told to stop, give running jobs ``grace`` seconds to finish, then ask
+    them (through Redis, which every pool process polls) to stop and be handed back as new
+    attempts, so another worker takes them at once instead of after a lapsed lease.
+
+    (Celery 5.5's soft shutdown waits its whole timeout even when the jobs are done and offers no
+    hook, so warm shutdown plus this timer is used.) Once the worker is ready, its own SIGTERM /
+    SIGINT / SIGQUIT handlers are wrapped to start the timer.
+    """
+    import signal
+    import threading
+
+    from celery.signals import worker_ready
+
+    started = threading.Event()
+
+    def start_timer() -> None:
+        if started.is_set():
+            return
+        started.set()
+
+        def later() -> None:
+            time.sleep(grace)  # a timer, not synchronization: the grace period itself
+            store.request_handback(hostname)
+
+        threading.Thread(target=later, name="ciq-handback", daemon=True).start()
+
+    def wrap(signum: int) -> None:
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: object) -> None:
+            start_timer()
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
+
+    def on_ready(**_: object) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            wrap(signum)
+
+    worker_ready.connect(on_ready, weak=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -139,25 +139,26 @@ class LeaseKeeper:
 
 
 class CancelWatch:
-    """The cancel check a runner polls: the run's or the job's cancel flag (read at most twice a
-    second) or a lost lease."""
+    """The stop check a runner polls (Redis is read at most twice a second): the run or the job
+    was canceled, the lease was lost, or this worker is shutting down and hands its jobs back."""
 
-    def __init__(self, store: Store, run_id: str, index: int, lease: LeaseKeeper) -> None:
-        self.store, self.run_id, self.index, self.lease = store, run_id, index, lease
+    def __init__(self, store: Store, run_id: str, index: int, lease: LeaseKeeper, worker: str) -> None:
+        self.store, self.run_id, self.index, self.lease, self.worker = store, run_id, index, lease, worker
+        self.handing_back = False
         self._checked = 0.0
         self._canceled = False
 
     def __call__(self) -> bool:
-        if self._canceled or self.lease.lost:
+        if self._canceled or self.handing_back or self.lease.lost:
             return True
         now = time.monotonic()
         if now - self._checked >= 0.5:
             self._checked = now
             try:
-                self._canceled = self.store.is_canceling(self.run_id, self.index)
+                self._canceled, self.handing_back = self.store.stop_requested(self.run_id, self.index, self.worker)
             except Exception:
                 return False
-        return self._canceled
+        return self._canceled or self.handing_back
 
 
 def plan_context(run: RunRecord, sha: str, repo_dir: Path) -> PlanContext:
@@ -254,13 +255,18 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     started = now_iso()
     sink = RedisLogSink(store, run_id, index, attempt, settings.log_stream_maxlen)
     with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds, job.resource_group) as lease:
+        watch = CancelWatch(store, run_id, index, lease, worker)
         try:
-            result = _execute(store, settings, run, job, index, attempt, sink, CancelWatch(store, run_id, index, lease))
+            result = _execute(store, settings, run, job, index, attempt, sink, watch)
         finally:
             sink.close()
     if lease.lost:
         log.warning("attempt {} was taken over (lease lapsed); its result is dropped", attempt)
         return
+    if watch.handing_back and result.status != "success":
+        log.warning("the worker is shutting down: attempt {} is handed back", attempt)
+        result = replace(result, status="failed", failure_class="runner_system_failure",
+                         reason="the worker shut down while the job ran; handed back")
     _conclude(rt, run_id, index, attempt, job, worker, started, result)
 
 

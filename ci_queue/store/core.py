@@ -448,6 +448,23 @@ class Store:
             pipe.execute()
         return RetryResult(new, retried, ready)
 
+    def _handback_key(self, worker: str) -> str:
+        return f"{self.prefix}worker:{worker}:handback"
+
+    def request_handback(self, worker: str, ttl: int = 3600) -> None:
+        """Ask every job running on ``worker`` to stop and be handed back (the worker is shutting
+        down and its grace is over)."""
+        self.r.set(self._handback_key(worker), "1", ex=ttl)
+
+    def stop_requested(self, run_id: str, index: int, worker: str) -> tuple[bool, bool]:
+        """(canceled, hand back): what a running job polls, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self._run(run_id), "canceling")
+        pipe.hget(self._state(run_id), f"n{index}.cancel")
+        pipe.exists(self._handback_key(worker))
+        run_flag, job_flag, handback = pipe.execute()
+        return "1" in (run_flag, job_flag), bool(handback)
+
     def cancel_jobs(self, run_id: str, indexes: list[int]) -> tuple[str, list[int]]:
         """Cancel some jobs of a run (not the run); returns its status and the jobs still running."""
         if not indexes:

@@ -307,3 +307,49 @@ unrelated:
     assert unrelated.started_at < deploys[1].started_at, "a waiting job of the group held the only worker slot"
     lines = engine.store.r
     assert lines.get(f"{engine.store.prefix}rg:production:holder") is None
+
+
+def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(engine, tmp_path):
+    import os
+    import signal
+
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "stages: [a, b]\nfirst:\n  stage: a\n  script: sleep 2\nsecond:\n  stage: b\n"
+                                      "  script: echo later\n"})
+    worker = engine.start_worker("stopping", concurrency=1)
+    run_id = engine.trigger(repo)
+    engine.wait(run_id, until=lambda r: bool(r.jobs) and r.jobs[0].status == "running")
+    worker.send_signal(signal.SIGTERM)  # to the main process only, as `docker stop` does
+    assert worker.wait(timeout=30) is not None
+    run = engine.store.get_run(run_id)
+    assert by_name(run)["first"].status == "success", "the running job was finished, not abandoned"
+    assert by_name(run)["second"].status == "pending", "a stopping worker took a new job"
+    engine.start_worker("next", concurrency=1)
+    run = engine.wait(run_id)
+    assert run.status == "success" and by_name(run)["second"].worker.startswith("next@")
+
+
+def test_a_stopping_worker_hands_back_a_job_still_running_after_the_grace(engine, tmp_path):
+    import os
+    import signal
+    import time
+
+    repo = tmp_path / "repo"
+    pid_file = tmp_path / "step.pid"
+    make_repo(repo, {".ci-queue.yml": f"long:\n  script:\n    - echo $$ > {pid_file}\n    - sleep 6\n"})
+    engine.env["CIQ_SHUTDOWN_GRACE_SECONDS"] = "2"
+    worker = engine.start_worker("stopping", concurrency=1)
+    run_id = engine.trigger(repo)
+    engine.wait(run_id, until=lambda r: bool(r.jobs) and r.jobs[0].status == "running" and pid_file.exists())
+    step_pid = int(pid_file.read_text())
+    worker.send_signal(signal.SIGTERM)  # to the main process only, as `docker stop` does
+    assert worker.wait(timeout=30) is not None
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{step_pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{step_pid}"), "the job's shell outlived its worker"
+    engine.start_worker("next", concurrency=1)
+    run = engine.wait(run_id, timeout=60)
+    job = run.jobs[0]
+    assert run.status == "success" and job.attempt == 2 and job.worker.startswith("next@")
+    assert job.attempts[0]["failure_reason"] == "runner_system_failure"
