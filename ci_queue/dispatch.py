@@ -87,6 +87,7 @@ def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexe
         job = Job.from_dict(state.spec)
         if job.resource_group:
             lines.enqueue(job.resource_group, run_id, index, state.attempt)
+            store.waiting_for_a_group(run_id, index, state.attempt)
             to_grant.add(job.resource_group)
             continue
         signatures.append(job_signature(app, store, settings, run_id, index, state.attempt, job))

@@ -8,7 +8,9 @@ deployment has no extra process to forget. Each tick it
   gone) while ``CIQ_SYSTEM_FAILURE_RETRIES`` allows, else fails it as ``runner_system_failure``;
 - fails as ``stuck`` every job that waited longer than ``CIQ_QUEUE_TIMEOUT_SECONDS`` because no
   worker has its tags;
-- trims index entries older than the retention.
+- re-sends jobs made ready whose Celery message was never published (a crash between the
+  barrier and the publish);
+- grants resource groups whose holder vanished.
 """
 
 from __future__ import annotations
@@ -87,7 +89,22 @@ class Sweeper:
         for run_id, index, attempt in self.store.expired(self.store.queued_key, now):
             done["stuck"] += self._stuck(run_id, index, attempt)
         done["granted"] = self._grant_free_groups()
+        done["resent"] = self._resend_unsent(now)
         return done
+
+    def _resend_unsent(self, now: float | None = None, age: float = 15.0) -> int:
+        """Jobs made ready whose message was never published (the process that ran the barrier
+        died in between) are sent again; a duplicate would be dropped by fencing anyway."""
+        store = self.store
+        count = 0
+        for run_id, index, attempt in store.expired(store.unsent_key, (now or time.time()) - age):
+            store.forget(store.unsent_key, run_id, index, attempt)
+            job = store.job(run_id, index)
+            if job is not None and job.status == "pending" and job.attempt == attempt:
+                logger.bind(run_id=run_id, job=job.name).warning("re-sending attempt {}: its message was lost", attempt)
+                send_jobs(store, self.app, self.settings, run_id, [index])
+                count += 1
+        return count
 
     def _grant_free_groups(self) -> int:
         """A resource group whose holder vanished (its lease expired) goes to the next in line."""

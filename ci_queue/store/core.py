@@ -373,12 +373,23 @@ class Store:
         self.r.zrem(self.leases_key, f"{run_id}|{index}|{attempt}")
         return int(result[1])
 
+    @property
+    def unsent_key(self) -> str:
+        return f"{self.prefix}unsent"
+
     def mark_queued(self, run_id: str, index: int, attempt: int, queue: str, queue_timeout: float) -> None:
-        """Remember that a message for this attempt is in ``queue`` (for stuck detection)."""
+        """Remember that a message for this attempt is in ``queue`` (for stuck detection); it is
+        no longer "unsent" (the scripts note every job they make pending as unsent)."""
+        member = f"{run_id}|{index}|{attempt}"
         pipe = self.r.pipeline()
         pipe.hset(self._state(run_id), f"n{index}.queue", queue)
-        pipe.zadd(self.queued_key, {f"{run_id}|{index}|{attempt}": time.time() + queue_timeout})
+        pipe.zadd(self.queued_key, {member: time.time() + queue_timeout})
+        pipe.zrem(self.unsent_key, member)
         pipe.execute()
+
+    def waiting_for_a_group(self, run_id: str, index: int, attempt: int) -> None:
+        """The attempt waits in a resource group's line: it is not unsent, nothing is lost."""
+        self.r.zrem(self.unsent_key, f"{run_id}|{index}|{attempt}")
 
     def play_job(self, run_id: str, index: int) -> int:
         """Start a manual job; returns the attempt to dispatch. Raises StoreError otherwise."""

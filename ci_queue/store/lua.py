@@ -108,7 +108,21 @@ local function settle(now)
   return final
 end
 
+-- Jobs made pending are noted in `P unsent` until their Celery message is published, so a
+-- process that dies between this script and the publish loses nothing: the sweeper re-sends.
+-- (The key is derived from the run key; fine on one Redis, not on a cluster.)
+local function mark_unsent(ready)
+  if #ready == 0 then return end
+  local prefix, run_id = string.match(run_key, '^(.*)run:([^:]+)$')
+  local t = redis.call('TIME')
+  local score = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  for _, i in ipairs(ready) do
+    redis.call('ZADD', prefix .. 'unsent', score, run_id .. '|' .. i .. '|' .. get(i, 'att'))
+  end
+end
+
 local function result_list(ready, status)
+  mark_unsent(ready)
   local out = {status}
   for _, i in ipairs(ready) do table.insert(out, i) end
   return out
@@ -197,6 +211,7 @@ record_attempt(i, record)
 local next_attempt = tonumber(attempt) + 1
 set(i, 'att', next_attempt)
 set(i, 'st', 'pending')
+mark_unsent({i})
 redis.call('HDEL', st, 'n' .. i .. '.worker', 'n' .. i .. '.started', 'n' .. i .. '.exit', 'n' .. i .. '.reason')
 return {'ok', next_attempt}
 """
@@ -209,6 +224,7 @@ if redis.call('HGET', run_key, 'canceling') == '1' then return {'canceled'} end
 if get(i, 'om') ~= '1' then counter('blocked', -1) end
 set(i, 'st', 'pending')
 counter('active', 1)
+mark_unsent({i})
 local status = redis.call('HGET', run_key, 'status')
 if TERMINAL[status] then redis.call('HSET', run_key, 'status', 'running', 'finished_at', '') end
 return {'ok', get(i, 'att')}
@@ -325,7 +341,10 @@ end
 local function released(p, n)
   local s = get(p, 'st')
   if get(p, 'kind') == 'stage' then
-    if s == 'done' then return (num(p, 'fp') > 0) and 'failed' or 'success' end
+    if s == 'done' then
+      if num(p, 'fp') > 0 then return 'failed' elseif num(p, 'np') > 0 then return 'canceled' end
+      return 'success'
+    end
     return nil
   end
   local rel = get(p, 'rel')
@@ -378,6 +397,10 @@ for _, i in ipairs(resets) do
   end
 end
 redis.call('HDEL', st, 'n-1.deps')
+local pending = {}
+for _, i in ipairs(ready) do table.insert(pending, i) end
+for _, i in ipairs(retry) do if get(i, 'st') == 'pending' then table.insert(pending, i) end end
+mark_unsent(pending)
 local out = {old, settle(now), #retry}
 for _, i in ipairs(retry) do table.insert(out, i) end
 for _, i in ipairs(ready) do table.insert(out, i) end
@@ -409,6 +432,7 @@ for k = 2, #ARGV do
     end
   end
 end
+mark_unsent(ready)
 local out = {settle(now)}
 for _, i in ipairs(running) do table.insert(out, i) end
 return out

@@ -241,10 +241,11 @@ def test_fifty_runs_of_twenty_jobs_through_two_workers(engine, tmp_path):
             assert out == [f"$ echo {job.name[1:]}", job.name[1:]], out
     client = engine.store.r
     for key in client.scan_iter(f"{engine.store.prefix}*", count=1000):
-        if key.endswith(("leases", "queued", "sweeper:lock")):
+        if key.endswith(("leases", "queued", "unsent", "sweeper:lock")):
             continue  # shared sets / the lock, not run data; members are removed as jobs end
         assert client.ttl(key) > 0, f"{key} has no TTL"
-    assert client.zcard(engine.store.leases_key) == 0 and client.zcard(engine.store.queued_key) == 0
+    for shared in (engine.store.leases_key, engine.store.queued_key, engine.store.unsent_key):
+        assert client.zcard(shared) == 0, shared
 
 
 def test_a_newer_run_of_a_ref_cancels_the_interruptible_jobs_of_the_older_one(engine, tmp_path):

@@ -1,0 +1,74 @@
+"""The sweeper against a real Redis and a real broker database (no worker needed)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from ci_queue.celery_app import make_celery
+from ci_queue.settings import Settings
+from ci_queue.store import Store
+from ci_queue.sweeper import Sweeper
+from tests.engine.conftest import RESERVATION, reserve_database
+from tests.engine.test_store import make_plan
+
+
+@pytest.fixture
+def broker(redis_client):
+    db, token = reserve_database()
+    client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{db}", decode_responses=True)
+    prefix = f"ciq-sweep-{uuid.uuid4().hex[:8]}:"
+    settings = Settings.from_env({"CIQ_REDIS_URL": f"redis://127.0.0.1:6379/{db}", "CIQ_KEY_PREFIX": prefix,
+                                  "CIQ_QUEUE_TIMEOUT_SECONDS": "5"})
+    yield client, settings
+    for pattern in (f"{prefix}*", "ciq.*", "_kombu.*", "unacked*"):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
+    if client.get(RESERVATION) == token:
+        client.delete(RESERVATION)
+
+
+def test_a_job_whose_message_was_never_published_is_sent_again(broker, tmp_path):
+    client, settings = broker
+    store = Store(client, settings.key_prefix)
+    plan = make_plan(tmp_path, "a: {script: x}\nb: {script: x, tags: [linux]}\n")
+    run_id = store.create_run(repo="o/r", ref="main")
+    ready = store.set_plan(run_id, plan)  # the process "dies" here: nothing is sent
+    assert sorted(ready) == [0, 1] and client.zcard(store.unsent_key) == 2
+    sweeper = Sweeper(store, make_celery(settings), settings)
+    assert sweeper.sweep(now=time.time())["resent"] == 0  # too young: its sender may still be at it
+    assert sweeper.sweep(now=time.time() + 30)["resent"] == 2
+    assert client.llen("ciq.default") == 1 and client.llen("ciq.tags.linux") == 1
+    assert client.zcard(store.unsent_key) == 0
+    assert {job.queue for job in store.get_run(run_id).jobs} == {"ciq.default", "ciq.tags.linux"}
+
+
+def test_only_one_sweeper_holds_the_lock_and_another_takes_over(broker):
+    client, settings = broker
+    store = Store(client, settings.key_prefix)
+    first, second = (Sweeper(store, make_celery(settings), settings) for _ in range(2))
+    assert first.holds_lock() and not second.holds_lock()
+    assert first.holds_lock(), "the holder renews"
+    client.delete(first.lock_key)  # the holder died and its lock expired
+    assert second.holds_lock() and not first.holds_lock()
+
+
+def test_a_job_no_worker_takes_fails_as_stuck(broker, tmp_path):
+    client, settings = broker
+    store = Store(client, settings.key_prefix)
+    plan = make_plan(tmp_path, "gpu: {script: x, tags: [gpu]}\nafter: {script: x, needs: [gpu], when: always}\n")
+    run_id = store.create_run(repo="o/r", ref="main")
+    app = make_celery(settings)
+    from ci_queue.dispatch import send_jobs
+
+    send_jobs(store, app, settings, run_id, store.set_plan(run_id, plan))
+    sweeper = Sweeper(store, app, settings)
+    assert sweeper.sweep(now=time.time() + 6)["stuck"] == 1
+    jobs = {job.name: job for job in store.get_run(run_id).jobs}
+    assert (jobs["gpu"].status, jobs["gpu"].failure_reason) == ("failed", "stuck")
+    assert jobs["after"].status == "pending" and client.llen("ciq.default") == 1
+    log = store.read_log(run_id, 0)
+    assert "no worker took this job" in log[-1][1]["text"]
