@@ -311,7 +311,6 @@ unrelated:
 
 
 def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(engine, tmp_path):
-    import os
     import signal
 
     repo = tmp_path / "repo"
