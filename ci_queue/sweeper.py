@@ -28,6 +28,7 @@ from ci_queue.settings import Settings
 from ci_queue.store import Store
 
 LOCK_SECONDS = 10.0
+TRIM_INTERVAL = 600.0  # seconds between trims of the run indexes
 
 # Take the lock if free, or extend it if we hold it; atomic.
 _ACQUIRE = """
@@ -50,6 +51,7 @@ class Sweeper:
         self._acquire = store.r.register_script(_ACQUIRE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._trimmed = float("-inf")
 
     @property
     def lock_key(self) -> str:
@@ -90,6 +92,9 @@ class Sweeper:
             done["stuck"] += self._stuck(run_id, index, attempt)
         done["granted"] = self._grant_free_groups()
         done["resent"] = self._resend_unsent(now)
+        if time.monotonic() - self._trimmed > TRIM_INTERVAL:
+            self._trimmed = time.monotonic()
+            done["trimmed"] = self.store.trim_indexes(now)
         return done
 
     def _resend_unsent(self, now: float | None = None, age: float = 15.0) -> int:

@@ -373,6 +373,15 @@ class Store:
         self.r.zrem(self.leases_key, f"{run_id}|{index}|{attempt}")
         return int(result[1])
 
+    def trim_indexes(self, now: float | None = None) -> int:
+        """Drop index entries of runs older than the retention (their keys have expired)."""
+        cutoff = (now or time.time()) - self.retention
+        removed = 0
+        for key in self.r.scan_iter(f"{self._index()}*", count=1000):
+            if self.r.type(key) == "zset":
+                removed += self.r.zremrangebyscore(key, "-inf", cutoff)
+        return removed
+
     @property
     def unsent_key(self) -> str:
         return f"{self.prefix}unsent"

@@ -240,3 +240,14 @@ def test_list_runs_newest_first_with_filters_and_cursor(store, status, tmp_path)
         store.fail_run(ids[0], "x.yml:1:1: broken")
         assert [r.id for r in store.list_runs(status="failed")[0]] == [ids[0]]
         assert store.get_run(ids[0]).error == "x.yml:1:1: broken"
+
+
+def test_index_entries_older_than_the_retention_are_trimmed(store, redis_client, key_prefix):
+    import time
+
+    old = store.create_run(repo="o/r", ref="main")
+    new = store.create_run(repo="o/r", ref="main")
+    for key in redis_client.scan_iter(f"{key_prefix}runs*"):
+        redis_client.zadd(key, {old: time.time() - store.retention - 10}, xx=True)
+    assert store.trim_indexes() == 4  # all, repo, ref and status indexes
+    assert [r.id for r in store.list_runs()[0]] == [new]
