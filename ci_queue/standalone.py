@@ -203,7 +203,7 @@ def redis_executable() -> str | None:
 class Standalone:
     """Start, watch and stop the children; ``run`` returns the exit status."""
 
-    def __init__(self, *, port: int, workers: int, concurrency: int, grace: float, pid_file: Path | None,
+    def __init__(self, *, port: int, workers: int, concurrency: int, grace: int, pid_file: Path | None,
                  out: Any = None) -> None:
         from ci_queue.serve import load_settings
 
@@ -226,8 +226,11 @@ class Standalone:
         status = 0
         try:
             if self.pid_file:
-                self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-                self.pid_file.write_text(f"{os.getpid()}\n")
+                try:
+                    self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+                    self.pid_file.write_text(f"{os.getpid()}\n")
+                except OSError as exc:
+                    raise StandaloneError(f"cannot write the pid file {self.pid_file}: {exc.strerror}") from None
             self._start()
             if not self.stop_event.is_set():
                 status = self._watch()
@@ -279,9 +282,9 @@ class Standalone:
             token_note = f"in {path}"
             self.say(f"API token ({'new, ' if created else ''}stored in {path}, mode 0600): {token}")
         env["CIQ_SERVER_URL"] = self.url
-        # a stopping worker hands running jobs back after this (Celery soft shutdown); keep Ctrl-C snappy
+        # a stopping worker lets running jobs finish this long, then hands them back; keep Ctrl-C snappy
         if not env.get("CIQ_SHUTDOWN_GRACE_SECONDS"):
-            env["CIQ_SHUTDOWN_GRACE_SECONDS"] = str(int(self.grace))
+            env["CIQ_SHUTDOWN_GRACE_SECONDS"] = str(self.grace)
         # a worker told to stop lets jobs run for the grace, then hands them back (their steps get the
         # kill grace), then Celery shuts down; SIGKILL only past all of that
         self.worker_grace = float(env["CIQ_SHUTDOWN_GRACE_SECONDS"]) + self.settings.kill_grace_seconds + 20
@@ -452,10 +455,10 @@ def _redact(url: str) -> str:
               help="Worker processes (`ci-queue worker --name local-<i>`).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Jobs each worker runs at once.")
-@click.option("--grace", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+@click.option("--grace", type=click.IntRange(0, 3600), default=5, show_default=True,
               help="Seconds running jobs get to finish when stopping (unless CIQ_SHUTDOWN_GRACE_SECONDS is set).")
 @click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write this process's id there while it runs.")
-def standalone_command(port: int, workers: int, concurrency: int, grace: float, pid_file: Path | None) -> None:
+def standalone_command(port: int, workers: int, concurrency: int, grace: int, pid_file: Path | None) -> None:
     """The whole system on this machine: Redis (unless CIQ_REDIS_URL), the web app, workers, the sweeper."""
     sys.exit(Standalone(port=port, workers=workers, concurrency=concurrency, grace=grace, pid_file=pid_file).run())
