@@ -353,3 +353,29 @@ def test_a_stopping_worker_hands_back_a_job_still_running_after_the_grace(engine
     job = run.jobs[0]
     assert run.status == "success" and job.attempt == 2 and job.worker.startswith("next@")
     assert job.attempts[0]["failure_reason"] == "runner_system_failure"
+
+
+def test_state_can_live_in_its_own_redis_database(engine, tmp_path):
+    import redis
+
+    from ci_queue.store import Store
+    from tests.engine.conftest import RESERVATION, reserve_database
+
+    db, token = reserve_database()
+    state_url = f"redis://127.0.0.1:6379/{db}"
+    state = redis.Redis.from_url(state_url, decode_responses=True)
+    try:
+        repo = tmp_path / "repo"
+        make_repo(repo, {".ci-queue.yml": "job:\n  script: echo separate\n"})
+        engine.env["CIQ_STATE_URL"] = state_url
+        engine.start_worker("w1")
+        engine.store = Store(state, engine.settings.key_prefix, 3600)
+        run = engine.wait(engine.trigger(repo))
+        assert run.status == "success"
+        broker = redis.Redis.from_url(engine.env["CIQ_REDIS_URL"], decode_responses=True)
+        assert not list(broker.scan_iter(f"{engine.settings.key_prefix}run:*")), "run state leaked into the broker"
+    finally:
+        for key in state.scan_iter(f"{engine.settings.key_prefix}*"):
+            state.delete(key)
+        if state.get(RESERVATION) == token:
+            state.delete(RESERVATION)
