@@ -18,6 +18,7 @@ import pytest
 from ci_queue.pipeline.errors import PipelineError
 from ci_queue.pipeline.model import MergeRequest, Need, Plan, PlanContext, Retry
 from ci_queue.pipeline.planner import find_pipeline_file, load_spec, plan_file, plan_spec
+from tests.pipeline.conftest import write
 
 # -- events -------------------------------------------------------------------------------------
 
@@ -45,20 +46,6 @@ def web(branch: str = "main", **fields) -> PlanContext:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def write(root: Path, name: str, text: str) -> Path:
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    return root
 
 
 @pytest.fixture

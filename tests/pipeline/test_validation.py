@@ -7,7 +7,6 @@ one-line forms a user reads. Positions are 1-based and point at the key or value
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,7 @@ import pytest
 from ci_queue.pipeline.errors import Diagnostic, PipelineError
 from ci_queue.pipeline.model import PlanContext
 from ci_queue.pipeline.planner import plan_file, validate_file
-
-
-def write(root: Path, name: str, text: str) -> Path:
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    return root
+from tests.pipeline.conftest import write
 
 
 @pytest.fixture
