@@ -201,7 +201,7 @@ def plan_run(self: Any, run_id: str) -> None:
         store.fail_run(run_id, str(exc))
         return
     except CheckoutError as exc:
-        if self.request.retries < 3:
+        if exc.retryable and self.request.retries < 3:
             raise self.retry(exc=exc, countdown=2 ** self.request.retries + 1) from None
         store.fail_run(run_id, f"checkout failed: {exc}", status="error")
         return

@@ -402,12 +402,17 @@ class Store:
 
     def play_job(self, run_id: str, index: int) -> int:
         """Start a manual job; returns the attempt to dispatch. Raises StoreError otherwise."""
+        old = self.r.hget(self._run(run_id), "status")
         result = self._scripts["PLAY_JOB"](keys=self._keys(run_id), args=[index, now_iso()])
         if result[0] != "ok":
             raise StoreError(f"job is {result[1] if len(result) > 1 else result[0]}, not manual")
-        old = self.r.hget(self._run(run_id), "status")
-        if old != "running":
-            self._after_status_change(run_id, old or "running", "running")
+        if old in TERMINAL_RUN:  # a finished run lives again: back in the running index, no expiry
+            self._after_status_change(run_id, old, "running")
+            count = int(self.r.hget(self._run(run_id), "job_count") or 0)
+            pipe = self.r.pipeline()
+            for key in [*self._keys(run_id), self._names(run_id), *(self._log(run_id, i) for i in range(count))]:
+                pipe.persist(key)
+            pipe.execute()
         return int(result[1])
 
     def cancel_run(self, run_id: str) -> tuple[str, list[int]]:

@@ -251,3 +251,18 @@ def test_index_entries_older_than_the_retention_are_trimmed(store, redis_client,
         redis_client.zadd(key, {old: time.time() - store.retention - 10}, xx=True)
     assert store.trim_indexes() == 4  # all, repo, ref and status indexes
     assert [r.id for r in store.list_runs()[0]] == [new]
+
+
+def test_playing_a_manual_job_of_a_finished_run_brings_it_back(store, redis_client, key_prefix, tmp_path):
+    plan = make_plan(tmp_path, "build: {script: x}\ndeploy: {script: x, when: manual}\n")
+    run_id = store.create_run(repo="o/r", ref="main")
+    run_to_end(store, run_id, plan, store.set_plan(run_id, plan))
+    assert store.get_run(run_id).status == "success" and redis_client.ttl(f"{key_prefix}run:{run_id}") > 0
+    index = store.job_index(run_id, "deploy")
+    attempt = store.play_job(run_id, index)
+    assert store.get_run(run_id).status == "running"
+    assert redis_client.ttl(f"{key_prefix}run:{run_id}") == -1
+    assert [r.id for r in store.list_runs(status="running")[0]] == [run_id]
+    store.begin_job(run_id, index, attempt, "w", 60)
+    store.finish_job(run_id, index, attempt, "success")
+    assert store.get_run(run_id).status == "success" and redis_client.ttl(f"{key_prefix}run:{run_id}") > 0
