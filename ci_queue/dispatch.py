@@ -45,7 +45,10 @@ def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = ""
     """
     run_id = store.create_run(repo=repo, ref=ref, sha=sha, event=event, clone_url=clone_url,
                               variables=variables, context=context)
-    app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+    try:
+        app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+    except Exception as exc:  # the run stays queued; the sweeper sends it to planning again
+        logger.bind(run_id=run_id).warning("could not send the run to planning now ({}); the sweeper will", exc)
     logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
     return run_id
 

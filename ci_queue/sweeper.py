@@ -9,7 +9,7 @@ deployment has no extra process to forget. Each tick it
 - fails as ``stuck`` every job that waited longer than ``CIQ_QUEUE_TIMEOUT_SECONDS`` because no
   worker has its tags;
 - re-sends jobs made ready whose Celery message was never published (a crash between the
-  barrier and the publish);
+  barrier and the publish), and runs nobody planned within two minutes;
 - grants resource groups whose holder vanished.
 """
 
@@ -22,8 +22,10 @@ import uuid
 from celery import Celery, group
 from loguru import logger
 
+from ci_queue.celery_app import PLAN_RUN
 from ci_queue.dispatch import grant_next, send_jobs
 from ci_queue.resource_groups import ResourceGroups
+from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 
@@ -92,10 +94,20 @@ class Sweeper:
             done["stuck"] += self._stuck(run_id, index, attempt)
         done["granted"] = self._grant_free_groups()
         done["resent"] = self._resend_unsent(now)
+        done["replanned"] = self._replan(now)
         if time.monotonic() - self._trimmed > TRIM_INTERVAL:
             self._trimmed = time.monotonic()
             done["trimmed"] = self.store.trim_indexes(now)
         return done
+
+    def _replan(self, now: float | None = None, age: float = 120.0) -> int:
+        """Runs nobody planned within ``age`` seconds (the plan message was lost with a crashed
+        planner, or never published) are sent to planning again."""
+        runs = self.store.unplanned(age, now)
+        for run_id in runs:
+            logger.bind(run_id=run_id).warning("run still queued after {}s: sending it to planning again", age)
+            self.app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+        return len(runs)
 
     def _resend_unsent(self, now: float | None = None, age: float = 15.0) -> int:
         """Jobs made ready whose message was never published (the process that ran the barrier

@@ -49,6 +49,9 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     hostname = f"{name or f'worker-{os.getpid()}'}@{socket.gethostname()}"
     rt = runtime()
     sweeper = Sweeper(rt.store, app, settings).start()
+    from workers.reaper import start_reaper
+
+    start_reaper(rt.store)  # this host's Docker: containers a killed worker left behind
     _hand_back_after_grace(rt.store, hostname, settings.shutdown_grace_seconds)
     argv = ["worker", "--pool=prefork", f"--hostname={hostname}", f"--queues={','.join(consumed)}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]

@@ -186,6 +186,8 @@ def plan_run(self: Any, run_id: str) -> None:
     run = store.get_run(run_id, with_jobs=False)
     if run is None or run.status != "queued" or store.is_canceling(run_id):
         return  # already planned (redelivery), canceled, or expired
+    if not store.claim_planning(run_id, self.request.hostname or "worker"):
+        return  # another worker is planning it right now
     try:
         sha = run.sha or resolve_ref(run.clone_url or "", run.ref)
         with Workspace(run_id, "plan", 1, settings=rt.settings) as workspace:

@@ -239,6 +239,22 @@ class Store:
         """The plan's predefined pipeline variables (``CI_PIPELINE_SOURCE``...), for the jobs."""
         return json.loads(self.r.hget(self._run(run_id), "pipeline_variables") or "{}")
 
+    def claim_planning(self, run_id: str, owner: str, ttl: int = 120) -> bool:
+        """Only one process plans a run; a claim expires so a crashed planner is replaced."""
+        return bool(self.r.set(f"{self._run(run_id)}:planning", owner, nx=True, ex=ttl))
+
+    def unplanned(self, older_than: float, now: float | None = None, limit: int = 100) -> list[str]:
+        """Runs still ``queued`` after ``older_than`` seconds with nobody planning them."""
+        cutoff = (now or time.time()) - older_than
+        candidates = self.r.zrangebyscore(self._index("status", "queued"), "-inf", cutoff, start=0, num=limit)
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in candidates:
+            pipe.hget(self._run(run_id), "status")
+            pipe.exists(f"{self._run(run_id)}:planning")
+        answers = pipe.execute()
+        return [run_id for k, run_id in enumerate(candidates)
+                if answers[2 * k] == "queued" and not answers[2 * k + 1]]
+
     def run_status(self, run_id: str) -> str | None:
         return self.r.hget(self._run(run_id), "status")
 

@@ -72,3 +72,15 @@ def test_a_job_no_worker_takes_fails_as_stuck(broker, tmp_path):
     assert jobs["after"].status == "pending" and client.llen("ciq.default") == 1
     log = store.read_log(run_id, 0)
     assert "no worker took this job" in log[-1][1]["text"]
+
+
+def test_a_run_nobody_planned_is_sent_to_planning_again(broker):
+    client, settings = broker
+    store = Store(client, settings.key_prefix)
+    run_id = store.create_run(repo="o/r", ref="main")  # its plan message was lost
+    claimed = store.create_run(repo="o/r", ref="main")
+    assert store.claim_planning(claimed, "w1") and not store.claim_planning(claimed, "w2")
+    sweeper = Sweeper(store, make_celery(settings), settings)
+    assert sweeper.sweep(now=time.time())["replanned"] == 0  # young: its planner may be on it
+    assert sweeper.sweep(now=time.time() + 200)["replanned"] == 1
+    assert client.llen("ciq.control") == 1 and run_id in client.lindex("ciq.control", 0)

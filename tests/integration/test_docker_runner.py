@@ -329,3 +329,30 @@ def test_reap_removes_leftover_containers_of_a_run(docker_client, docker_image):
     finally:
         reap(docker_client, run_id=run_id)
         del container
+
+
+def test_reaper_removes_containers_no_running_attempt_owns(docker_client, docker_image, store, tmp_path):
+    import contextlib
+
+    from tests.engine.test_store import make_plan
+    from workers.reaper import reap_orphans
+    from workers.runners.docker import LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED, LABEL_RUN
+
+    plan = make_plan(tmp_path, "alive: {script: x}\ngone: {script: x}\n")
+    run_id = store.create_run(repo="o/r", ref="main")
+    store.set_plan(run_id, plan)
+    store.begin_job(run_id, 0, 1, "w", 60)  # "alive" runs as attempt 1; "gone" never started
+    made = {}
+    for job, attempt in (("alive", "1"), ("gone", "1"), ("alive", "7")):
+        container = docker_client.containers.create(
+            docker_image, ["sleep", "300"], network_mode="none",
+            labels={LABEL_MANAGED: "1", LABEL_RUN: run_id, LABEL_JOB: job, LABEL_ATTEMPT: attempt})
+        made[(job, attempt)] = container.id
+    try:
+        assert reap_orphans(store, docker_client) == 2
+        left = {c.id for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})}
+        assert left == {made[("alive", "1")]}
+    finally:
+        for container_id in made.values():
+            with contextlib.suppress(Exception):
+                docker_client.api.remove_container(container_id, force=True)
