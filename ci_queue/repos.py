@@ -1,0 +1,319 @@
+"""The registry of repositories this farm builds: ``configs/repos.yml`` (path: ``CIQ_REPOS_FILE``).
+
+Only registered repositories are built; a hook for any other one gets a 404 and leaves nothing
+behind. The file is validated once, at start, and every problem is reported as
+``FILE:LINE:COL: message`` (all of them at once)::
+
+    repositories:
+      - name: octo-org/hello            # as the forge names it (GitLab: group/sub/project)
+        provider: github                # github | gitlab | gitea | generic
+        clone_url: file:///srv/git/hello.git   # optional; default: the payload's
+        pipeline: .ci-queue.yml         # optional; default: .ci-queue.yml, else .gitlab-ci.yml
+        secret_env: CIQ_GITHUB_SECRET   # optional; default per provider (below)
+        status_token_env: CIQ_GITHUB_TOKEN     # optional; default per provider (below)
+        notify: on_failure              # optional: always | on_failure | on_change | never
+        default_branch: main            # optional; used when the payload does not say
+        status_api_url: https://git.example.org/api/v1   # optional; default CIQ_<PROVIDER>_API_URL
+
+Secrets never live in this file: it names the environment variables that hold them, read when
+a request comes (so a rotated secret needs a restart of nothing but the environment). Defaults:
+
+=========  =====================  =========================
+provider   secret_env             status_token_env
+=========  =====================  =========================
+github     CIQ_GITHUB_SECRET      CIQ_GITHUB_TOKEN
+gitlab     CIQ_GITLAB_TOKEN       CIQ_GITLAB_API_TOKEN
+gitea      CIQ_GITEA_SECRET       CIQ_GITEA_TOKEN
+generic    CIQ_GENERIC_SECRET     (none: no status API)
+=========  =====================  =========================
+
+``CIQ_GITLAB_TOKEN`` is GitLab's webhook "secret token" (what ``X-Gitlab-Token`` carries), so the
+API token that posts commit statuses needs another name: ``CIQ_GITLAB_API_TOKEN``.
+
+Lookups are by (provider, name), case-insensitively, as GitHub, GitLab and Gitea treat names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ci_queue.events.model import NAME_SEGMENTS, PROVIDERS, Event, valid_ref, valid_repo_name
+from ci_queue.pipeline.errors import Diagnostic, Mark, PipelineError
+from ci_queue.pipeline.loader import YList, YMap, load_file, load_yaml
+
+DEFAULT_FILE = "configs/repos.yml"
+FILE_ENV = "CIQ_REPOS_FILE"
+NOTIFY = ("always", "on_failure", "on_change", "never")
+DEFAULT_NOTIFY = "on_failure"
+DEFAULT_SECRET_ENV = {
+    "github": "CIQ_GITHUB_SECRET",
+    "gitlab": "CIQ_GITLAB_TOKEN",
+    "gitea": "CIQ_GITEA_SECRET",
+    "generic": "CIQ_GENERIC_SECRET",
+}
+DEFAULT_STATUS_TOKEN_ENV: dict[str, str | None] = {
+    "github": "CIQ_GITHUB_TOKEN",
+    "gitlab": "CIQ_GITLAB_API_TOKEN",
+    "gitea": "CIQ_GITEA_TOKEN",
+    "generic": None,
+}
+KEYS = ("name", "provider", "clone_url", "pipeline", "secret_env", "status_token_env", "notify", "default_branch",
+        "status_api_url")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_CLONE_URL_RE = re.compile(r"(https?|ssh|git|file)://[^\s]+|[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:[^\s]+|/[^\s]*")
+_PIPELINE_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*")
+
+
+class RegistryError(PipelineError):
+    """The repository file is invalid; ``str()`` is one ``FILE:LINE:COL: message`` per problem."""
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One registered repository. Secrets are *named* here and read from the environment."""
+
+    name: str
+    provider: str
+    clone_url: str | None = None
+    pipeline: str | None = None
+    secret_env: str = ""
+    status_token_env: str | None = None
+    notify: str = DEFAULT_NOTIFY
+    default_branch: str | None = None
+    status_api_url: str | None = None
+    mark: Mark | None = field(default=None, compare=False)
+
+    def secret(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The webhook secret, read now from ``secret_env`` (None when unset or empty: refuse)."""
+        env = os.environ if environ is None else environ
+        return env.get(self.secret_env) or None
+
+    def status_token(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The status-API token, read now from ``status_token_env`` (None when unset)."""
+        if not self.status_token_env:
+            return None
+        env = os.environ if environ is None else environ
+        return env.get(self.status_token_env) or None
+
+    def clone_url_for(self, payload_url: str) -> str:
+        """The URL to clone: the registry's override, else the one the payload gave."""
+        return self.clone_url or payload_url
+
+    def run_arguments(self, event: Event, *, default_branch: str = "main") -> dict[str, Any]:
+        """The keyword arguments of ``dispatch.trigger_run`` for ``event`` on this repository:
+        ``trigger_run(store, app, **repo.run_arguments(event, default_branch=settings.default_branch))``.
+
+        The run's ``repo`` is the registered spelling of the name (so runs of one repository share
+        their index whatever case a payload used); the clone URL is the registry's override, else
+        the payload's; a merge request is cloned from the target repository, where the forge keeps
+        its head commit (``refs/pull/<n>/head``, ``refs/merge-requests/<iid>/head``) even for forks.
+        """
+        context = event.to_context(default_branch=self.default_branch or default_branch, pipeline=self.pipeline)
+        # What the reporters read back from the run (ci_queue.reporters.tasks.target_for_run): names
+        # and URLs only, never a secret. The planner ignores these keys.
+        context.update(provider=self.provider, notify=self.notify)
+        if self.status_token_env:
+            context["status_token_env"] = self.status_token_env
+        if self.status_api_url:
+            context["status_api_url"] = self.status_api_url
+        return {
+            "repo": self.name,
+            "ref": event.run_ref,
+            "sha": event.sha,
+            "event": event.kind,
+            "clone_url": self.clone_url_for(event.clone_url) or None,
+            "context": context,
+        }
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The registered repositories, looked up by (provider, name) case-insensitively."""
+
+    repositories: tuple[Repository, ...] = ()
+    file: str = ""
+    warnings: tuple[Diagnostic, ...] = ()
+    _index: dict[tuple[str, str], Repository] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for repo in self.repositories:
+            self._index[repo.provider, repo.name.casefold()] = repo
+
+    def lookup(self, provider: str, name: str | None) -> Repository | None:
+        """The entry for ``name`` at ``provider``, or None (-> 404)."""
+        if not isinstance(name, str) or not name:
+            return None
+        return self._index.get((provider, name.casefold()))
+
+    def __iter__(self) -> Iterator[Repository]:
+        return iter(self.repositories)
+
+    def __len__(self) -> int:
+        return len(self.repositories)
+
+
+def load_registry(path: str | os.PathLike[str] | None = None, *,
+                  environ: Mapping[str, str] | None = None) -> Registry:
+    """Load and validate the registry: ``path``, else ``$CIQ_REPOS_FILE``, else ``configs/repos.yml``.
+
+    A file named explicitly (argument or variable) must exist; the default one may be missing,
+    which gives an empty registry (every hook then answers 404). Raises RegistryError.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get(FILE_ENV))
+    chosen = Path(path if path is not None else (env.get(FILE_ENV) or DEFAULT_FILE))
+    if not explicit and not chosen.exists():
+        return Registry(file=str(chosen))
+    try:
+        data, warnings = load_file(chosen, str(chosen), max_bytes=1024 * 1024)
+    except PipelineError as exc:
+        raise RegistryError(exc.diagnostics) from None
+    return _build(data, str(chosen), warnings)
+
+
+def parse_registry(text: str | bytes, file: str = "repos.yml") -> Registry:
+    """Validate a registry given as text (``file`` names it in messages). Raises RegistryError."""
+    try:
+        data, warnings = load_yaml(text, file, max_bytes=1024 * 1024)
+    except PipelineError as exc:
+        raise RegistryError(exc.diagnostics) from None
+    return _build(data, file, warnings)
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...]) -> str | None:
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+def _build(data: object, file: str, warnings: list[Diagnostic]) -> Registry:
+    problems: list[Diagnostic] = [w for w in warnings if w.severity == "error"]
+    start = Mark(file, 1, 1)
+
+    def problem(mark: Mark | None, message: str, hint: str | None = None) -> None:
+        problems.append(Diagnostic(mark or start, message, hint))
+
+    if data is None:
+        return Registry(file=file, warnings=tuple(warnings))  # an empty file: nothing registered
+    if not isinstance(data, YMap):
+        raise RegistryError([Diagnostic(getattr(data, "mark", None) or start,
+                                        "the file must be a mapping with a `repositories:` list")])
+    for key in data:
+        if key != "repositories":
+            hint = _did_you_mean(key, ("repositories",))
+            problem(data.key_mark(key), f"unknown key `{key}`" + (f"; {hint}" if hint else ""),
+                    "the only top-level key is `repositories`")
+    items = data.get("repositories")
+    if items is None:
+        items = YList()
+    if not isinstance(items, YList):
+        problem(data.value_mark("repositories"), "`repositories` must be a list of repositories")
+        items = YList()
+    repos: list[Repository] = []
+    seen: dict[tuple[str, str], Mark | None] = {}
+    for index, item in enumerate(items):
+        mark = items.item_mark(index)
+        if not isinstance(item, YMap):
+            problem(mark, "each repository must be a mapping with at least `name` and `provider`")
+            continue
+        repo = _entry(item, mark, problem)
+        if repo is None:
+            continue
+        key = (repo.provider, repo.name.casefold())
+        if key in seen:
+            first = seen[key]
+            where = f" (first at line {first.line})" if first else ""
+            problem(item.value_mark("name"), f"{repo.provider} repository `{repo.name}` is listed twice{where}",
+                    "names are compared case-insensitively, as the forges do")
+            continue
+        seen[key] = item.value_mark("name")
+        repos.append(repo)
+    if problems:
+        problems.sort(key=lambda d: (d.mark.line, d.mark.col) if d.mark else (0, 0))
+        raise RegistryError(problems)
+    return Registry(tuple(repos), file, tuple(warnings))
+
+
+def _string(item: YMap, key: str, problem, *, required: bool = False) -> str | None:
+    value = item.get(key)
+    if value is None:
+        if required:
+            problem(item.mark, f"`{key}` is required")
+        return None
+    if not isinstance(value, str) or not value:
+        problem(item.value_mark(key), f"`{key}` must be a non-empty string")
+        return None
+    return value
+
+
+def _entry(item: YMap, mark: Mark | None, problem) -> Repository | None:
+    ok = True
+    for key in item:
+        if key not in KEYS:
+            hint = _did_you_mean(str(key), KEYS)
+            problem(item.key_mark(key), f"unknown key `{key}`" + (f"; {hint}" if hint else ""),
+                    f"the keys are {', '.join(KEYS)}")
+            ok = False
+    provider = _string(item, "provider", problem, required=True)
+    if provider is not None and provider not in PROVIDERS:
+        hint = _did_you_mean(provider, PROVIDERS)
+        problem(item.value_mark("provider"), f"unknown provider `{provider}`; one of {', '.join(PROVIDERS)}"
+                + (f" ({hint})" if hint else ""))
+        provider = None
+    name = _string(item, "name", problem, required=True)
+    if name is not None:
+        limits = NAME_SEGMENTS.get(provider or "gitlab", NAME_SEGMENTS["gitlab"])
+        if not valid_repo_name(name, **limits):
+            shape = "owner/repo" if limits["max_segments"] == 2 else "group/.../project"
+            problem(item.value_mark("name"), f"invalid repository name {name!r}: expected {shape}, each part made "
+                    "of letters, digits, `.`, `_`, `-`, not starting with `-`, never `.` or `..`")
+            name = None
+    values: dict[str, str | None] = {}
+    for key in KEYS[2:]:
+        values[key] = _string(item, key, problem)
+        if item.get(key) is not None and values[key] is None:
+            ok = False
+    url = values["clone_url"]
+    if url is not None and (not _CLONE_URL_RE.fullmatch(url) or url.startswith("-")):
+        problem(item.value_mark("clone_url"), f"invalid clone_url {url!r}",
+                "an http(s)://, ssh://, git://, file:// URL, user@host:path, or an absolute path")
+        ok = False
+    pipeline = values["pipeline"]
+    if pipeline is not None and (not _PIPELINE_RE.fullmatch(pipeline)
+                                 or any(part in (".", "..") for part in pipeline.split("/"))):
+        problem(item.value_mark("pipeline"), f"invalid pipeline path {pipeline!r}",
+                "a relative path inside the repository, without `..`")
+        ok = False
+    for key in ("secret_env", "status_token_env"):
+        value = values[key]
+        if value is not None and not _ENV_NAME_RE.fullmatch(value):
+            problem(item.value_mark(key), f"`{key}` must name an environment variable, not {value!r}",
+                    "the secret itself never goes in this file")
+            ok = False
+    notify = values["notify"]
+    if notify is not None and notify not in NOTIFY:
+        hint = _did_you_mean(notify, NOTIFY)
+        problem(item.value_mark("notify"), f"`notify` must be one of {', '.join(NOTIFY)}, not {notify!r}"
+                + (f" ({hint})" if hint else ""))
+        ok = False
+    default_branch = values["default_branch"]
+    if default_branch is not None and not valid_ref(default_branch):
+        problem(item.value_mark("default_branch"), f"invalid branch name {default_branch!r}")
+        ok = False
+    api_url = values["status_api_url"]
+    if api_url is not None and not re.fullmatch(r"https?://[^\s/]+[^\s]*", api_url):
+        problem(item.value_mark("status_api_url"), f"invalid status_api_url {api_url!r}", "an http(s):// URL")
+        ok = False
+    if not ok or provider is None or name is None:
+        return None
+    return Repository(
+        name=name, provider=provider, clone_url=url, pipeline=pipeline,
+        secret_env=values["secret_env"] or DEFAULT_SECRET_ENV[provider],
+        status_token_env=values["status_token_env"] or DEFAULT_STATUS_TOKEN_ENV[provider],
+        notify=notify or DEFAULT_NOTIFY, default_branch=default_branch, status_api_url=api_url, mark=mark,
+    )
