@@ -40,11 +40,22 @@ class Settings:
     shutdown_grace_seconds: int = 300  # a stopping worker lets running jobs finish this long
     auto_cancel: bool = True  # a newer run of a ref cancels the interruptible jobs of older ones
 
+    # -- webhooks -----------------------------------------------------------------------------
+    repos_file: str = ""  # the repository registry; empty: configs/repos.yml (CIQ_REPOS_FILE)
+    max_webhook_bytes: int = 25 * 1024 * 1024  # larger deliveries get 413 (GitHub's maximum payload)
+
     # -- the web app and the API ----------------------------------------------------------------
     api_tokens: str = ""  # comma-separated bearer tokens for /api/v1
     public_url: str = ""  # how users reach the web app (links in statuses); empty: the request's
     server_url: str = "http://127.0.0.1:8080"  # where the CLI client finds the API (CIQ_SERVER_URL)
     api_token: str = ""  # the CLI client's token (CIQ_API_TOKEN); else the stored one
+
+    # -- reporting back: commit statuses and chat (ci_queue/reporters) ---------------------------
+    github_api_url: str = "https://api.github.com"  # GitHub Enterprise: https://HOST/api/v3
+    gitlab_api_url: str = "https://gitlab.com/api/v4"  # self-hosted GitLab: https://HOST/api/v4
+    gitea_api_url: str = ""  # e.g. https://HOST/api/v1; required for Gitea repositories
+    slack_webhook_url: str = ""  # Slack-compatible incoming webhook; empty: no chat notifications
+    status_context_prefix: str = "ci-queue"  # commit status contexts: <prefix>/pipeline, <prefix>/<job>
 
     # -- executing jobs on a build host (workers/) ----------------------------------------------
     executor: str = "auto"  # auto (docker when the job has an image) | shell | docker

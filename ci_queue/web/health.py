@@ -1,12 +1,207 @@
-"""``/healthz``: the process is up (open, no token)."""
+"""``/healthz``: the process is up. ``/readyz``: it can do its work. Both open (no token).
+
+``/readyz`` answers 200 when
+- Redis answers a ``PING`` within ``PING_TIMEOUT`` seconds (the state store's Redis, and the
+  broker's when it is another one), and
+- every *known* queue has at least one live worker consuming it. Known queues: ``ciq.default``,
+  ``ciq.control``, and the queue of every job attempt whose message is waiting (the store's
+  ``P queued`` set, its ``n<i>.queue`` field).
+
+else 503, with what is missing. Workers are found by Celery's broadcast control command
+``active_queues`` (``inspect(timeout=1)``); workers run ``--without-gossip --without-mingle``
+but answer broadcast commands. The answer is cached for ``CIQ_READYZ_CACHE_SECONDS`` (app
+config, default 5 s) per process and shared with ``/metrics``, so a load balancer polling
+``/readyz`` every second costs the broker one broadcast every few seconds, not one per poll;
+concurrent requests wait for the one inspection in flight instead of starting their own.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from flask import Blueprint, current_app, jsonify
+
+from ci_queue.routing import CONTROL_QUEUE, DEFAULT_QUEUE
 
 health = Blueprint("health", __name__)
+
+PING_TIMEOUT = 1.0  # seconds, connect and read, for the readiness ping
+INSPECT_TIMEOUT = 1.0  # seconds Celery waits for the workers' replies
+DEFAULT_CACHE_SECONDS = 5.0
+MAX_QUEUED_SCANNED = 1000  # waiting attempts read for their queue (the oldest deadlines first)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What the last inspection saw: worker -> the queues it consumes."""
+
+    workers: dict[str, list[str]]
+    at: float
+    error: str | None = None
+
+    def queues(self) -> dict[str, list[str]]:
+        """Queue -> the live workers consuming it."""
+        result: dict[str, list[str]] = {}
+        for worker, queues in sorted(self.workers.items()):
+            for queue in queues:
+                result.setdefault(queue, []).append(worker)
+        return result
+
+
+@dataclass
+class _Probe:
+    """Per-app state: the ping clients (short timeouts, no retries) and the inspection cache."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    view: WorkerView | None = None
+    clients: dict[str, redis.Redis] = field(default_factory=dict)
+
+
+def _probe() -> _Probe:
+    return current_app.extensions.setdefault("ciq_health", _Probe())
+
+
+def quick_client(client: redis.Redis) -> redis.Redis:
+    """A client to the same server as ``client`` with short timeouts and no retries: a ping must
+    fail fast when Redis is down or unreachable, not after the default retries and backoff."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": PING_TIMEOUT, "socket_connect_timeout": PING_TIMEOUT,
+              "retry": _no_retry()}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, max_connections=4,
+                                                            **kwargs))
+
+
+def _cached_client(name: str, make: Any) -> redis.Redis:
+    probe = _probe()
+    client = probe.clients.get(name)
+    if client is None:
+        client = probe.clients[name] = make()
+    return client
+
+
+def state_client() -> redis.Redis:
+    """The store's Redis, with short timeouts."""
+    return _cached_client("state", lambda: quick_client(current_app.config["CIQ_STORE"].r))
+
+
+def broker_url() -> str | None:
+    """The Celery broker's URL when it is a Redis one (else None: no depth, no ping)."""
+    url = str(current_app.config["CIQ_CELERY"].conf.broker_url or "")
+    return url if url.startswith(("redis://", "rediss://", "unix://")) else None
+
+
+def broker_client() -> redis.Redis | None:
+    """The broker's Redis, with short timeouts (None when the broker is not Redis)."""
+    url = broker_url()
+    if url is None:
+        return None
+    return _cached_client("broker", lambda: redis.Redis.from_url(
+        url, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT, decode_responses=True,
+        retry=_no_retry()))
+
+
+def _no_retry() -> Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
+
+
+def _same_server(a: redis.Redis, b: redis.Redis) -> bool:
+    keys = ("host", "port", "db", "path")
+    ka, kb = a.connection_pool.connection_kwargs, b.connection_pool.connection_kwargs
+    return all(ka.get(k) == kb.get(k) for k in keys)
+
+
+def ping(client: redis.Redis) -> str:
+    """``ok`` or the error, in words."""
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"error: {exc}"
+    return "ok"
+
+
+def inspect_workers(max_age: float | None = None) -> WorkerView:
+    """The live workers and their queues, from cache when younger than ``max_age`` seconds."""
+    if max_age is None:
+        max_age = float(current_app.config.get("CIQ_READYZ_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
+    probe = _probe()
+    view = probe.view
+    if view is not None and time.monotonic() - view.at < max_age:
+        return view
+    with probe.lock:  # one inspection at a time; the others take its answer
+        view = probe.view
+        if view is not None and time.monotonic() - view.at < max_age:
+            return view
+        celery = current_app.config["CIQ_CELERY"]
+        try:
+            replies = celery.control.inspect(timeout=INSPECT_TIMEOUT).active_queues() or {}
+            workers = {name: sorted(q["name"] for q in queues or []) for name, queues in replies.items()}
+            view = WorkerView(workers, time.monotonic())
+        except Exception as exc:  # the broker vanished between the ping and the broadcast
+            view = WorkerView({}, time.monotonic(), f"{type(exc).__name__}: {exc}")
+        probe.view = view
+        return view
+
+
+def known_queues(client: redis.Redis, store: Any) -> list[str]:
+    """The default and control queues, and the queues of the job attempts waiting to start
+    (read through ``client``, a short-timeout client of the store's Redis; key names from the store)."""
+    queues = {DEFAULT_QUEUE, CONTROL_QUEUE}
+    members = client.zrange(store.queued_key, 0, MAX_QUEUED_SCANNED - 1)
+    if members:
+        pipe = client.pipeline(transaction=False)
+        for member in members:
+            member = member.decode() if isinstance(member, bytes) else member
+            run_id, index, _ = member.rsplit("|", 2)
+            pipe.hget(store._state(run_id), f"n{index}.queue")
+        for queue in pipe.execute():
+            if queue:
+                queues.add(queue.decode() if isinstance(queue, bytes) else queue)
+    return sorted(queues)
 
 
 @health.get("/healthz")
 def healthz():
     return jsonify(status="ok")
+
+
+@health.get("/readyz")
+def readyz():
+    store = current_app.config["CIQ_STORE"]
+    state = state_client()
+    body: dict[str, Any] = {"status": "ready", "redis": ping(state)}
+    broker = broker_client()
+    broker_status = "ok"
+    if broker is not None and not _same_server(broker, state):
+        broker_status = body["broker"] = ping(broker)
+    problems = []
+    if body["redis"] != "ok":
+        problems.append("Redis (state) unreachable")
+    if broker_status != "ok":
+        problems.append("Redis (broker) unreachable")
+    if problems:  # no broadcast to a broker that is down: it would only wait for its retries
+        body.update(status="not ready", problems=problems)
+        return jsonify(body), 503
+    try:
+        queues = known_queues(state, store)
+    except (redis.RedisError, OSError) as exc:
+        body.update(status="not ready", redis=f"error: {exc}", problems=["Redis (state) unreachable"])
+        return jsonify(body), 503
+    view = inspect_workers()
+    by_queue = view.queues()
+    body["workers"] = view.workers
+    body["queues"] = {queue: by_queue.get(queue, []) for queue in queues}
+    missing = [queue for queue in queues if not by_queue.get(queue)]
+    if view.error:
+        body["inspect_error"] = view.error
+    if missing:
+        body.update(status="not ready", missing_queues=missing,
+                    problems=[f"no live worker consumes {queue}" for queue in missing])
+        return jsonify(body), 503
+    return jsonify(body), 200

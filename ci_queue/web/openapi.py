@@ -1,0 +1,379 @@
+"""The OpenAPI 3.1 description of the runs API (``/api/v1``) and the webhook receivers, served at
+``/api/v1/openapi.json`` (open, no token: it describes the API, it holds nothing of it).
+
+Written by hand as a dict (no generator to keep in step with Flask). ``tests/web/test_openapi.py``
+keeps it honest: every ``/api/v1`` rule of the app is a path here and every path here is a rule,
+and real responses of every route are validated against these schemas (JSON Schema 2020-12, the
+dialect of OpenAPI 3.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from ci_queue.store.core import JOB_STATUSES, RUN_STATUSES
+from ci_queue.web.api import EVENTS as API_EVENTS
+from ci_queue.web.api import MAX_PAGE
+
+openapi = Blueprint("openapi", __name__)
+# endpoints under /api/v1 that need no token (every other one does: ``api.require_token``)
+OPEN_ENDPOINTS = frozenset({"openapi.openapi_json"})
+
+EVENTS = list(API_EVENTS)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+TIME = {"type": "string", "format": "date-time", "description": "UTC, ISO 8601 with milliseconds and `Z`"}
+TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+UNAUTHORIZED = {**_error("Missing or invalid API token"),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                 "description": 'Bearer realm="ci-queue"'}}}
+NOT_FOUND = _error("No such run (or job)")
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "description": "A run id (letters, digits, `_`, `-`)",
+          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+JOB_NAME = {"name": "name", "in": "path", "required": True,
+            "description": "The job's name, URL-encoded (it may hold `/`, spaces, brackets)",
+            "schema": {"type": "string"}}
+OFFSET = {"name": "offset", "in": "query", "required": False,
+          "description": "Continue after this position: the `X-Next-Offset` (or `next_offset`) of a previous read",
+          "schema": {"type": "string", "pattern": r"^(-|\d+(-\d+)?)$"}}
+ATTEMPT = {"name": "attempt", "in": "query", "required": False, "description": "Only the lines of this attempt",
+           "schema": {"type": "string", "pattern": r"^\d+$"}}
+
+RUN_FIELDS: dict[str, Any] = {
+    "id": {"type": "string"},
+    "status": {"enum": list(RUN_STATUSES)},
+    "repo": {"type": "string"},
+    "ref": {"type": "string"},
+    "sha": {"type": "string", "pattern": "^([0-9a-f]{40}|[0-9a-f]{64})?$",
+            "description": "Empty until the run is planned when the trigger gave none"},
+    "event": {"enum": EVENTS},
+    "created_at": TIME,
+    "started_at": TIME_OR_NULL,
+    "finished_at": TIME_OR_NULL,
+    "error": _nullable("string", description="Why the run could not be planned (FILE:LINE:COL lines)"),
+}
+RUN_REQUIRED = list(RUN_FIELDS)
+DUPLICATE = {"const": True, "description": "Present on the answer to a repeated delivery id (nothing was started)"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "string", "minLength": 1}},
+    },
+    "Step": {
+        "type": "object", "required": ["name", "status"],
+        "properties": {
+            "name": {"type": "string", "description": "checkout, before_script, script, after_script, ..."},
+            "status": {"type": "string", "description": "success | failed | timeout | canceled"},
+            "exit_code": _nullable("integer"),
+            "started_at": TIME_OR_NULL,
+            "finished_at": TIME_OR_NULL,
+            "duration": {"type": "number", "minimum": 0},
+        },
+    },
+    "Attempt": {
+        "type": "object", "required": ["attempt", "status"],
+        "description": "One attempt of a job; every attempt is kept (retries are new attempts)",
+        "properties": {
+            "attempt": {"type": "integer", "minimum": 1},
+            "worker": _nullable("string"),
+            "status": {"type": "string"},
+            "failure_reason": _nullable("string", description="script_failure, timeout, runner_system_failure, "
+                                                              "canceled, stuck, ..."),
+            "exit_code": _nullable("integer"),
+            "started_at": TIME_OR_NULL,
+            "finished_at": TIME_OR_NULL,
+            "duration": _nullable("number", minimum=0),
+            "steps": {"type": "array", "items": _ref("Step")},
+            "reason": _nullable("string", description="Why, in words"),
+            "retried": {"type": "string", "description": "Why a next attempt was made: system | yaml | manual"},
+        },
+    },
+    "Job": {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "stage", "status", "when", "allow_failure", "attempt", "worker", "exit_code",
+                     "failure_reason", "queue", "started_at", "finished_at", "attempts", "steps"],
+        "properties": {
+            "name": {"type": "string"},
+            "stage": {"type": "string"},
+            "status": {"enum": list(JOB_STATUSES)},
+            "when": {"type": "string", "description": "on_success | on_failure | always | manual | delayed"},
+            "allow_failure": {"oneOf": [
+                {"type": "boolean"},
+                {"type": "object", "required": ["exit_codes"],
+                 "properties": {"exit_codes": {"type": "array", "items": {"type": "integer"}}}}]},
+            "attempt": {"type": "integer", "minimum": 1, "description": "The current attempt"},
+            "worker": _nullable("string"),
+            "exit_code": _nullable("integer"),
+            "failure_reason": _nullable("string"),
+            "queue": _nullable("string", description="The Celery queue of its tags"),
+            "started_at": TIME_OR_NULL,
+            "finished_at": TIME_OR_NULL,
+            "attempts": {"type": "array", "items": _ref("Attempt")},
+            "steps": {"type": "array", "items": _ref("Step"), "description": "The steps of the latest attempt"},
+        },
+    },
+    "RunSummary": {
+        "type": "object", "additionalProperties": False, "required": RUN_REQUIRED, "properties": RUN_FIELDS,
+    },
+    "Run": {
+        "type": "object", "additionalProperties": False, "required": [*RUN_REQUIRED, "jobs"],
+        "properties": {**RUN_FIELDS, "jobs": {"type": "array", "items": _ref("Job")}},
+    },
+    "RunList": {
+        "type": "object", "required": ["runs", "next_cursor"], "additionalProperties": False,
+        "properties": {
+            "runs": {"type": "array", "items": _ref("RunSummary"), "description": "Newest first"},
+            "next_cursor": _nullable("number", description="Pass as `cursor` for the next page; null: last page"),
+        },
+    },
+    "TriggerRequest": {
+        "type": "object", "required": ["clone_url", "ref"],
+        "properties": {
+            "clone_url": {"type": "string", "minLength": 1},
+            "ref": {"type": "string", "minLength": 1, "description": "A branch, or a tag for `event: tag`"},
+            "repo": {"type": "string", "description": "Default: the last part of the clone URL"},
+            "sha": {"type": "string", "pattern": "^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})?$",
+                    "description": "Default: the head of `ref` when the run is planned"},
+            "event": {"enum": EVENTS, "default": "push"},
+            "variables": {"type": "object", "additionalProperties": {"type": "string"}},
+            "pipeline": {"type": "string", "description": "The pipeline file, if not the default"},
+            "default_branch": {"type": "string"},
+            "commit_message": {"type": "string"},
+        },
+    },
+    "TriggerResponse": {
+        "type": "object", "required": ["id", "run_id", "status", "status_url"], "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string"}, "run_id": {"type": "string"}, "status": {"const": "queued"},
+            "status_url": {"type": "string", "format": "uri"},
+        },
+    },
+    "CancelResponse": {
+        "type": "object", "required": ["id", "status", "stopping"], "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "status": {"enum": list(RUN_STATUSES)},
+                       "stopping": {"type": "integer", "minimum": 0, "description": "Jobs still stopping"}},
+    },
+    "RetryResponse": {
+        "type": "object", "required": ["id", "status", "retried", "ready"], "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "status": {"enum": list(RUN_STATUSES)},
+                       "retried": {"type": "array", "items": {"type": "string"}},
+                       "ready": {"type": "array", "items": {"type": "string"}}},
+    },
+    "PlayResponse": {
+        "type": "object", "required": ["id", "job", "attempt", "status"], "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "job": {"type": "string"},
+                       "attempt": {"type": "integer", "minimum": 1}, "status": {"const": "pending"}},
+    },
+    "LogLine": {
+        "type": "object", "required": ["id", "text"],
+        "properties": {
+            "id": {"type": "string", "pattern": r"^\d+-\d+$", "description": "The line's stream position"},
+            "attempt": {"type": "string"}, "step": {"type": "string"}, "n": {"type": "string"},
+            "stream": {"type": "string", "description": "out | err | system"},
+            "ts": {"type": "string"}, "text": {"type": "string"},
+        },
+    },
+    "LogPage": {
+        "type": "object", "required": ["lines", "next_offset"], "additionalProperties": False,
+        "properties": {"lines": {"type": "array", "items": _ref("LogLine")},
+                       "next_offset": {"type": "string"}},
+    },
+    "WebhookAccepted": {
+        "type": "object", "required": ["run_id", "status_url"],
+        "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string", "format": "uri"},
+                       "duplicate": DUPLICATE},
+    },
+    "WebhookIgnored": {
+        "type": "object", "required": ["ignored"],
+        "properties": {"ignored": {"type": "string", "description": "Why no run was started"},
+                       "duplicate": DUPLICATE},
+    },
+    "WebhookPending": {
+        "type": "object", "required": ["pending", "duplicate"],
+        "description": "A repeated delivery while the first one is still being handled",
+        "properties": {"pending": {"const": True}, "duplicate": {"const": True}},
+    },
+    "WebhookPong": {
+        "type": "object", "required": ["pong"], "properties": {"pong": {"const": True}},
+    },
+}
+
+
+def _webhook(provider: str, headers: list[tuple[str, bool, str]], summary: str) -> dict[str, Any]:
+    return {"post": {
+        "tags": ["webhooks"], "operationId": f"webhook_{provider}", "summary": summary, "security": [],
+        "description": "Authenticity is checked first, on the raw bytes, in constant time; a repository "
+                       "that is not registered in the repositories file is refused. A repeated delivery id "
+                       "(remembered for a day) gets the first answer again and starts nothing.",
+        "parameters": [{"name": name, "in": "header", "required": required, "description": text,
+                        "schema": {"type": "string"}} for name, required, text in headers],
+        "requestBody": {"required": True, "description": "The provider's event payload (at most "
+                        "`CIQ_MAX_WEBHOOK_BYTES`, default 25 MiB)",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {
+            "202": _json({"anyOf": [_ref("WebhookAccepted"), _ref("WebhookIgnored"), _ref("WebhookPending")]},
+                         "A run was queued, or the event was ignored (branch deletion, closed pull request, "
+                         "unknown event, ...); a repeated delivery gets the first answer with `duplicate: true`"),
+            "200": _json(_ref("WebhookPong"), "A ping"),
+            "400": _error("Not JSON, not the expected shape, or a hostile name"),
+            "401": _error("Missing or wrong signature / token, stale timestamp, or no secret configured"),
+            "404": _error("The repository is not registered (or the provider is unknown)"),
+            "413": _error("Body larger than CIQ_MAX_WEBHOOK_BYTES"),
+        },
+    }}
+
+
+WEBHOOKS = {
+    "/webhooks/github": _webhook("github", [
+        ("X-GitHub-Event", True, "push | pull_request | ping | create | delete | ..."),
+        ("X-GitHub-Delivery", True, "The delivery id (replay protection)"),
+        ("X-Hub-Signature-256", True, "`sha256=` + HMAC-SHA256 hex of the body with the repository's secret"),
+        ("X-Hub-Signature", False, "Legacy `sha1=` HMAC; only when explicitly enabled"),
+    ], "A GitHub (or GitHub Enterprise) webhook"),
+    "/webhooks/gitlab": _webhook("gitlab", [
+        ("X-Gitlab-Event", True, "Push Hook | Tag Push Hook | Merge Request Hook | System Hook | ..."),
+        ("X-Gitlab-Token", True, "The repository's secret itself"),
+        ("Idempotency-Key", False, "The delivery id (replay protection)"),
+        ("X-Gitlab-Event-UUID", False, "The delivery id when Idempotency-Key is absent"),
+    ], "A GitLab project or system hook"),
+    "/webhooks/gitea": _webhook("gitea", [
+        ("X-Gitea-Event", True, "push | create | pull_request | ..."),
+        ("X-Gitea-Delivery", True, "The delivery id (replay protection)"),
+        ("X-Gitea-Signature", False, "HMAC-SHA256 hex of the body, no prefix (or X-Forgejo-Signature)"),
+        ("X-Forgejo-Signature", False, "Forgejo's name of the same signature"),
+    ], "A Gitea or Forgejo webhook"),
+    "/webhooks/generic": _webhook("generic", [
+        ("X-CIQ-Timestamp", True, "Unix time of the request; refused when more than 5 minutes away"),
+        ("X-CIQ-Signature", True, "`sha256=` (optional) + HMAC-SHA256 hex of `<timestamp>.<body>` with the secret"),
+        ("X-CIQ-Delivery", False, "The delivery id (replay protection)"),
+    ], "A generic signed hook (any system that can sign a request)"),
+}
+
+
+def _op(operation_id: str, summary: str, responses: dict[str, Any], parameters: list[Any] | None = None,
+        **extra: Any) -> dict[str, Any]:
+    responses = {**responses, "401": UNAUTHORIZED}
+    return {"operationId": operation_id, "summary": summary, "tags": ["runs"], "parameters": parameters or [],
+            "responses": responses, **extra}
+
+
+PATHS: dict[str, Any] = {
+    "/api/v1/openapi.json": {"get": {
+        "operationId": "openapi", "summary": "This description", "tags": ["meta"], "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {
+            "schema": {"type": "object", "required": ["openapi", "paths"]}}}}},
+    }},
+    "/api/v1/runs": {
+        "post": _op("trigger_run", "Trigger a run (cloning and planning happen on a worker)", {
+            "202": _json(_ref("TriggerResponse"), "The run is queued"),
+            "400": _error("Invalid request (the message says which field)"),
+            "413": _error("Body larger than 1 MiB"),
+        }, requestBody={"required": True, "content": {"application/json": {"schema": _ref("TriggerRequest")}}}),
+        "get": _op("list_runs", "Runs, newest first, filtered and paged", {
+            "200": _json(_ref("RunList"), "A page of runs (without their jobs)"),
+            "400": _error("Invalid status, limit or cursor"),
+        }, [
+            {"name": "repo", "in": "query", "schema": {"type": "string"}},
+            {"name": "ref", "in": "query", "schema": {"type": "string"}},
+            {"name": "status", "in": "query", "schema": {"enum": list(RUN_STATUSES)}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                                         "default": 20}},
+            {"name": "cursor", "in": "query", "schema": {"type": "number"},
+             "description": "The `next_cursor` of the previous page"},
+        ]),
+    },
+    "/api/v1/runs/{run_id}": {
+        "get": _op("show_run", "A run with its jobs, their attempts and steps", {
+            "200": _json(_ref("Run"), "The run"), "404": NOT_FOUND}, [RUN_ID]),
+    },
+    "/api/v1/runs/{run_id}/cancel": {
+        "post": _op("cancel_run", "Cancel a run: queued jobs never start, running ones are stopped", {
+            "200": _json(_ref("CancelResponse"), "Canceled (or canceling while jobs stop)"),
+            "404": NOT_FOUND}, [RUN_ID]),
+    },
+    "/api/v1/runs/{run_id}/retry": {
+        "post": _op("retry_run", "Retry the failed and canceled jobs (GitLab's \"retry failed jobs\")", {
+            "202": _json(_ref("RetryResponse"), "Retried; `ready` jobs were sent to the workers"),
+            "404": NOT_FOUND,
+            "409": _error("Nothing to retry, the run is still queued, or still being canceled"),
+        }, [RUN_ID]),
+    },
+    "/api/v1/runs/{run_id}/jobs/{name}/play": {
+        "post": _op("play_job", "Start a manual job", {
+            "202": _json(_ref("PlayResponse"), "The job was sent to the workers"),
+            "404": NOT_FOUND, "409": _error("The job is not manual (or not waiting to be played)"),
+        }, [RUN_ID, JOB_NAME]),
+    },
+    "/api/v1/runs/{run_id}/jobs/{name}/log": {
+        "get": _op("job_log", "A job's log: text (default) or JSON lines, read incrementally with `offset`", {
+            "200": {"description": "The lines after `offset`",
+                    "headers": {"X-Next-Offset": {"schema": {"type": "string"},
+                                                  "description": "Pass as `offset` to read what follows (text)"}},
+                    "content": {"text/plain": {"schema": {"type": "string"}},
+                                "application/json": {"schema": _ref("LogPage")}}},
+            "400": _error("Invalid offset or attempt"), "404": NOT_FOUND,
+        }, [RUN_ID, JOB_NAME, OFFSET, ATTEMPT,
+            {"name": "format", "in": "query", "schema": {"enum": ["text", "json"]},
+             "description": "`json` for one object per line with its fields"}]),
+    },
+    "/api/v1/runs/{run_id}/jobs/{name}/log/stream": {
+        "get": _op("job_log_stream", "A job's log live, as Server-Sent Events", {
+            "200": {"description": "`line` events (id: the stream position, data: the line's fields as JSON), "
+                                   "then one `end` event (data: {\"status\": ...}) when the job is over",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _error("Invalid offset or attempt"), "404": NOT_FOUND,
+        }, [RUN_ID, JOB_NAME, OFFSET, ATTEMPT,
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+             "description": "Resume after this event (browsers send it on reconnect)"}]),
+    },
+}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "ci-queue", "version": "1",
+        "description": "The runs API of ci-queue and its webhook receivers. Every `/api/v1` route but this "
+                       "description needs `Authorization: Bearer <token>` (one of `CIQ_API_TOKENS`). Errors are "
+                       "JSON `{\"error\": message}`.",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"bearerAuth": []}],
+    "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"}],
+    "paths": {**PATHS, **WEBHOOKS},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                           "description": "One of CIQ_API_TOKENS"}},
+    },
+}
+
+
+def spec() -> dict[str, Any]:
+    return SPEC
+
+
+@openapi.get("/api/v1/openapi.json")
+def openapi_json() -> Any:
+    return jsonify(SPEC)

@@ -1,0 +1,113 @@
+"""``POST /webhooks/<provider>``: forge deliveries in, runs out, in milliseconds.
+
+In order: size limit (413 before the body is read past it), the repository named by the payload
+must be registered (404), the signature must verify against that repository's secret (401), a
+repeated delivery id returns the first answer and starts nothing, the payload becomes an Event
+(400 when it is not what the provider sends), and the run is only recorded and queued: cloning
+and planning happen on a worker. Nothing is stored for a refused delivery.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from loguru import logger
+
+from ci_queue import events, metrics
+from ci_queue.dispatch import trigger_run
+from ci_queue.repos import Registry
+from ci_queue.settings import Settings
+from ci_queue.store import Store
+
+webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+DELIVERY_TTL = 86400  # a delivery id is remembered for a day
+
+
+def _refuse(store: Store, provider: str, status: int, message: str, reason: str) -> tuple[Response, int]:
+    metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason=reason)
+    return jsonify(error=message), status
+
+
+def _body(limit: int) -> bytes | None:
+    """The raw body, or None when it is larger than ``limit`` (read no further than that)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    data = request.stream.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+@webhooks.before_request
+def webhook_size_limit() -> None:
+    """Deliveries may be larger than API bodies (GitHub sends up to 25 MiB)."""
+    request.max_content_length = current_app.config["CIQ_SETTINGS"].max_webhook_bytes + 1
+
+
+@webhooks.post("/<provider>")
+def receive(provider: str) -> Any:
+    if provider not in events.PROVIDERS:
+        return jsonify(error=f"unknown provider {provider!r}; one of {', '.join(events.PROVIDERS)}"), 404
+    settings: Settings = current_app.config["CIQ_SETTINGS"]
+    store: Store = current_app.config["CIQ_STORE"]
+    registry: Registry = current_app.config["CIQ_REGISTRY"]
+    metrics.WEBHOOKS.inc(store, provider=provider)
+    body = _body(settings.max_webhook_bytes)
+    if body is None:
+        return _refuse(store, provider, 413, f"payload larger than {settings.max_webhook_bytes} bytes", "too_large")
+    try:
+        name = events.repo_of(provider, body)
+    except events.BadPayload as exc:
+        return _refuse(store, provider, 400, str(exc), "malformed")
+    repo = registry.lookup(provider, name)
+    if name is None and _is_ping(provider, body):
+        return jsonify(pong=True), 200  # an organisation hook's ping names no repository; it starts nothing
+    if repo is None:
+        message = f"repository {name!r} is not registered for {provider} hooks"
+        return _refuse(store, provider, 404, message, "unregistered")
+    secret = repo.secret()
+    if not secret:  # never "accept unsigned": a repository without a secret gets no runs
+        return _refuse(store, provider, 401, f"no webhook secret is configured for {repo.name}", "no_secret")
+    try:
+        events.verify(provider, request.headers, body, secret)
+    except events.SignatureError as exc:
+        reason = "stale_timestamp" if "timestamp" in str(exc) else "signature"
+        return _refuse(store, provider, 401, str(exc), reason)
+    delivery = events.delivery_id(provider, request.headers)
+    key = f"{store.prefix}delivery:{provider}:{delivery}" if delivery else None
+    if key is not None and not store.r.set(key, json.dumps({"status": 202, "body": {"pending": True}}),
+                                           nx=True, ex=DELIVERY_TTL):
+        first = json.loads(store.r.get(key) or "{}")
+        metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="duplicate")
+        return jsonify({**first.get("body", {}), "duplicate": True}), first.get("status", 202)
+    status, answer = _handle(provider, body, repo, store, settings)
+    if key is not None:
+        store.r.set(key, json.dumps({"status": status, "body": answer}), ex=DELIVERY_TTL)
+    return jsonify(answer), status
+
+
+def _is_ping(provider: str, body: bytes) -> bool:
+    try:
+        return isinstance(events.parse(provider, request.headers, body), events.Pong)
+    except events.BadPayload:
+        return False
+
+
+def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Settings) -> tuple[int, dict[str, Any]]:
+    try:
+        result = events.parse(provider, request.headers, body)
+    except events.BadPayload as exc:
+        metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="malformed")
+        return 400, {"error": str(exc)}
+    if isinstance(result, events.Pong):
+        return 200, {"pong": True}
+    if isinstance(result, events.Ignored):
+        return 202, result.to_dict()
+    arguments = repo.run_arguments(result, default_branch=settings.default_branch)
+    run_id = trigger_run(store, current_app.config["CIQ_CELERY"], **arguments)
+    logger.bind(run_id=run_id).info("{} {} {} -> run", provider, result.kind, result.ref)
+    status_url = url_for("api.show_run", run_id=run_id, _external=True)
+    if settings.public_url:
+        status_url = f"{settings.public_url.rstrip('/')}/api/v1/runs/{run_id}"
+    return 202, {"run_id": run_id, "status_url": status_url}

@@ -1,0 +1,209 @@
+"""The OpenAPI description against the app: every ``/api/v1`` rule is described and every
+described path is a rule; every response the real API gives (Flask's test client, a real store
+and broker) is declared, and its JSON body validates against the declared schema."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from ci_queue.web.openapi import OPEN_ENDPOINTS, SPEC
+from tests.web.test_api import ODD_NAMES, TWO_STAGES, finish, job_url, sse_events
+
+RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def template(rule: str) -> str:
+    """A Flask rule as an OpenAPI path: ``<path:name>`` -> ``{name}``."""
+    return RULE_VARIABLE.sub(r"{\1}", rule)
+
+
+def app_operations(app, prefix: str) -> set[tuple[str, str]]:
+    return {(template(rule.rule), method.lower()) for rule in app.url_map.iter_rules()
+            if rule.rule.startswith(prefix) for method in rule.methods if method.lower() in METHODS}
+
+
+def spec_operations(spec, prefix: str) -> set[tuple[str, str]]:
+    return {(path, method) for path, item in spec["paths"].items() if path.startswith(prefix)
+            for method in item if method in METHODS}
+
+
+def validator(schema: dict) -> Draft202012Validator:
+    """A validator of ``schema`` whose ``#/components/...`` references resolve in the spec."""
+    return Draft202012Validator({**schema, "components": SPEC["components"]})
+
+
+class Checker:
+    """Checks responses against the spec and remembers which (path, method, status) were seen."""
+
+    def __init__(self, api) -> None:
+        self.api = api
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def __call__(self, response, method: str, path: str):
+        operation = SPEC["paths"][path][method.lower()]
+        code = str(response.status_code)
+        assert code in operation["responses"], (method, path, code, response.get_data(as_text=True)[:300])
+        declared = operation["responses"][code]
+        content = declared.get("content", {})
+        assert response.mimetype in content, (method, path, code, response.mimetype)
+        if response.mimetype == "application/json":
+            body = response.get_json()
+            errors = sorted(validator(content["application/json"]["schema"]).iter_errors(body), key=str)
+            assert not errors, (method, path, code, [e.message for e in errors], body)
+        if response.mimetype == "text/plain" or code == "401":
+            for header in declared.get("headers", {}):
+                assert header in response.headers, (method, path, code, header)
+        self.seen.add((path, method.lower(), code))
+        return response
+
+    def get(self, url: str, path: str, **kwargs):
+        return self(self.api.get(url, **kwargs), "GET", path)
+
+    def post(self, url: str, path: str, **kwargs):
+        return self(self.api.post(url, **kwargs), "POST", path)
+
+
+def test_the_description_is_served_without_a_token_and_is_valid(api):
+    response = api.client.get("/api/v1/openapi.json")
+    assert response.status_code == 200 and response.get_json() == json.loads(json.dumps(SPEC))
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.1")
+    for schema in spec["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            assert operation["responses"], (path, method)
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path":
+                    assert "{" + parameter["name"] + "}" in path and parameter["required"]
+            for variable in re.findall(r"{([^}]+)}", path):
+                assert any(p["in"] == "path" and p["name"] == variable for p in operation["parameters"]), path
+    ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    # the open endpoints are exactly those described with `security: []` under /api/v1
+    open_rules = {template(rule.rule) for rule in api.app.url_map.iter_rules() if rule.endpoint in OPEN_ENDPOINTS}
+    assert open_rules == {path for path, item in spec["paths"].items() if path.startswith("/api/v1")
+                          and any(op.get("security") == [] for op in item.values())} == {"/api/v1/openapi.json"}
+    assert api.client.get("/api/v1/openapi.json", headers={"Authorization": "Bearer wrong"}).status_code == 200
+
+
+def test_every_api_route_is_described_and_every_description_is_a_route(api):
+    assert app_operations(api.app, "/api/v1") == spec_operations(SPEC, "/api/v1")
+    # the webhook receivers: one path per provider here, whatever rule the app uses for them
+    # (`/webhooks/<provider>`): every described path reaches the webhooks blueprint, every rule is described
+    described = spec_operations(SPEC, "/webhooks")
+    assert described == {(f"/webhooks/{p}", "post") for p in ("github", "gitlab", "gitea", "generic")}
+    adapter = api.app.url_map.bind("localhost")
+    reached = set()
+    for path, method in described:
+        rule, _ = adapter.match(path, method=method.upper(), return_rule=True)
+        assert rule.endpoint.startswith("webhooks."), path
+        reached.add(rule.rule)
+    assert reached == {rule.rule for rule in api.app.url_map.iter_rules() if rule.rule.startswith("/webhooks")}
+
+
+def test_refused_webhooks_match_the_description(api):
+    """What the receivers answer before any secret is involved: malformed, unregistered, too large."""
+    check = Checker(api)
+    body = json.dumps({"repository": {"full_name": f"nobody/n{uuid.uuid4().hex[:8]}"}, "ref": "refs/heads/main"})
+    for provider in ("github", "gitlab", "gitea", "generic"):
+        path = f"/webhooks/{provider}"
+        assert check(api.client.post(path, data="{not json", content_type="application/json"),
+                     "POST", path).status_code == 400
+        assert check(api.client.post(path, data=body, content_type="application/json"),
+                     "POST", path).status_code in (400, 404)
+    big = b"x" * (api.app.config["CIQ_SETTINGS"].max_webhook_bytes + 10)
+    response = api.client.post("/webhooks/github", data=big, content_type="application/json")
+    assert check(response, "POST", "/webhooks/github").status_code == 413
+    assert api.store.list_runs()[0] == []
+
+
+def test_real_responses_of_every_route_match_the_description(api):
+    check = Checker(api)
+    runs, run, cancel, retry = ("/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel",
+                                "/api/v1/runs/{run_id}/retry")
+    play, log, stream = ("/api/v1/runs/{run_id}/jobs/{name}/play", "/api/v1/runs/{run_id}/jobs/{name}/log",
+                         "/api/v1/runs/{run_id}/jobs/{name}/log/stream")
+    unknown = "ffffffffffffffff"
+    check(api.client.get("/api/v1/openapi.json"), "GET", "/api/v1/openapi.json")
+
+    # trigger
+    body = check.post(runs, runs, json={"repo": "o/r", "clone_url": "file:///r", "ref": "main",
+                                        "sha": "a" * 40, "variables": {"A": "1"}}).get_json()
+    queued = body["run_id"]
+    check.post(runs, runs, json={"clone_url": "file:///r"})
+    check.post(runs, runs, json={"clone_url": "file:///r", "ref": "main", "x": "y" * 2_000_000})
+    # a run that ran: a job with attempts and steps, a failed one, a manual one
+    run_id, index, _ = api.planned_run(ODD_NAMES)
+    finish(api, run_id, index["build: [a, b]"], "success", lines=["compiling", "done"], exit=0)
+    finish(api, run_id, index["fedora/test"], "failed", exit=2, reason="script_failure")
+    failed, findex, _ = api.planned_run(TWO_STAGES)
+    finish(api, failed, findex["build"], "failed", exit=1, reason="script_failure", lines=["boom"])
+
+    # list and show
+    assert check.get(runs, runs).get_json()["runs"]
+    page = check.get(f"{runs}?limit=1&repo=o/r", runs).get_json()
+    assert page["next_cursor"] is not None
+    check.get(f"{runs}?limit=1&cursor={page['next_cursor']}&status=failed", runs)
+    check.get(f"{runs}?status=nope", runs)
+    for rid in (queued, run_id, failed):
+        check.get(f"{runs}/{rid}", run)
+    shown = api.get(f"{runs}/{run_id}").get_json()
+    assert shown["jobs"][0]["attempts"] and shown["jobs"][0]["steps"]
+    check.get(f"{runs}/{unknown}", run)
+
+    # logs: text, JSON, bad offset, unknown job; the live stream of a finished job
+    response = check.get(job_url(run_id, "build: [a, b]", "/log"), log)
+    assert response.get_data(as_text=True) == "compiling\ndone\n"
+    assert check.get(job_url(run_id, "build: [a, b]", "/log?format=json"), log).get_json()["lines"]
+    check.get(job_url(run_id, "build: [a, b]", "/log?offset=nope"), log)
+    check.get(job_url(run_id, "nope", "/log"), log)
+    response = check.get(job_url(run_id, "build: [a, b]", "/log/stream"), stream, buffered=False)
+    assert [event for event, _, _ in sse_events(response)] == ["line", "line", "end"]
+    check.get(job_url(run_id, "build: [a, b]", "/log/stream?offset=x"), stream)
+    check.get(job_url(unknown, "build", "/log/stream"), stream)
+
+    # play: not manual (409), the manual one (202), unknown (404)
+    check.post(job_url(run_id, "fedora/test", "/play"), play)
+    other, oindex, _ = api.planned_run(ODD_NAMES)
+    finish(api, other, oindex["build: [a, b]"])
+    finish(api, other, oindex["fedora/test"])
+    assert check.post(job_url(other, "deploy/log", "/play"), play).status_code == 202
+    check.post(job_url(unknown, "deploy/log", "/play"), play)
+
+    # retry: a failed run (202), a queued run (409), unknown (404)
+    assert check.post(f"{runs}/{failed}/retry", retry).status_code == 202
+    check.post(f"{runs}/{queued}/retry", retry)
+    check.post(f"{runs}/{unknown}/retry", retry)
+
+    # cancel: a running run, unknown
+    assert check.post(f"{runs}/{failed}/cancel", cancel).get_json()["status"] == "canceled"
+    check.post(f"{runs}/{unknown}/cancel", cancel)
+
+    # no token: 401 on every operation that needs one
+    for path, method in spec_operations(SPEC, "/api/v1"):
+        operation = SPEC["paths"][path][method]
+        if operation.get("security") == []:
+            continue
+        url = path.replace("{run_id}", run_id).replace("{name}", "build")
+        check(api.client.open(url, method=method.upper()), method.upper(), path)
+
+    declared = {(path, method, code) for path, method in spec_operations(SPEC, "/api/v1")
+                for code in SPEC["paths"][path][method]["responses"]}
+    assert declared - check.seen == set(), "declared responses never seen"
+    assert check.seen - declared == set()
+
+
+@pytest.mark.parametrize("path", sorted(SPEC["components"]["schemas"]))
+def test_the_schemas_refuse_what_they_should(path):
+    """The schemas are not vacuous: an empty object or a wrong type is refused where fields are required."""
+    schema = SPEC["components"]["schemas"][path]
+    if "required" in schema or "allOf" in schema:
+        assert list(validator({"$ref": f"#/components/schemas/{path}"}).iter_errors({}))
+    assert list(validator({"$ref": f"#/components/schemas/{path}"}).iter_errors([uuid.uuid4().hex]))
