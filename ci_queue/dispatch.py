@@ -23,6 +23,7 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE, job_queue
 from ci_queue.settings import Settings
 from ci_queue.store import Store
+from ci_queue.store.core import TERMINAL_RUN
 
 # GitLab's failure reasons that `retry:when` names, for each of our failure classes.
 RETRY_REASONS = {
@@ -49,8 +50,23 @@ def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = ""
         app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
     except Exception as exc:  # the run stays queued; the sweeper sends it to planning again
         logger.bind(run_id=run_id).warning("could not send the run to planning now ({}); the sweeper will", exc)
+    report(store, app, run_id, "run_queued")
     logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
     return run_id
+
+
+def report(store: Store, app: Celery, run_id: str, event: str, job: int | None = None) -> None:
+    """Tell the forge and the chat (``ci_queue.reporters``); never raises, never blocks long."""
+    from ci_queue.reporters.tasks import report_run
+
+    report_run(store, app, run_id, event, job=job)
+
+
+def report_job_end(store: Store, app: Celery, run_id: str, index: int, run_status: str | None) -> None:
+    """Report a job that ended, and the run when that ended it too."""
+    report(store, app, run_id, "job_ended", index)
+    if run_status in TERMINAL_RUN:
+        report(store, app, run_id, "run_ended")
 
 
 def time_limits(job: Job, settings: Settings) -> tuple[int, int]:

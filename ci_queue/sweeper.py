@@ -23,7 +23,7 @@ from celery import Celery, group
 from loguru import logger
 
 from ci_queue.celery_app import PLAN_RUN
-from ci_queue.dispatch import grant_next, send_jobs
+from ci_queue.dispatch import grant_next, report_job_end, send_jobs
 from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
@@ -159,6 +159,7 @@ class Sweeper:
                                       fields={"reason": "runner_system_failure"}, attempt_record=record)
         log.warning("lease of attempt {} lapsed and no system retry is left: failed", attempt)
         send_jobs(store, self.app, self.settings, run_id, transition.ready)
+        report_job_end(store, self.app, run_id, index, transition.run_status)
         return "failed_lost"
 
     def _stuck(self, run_id: str, index: int, attempt: int) -> int:
@@ -177,4 +178,5 @@ class Sweeper:
                                                       "failure_reason": "stuck", "reason": reason})
         logger.bind(run_id=run_id, job=job.name).warning(reason)
         send_jobs(store, self.app, self.settings, run_id, transition.ready)
+        report_job_end(store, self.app, run_id, index, transition.run_status)
         return 1

@@ -17,12 +17,15 @@ from typing import Any
 from celery import Celery
 from loguru import logger
 
+import ci_queue.reporters.tasks  # noqa: F401  (registers the reporting tasks in worker processes)
+from ci_queue import metrics
 from ci_queue.celery_app import PLAN_RUN, RUN_JOB, get_celery
-from ci_queue.dispatch import retry_wanted, send_jobs
+from ci_queue.dispatch import report, report_job_end, retry_wanted, send_jobs
 from ci_queue.pipeline.errors import PipelineError
 from ci_queue.pipeline.model import Job, MergeRequest, PlanContext
 from ci_queue.pipeline.planner import PIPELINE_FILES, plan_file
 from ci_queue.resource_groups import ResourceGroups
+from ci_queue.routing import job_queue
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
 from ci_queue.store.core import now_iso
@@ -195,24 +198,29 @@ def plan_run(self: Any, run_id: str) -> None:
             path = _pipeline_path(workspace.builds_dir, run.context.get("pipeline"))
             if path is None:
                 store.fail_run(run_id, f"no pipeline file ({' or '.join(PIPELINE_FILES)}) in {run.repo} at {sha[:12]}")
+                report(store, rt.celery, run_id, "run_ended")
                 return
             ctx = plan_context(run, sha, workspace.builds_dir)
             plan = plan_file(path, ctx, workspace.builds_dir, display_name=path.name)
     except PipelineError as exc:
         log.info("pipeline file invalid: {}", exc)
         store.fail_run(run_id, str(exc))
+        report(store, rt.celery, run_id, "run_ended")
         return
     except CheckoutError as exc:
         if exc.retryable and self.request.retries < 3:
             raise self.retry(exc=exc, countdown=2 ** self.request.retries + 1) from None
         store.fail_run(run_id, f"checkout failed: {exc}", status="error")
+        report(store, rt.celery, run_id, "run_ended")
         return
     if plan.skipped_reason:
         store.fail_run(run_id, f"no pipeline: {plan.skipped_reason}", status="skipped")
+        report(store, rt.celery, run_id, "run_ended")
         return
     ready = store.set_plan(run_id, plan, sha)
     log.info("planned {} jobs in {} stages", len(plan.jobs), len(plan.stages))
     send_jobs(store, rt.celery, rt.settings, run_id, ready)
+    report(store, rt.celery, run_id, "run_planned")
     if rt.settings.auto_cancel:
         cancel_superseded(store, run_id)
 
@@ -246,8 +254,11 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     store, settings = rt.store, rt.settings
     worker = self.request.hostname or "worker"
     begun = store.begin_job(run_id, index, attempt, worker, settings.job_lease_seconds)
+    if begun.status == "canceled":
+        report_job_end(store, rt.celery, run_id, index, begun.run_status)
     if begun.status != "ok":
         return  # stale message (redelivered, or an older attempt) or the run was canceled
+    report(store, rt.celery, run_id, "job_started", index)
     state = store.job(run_id, index)
     run = store.get_run(run_id, with_jobs=False)
     if state is None or run is None:
@@ -323,9 +334,13 @@ def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, wor
             if new_attempt is not None:
                 logger.bind(run_id=run_id, job=job.name).info("retrying ({}) as attempt {}", retry_kind, new_attempt)
                 send_jobs(store, rt.celery, settings, run_id, [index], freed)
+                report(store, rt.celery, run_id, "job_ended", index)
                 return
     fields = {"exit": result.exit_code, "reason": result.failure_class}
     transition = store.finish_job(run_id, index, attempt, result.status,
                                   allowed=result.status == "failed" and job.failure_allowed(result.exit_code),
                                   fields=fields, attempt_record=record)
     send_jobs(store, rt.celery, settings, run_id, transition.ready, freed)
+    if transition.status == "ok":
+        metrics.record_job_end(store, status=result.status, queue=job_queue(job.tags), duration=result.duration)
+        report_job_end(store, rt.celery, run_id, index, transition.run_status)

@@ -17,10 +17,10 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context, url_for
 
-from ci_queue.dispatch import send_jobs, trigger_run
+from ci_queue.dispatch import report, send_jobs, trigger_run
 from ci_queue.settings import Settings
 from ci_queue.store import Store, StoreError
-from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB
+from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_PAGE = 100
@@ -150,6 +150,8 @@ def show_run(run_id: str) -> Any:
 def cancel_run(run_id: str) -> Any:
     _run_or_404(run_id, with_jobs=False)
     status, running = _store().cancel_run(run_id)
+    if status in TERMINAL_RUN:
+        report(_store(), current_app.config["CIQ_CELERY"], run_id, "run_ended")
     return jsonify(id=run_id, status=status, stopping=len(running))
 
 
