@@ -50,7 +50,6 @@ def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = ""
         app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
     except Exception as exc:  # the run stays queued; the sweeper sends it to planning again
         logger.bind(run_id=run_id).warning("could not send the run to planning now ({}); the sweeper will", exc)
-    report(store, app, run_id, "run_queued")
     logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
     return run_id
 

@@ -191,6 +191,9 @@ def plan_run(self: Any, run_id: str) -> None:
         return  # already planned (redelivery), canceled, or expired
     if not store.claim_planning(run_id, self.request.hostname or "worker"):
         return  # another worker is planning it right now
+    # "queued" goes to the forge from here, not from the webhook request: that keeps the request
+    # to a few Redis writes and one publish
+    report(store, rt.celery, run_id, "run_queued")
     try:
         sha = run.sha or resolve_ref(run.clone_url or "", run.ref)
         with Workspace(run_id, "plan", 1, settings=rt.settings) as workspace:

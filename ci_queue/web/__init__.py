@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
     from ci_queue.web.webhooks import webhooks
 
     settings = settings or get_settings()
+    from ci_queue.logging import configure
+
+    configure(settings)  # once per process: the format and level of CIQ_LOG_FORMAT / CIQ_LOG_LEVEL
     app = Flask("ci_queue")
     app.config["CIQ_SETTINGS"] = settings
     app.config["CIQ_STORE"] = store or store_from_settings(settings)
