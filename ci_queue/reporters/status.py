@@ -20,7 +20,7 @@ import requests
 PROVIDERS = ("github", "gitlab", "gitea")
 # Provider-neutral states: what happened. Each provider gets its own word for it below.
 STATES = ("pending", "running", "success", "failure", "error", "canceled", "skipped")
-DEFAULT_TOKEN_ENV = {"github": "CIQ_GITHUB_TOKEN", "gitlab": "CIQ_GITLAB_TOKEN", "gitea": "CIQ_GITEA_TOKEN"}
+DEFAULT_TOKEN_ENV = {"github": "CIQ_GITHUB_TOKEN", "gitlab": "CIQ_GITLAB_API_TOKEN", "gitea": "CIQ_GITEA_TOKEN"}
 MAX_DESCRIPTION = 139  # GitHub refuses descriptions of 140 characters and more
 
 # GitHub and Gitea know pending / success / failure / error; "running" is pending with a
