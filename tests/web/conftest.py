@@ -19,6 +19,7 @@ from ci_queue.store import Store
 from ci_queue.web import create_app
 from tests.engine.conftest import RESERVATION, engine, reserve_database  # noqa: F401 (engine: a fixture)
 from tests.engine.test_store import make_plan
+from tests.reporters.conftest import recorder  # noqa: F401 (a fixture: the recording HTTP server)
 
 TOKENS = ("tok-one-3f9c1a", "tok-two-77be02")
 

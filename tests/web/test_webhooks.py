@@ -198,16 +198,24 @@ def test_every_github_fixture_gets_an_answer_and_only_builds_what_it_should(hook
     assert answered >= 50
 
 
-def test_a_signed_push_for_a_real_repository_runs_to_success(engine, tmp_path, monkeypatch):
-    """End to end: a registered local repository, a GitHub-shaped push for its real head sha."""
+def test_push_to_success_sends_pending_then_success_statuses_and_the_chat_message(engine, recorder, tmp_path,
+                                                                                 monkeypatch):
+    """The issue's end-to-end case: a registered local repository, a signed GitHub push for its
+    real head sha, 202, the run succeeds, and a recording server stands in for GitHub's API and
+    for Slack."""
     from ci_queue.web import create_app
     from tests.engine.conftest import make_repo
 
+    url = recorder.url
     repo = tmp_path / "hello"
-    sha = make_repo(repo, {".ci-queue.yml": "hello:\n  script: echo hello from $CI_COMMIT_BRANCH\n"})
+    sha = make_repo(repo, {".ci-queue.yml": "build:\n  script: echo hello from $CI_COMMIT_BRANCH\n"})
+    engine.env.update({"CIQ_GITHUB_API_URL": url, "CIQ_SLACK_WEBHOOK_URL": f"{url}/slack",
+                       "TEST_STATUS_TOKEN": "status-token", "CIQ_PUBLIC_URL": "https://ci.example.com"})
     monkeypatch.setenv("TEST_GITHUB_SECRET", SECRET)
+    engine.settings = engine.settings.__class__.from_env(engine.env)
     registry = parse_registry(f"repositories:\n  - name: octo/hello\n    provider: github\n"
-                              f"    clone_url: file://{repo}\n    secret_env: TEST_GITHUB_SECRET\n")
+                              f"    clone_url: file://{repo}\n    secret_env: TEST_GITHUB_SECRET\n"
+                              f"    status_token_env: TEST_STATUS_TOKEN\n    notify: always\n")
     app = create_app(engine.settings, store=engine.store, celery=engine.celery, registry=registry)
     engine.start_worker("w1")
     body = github_push(after=sha)
@@ -217,55 +225,18 @@ def test_a_signed_push_for_a_real_repository_runs_to_success(engine, tmp_path, m
     assert run.status == "success" and run.sha == sha
     log = [fields["text"] for _, fields in engine.store.read_log(run.id, 0) if fields["stream"] == "out"]
     assert log[-1] == "hello from main"
+    path = f"/repos/octo/hello/statuses/{sha}"
 
+    def pipeline_states(r) -> list[str]:
+        return [q.body["state"] for q in r.to(path, ok=True) if q.body.get("context") == "ci-queue/pipeline"]
 
-def test_push_to_success_sends_pending_then_success_statuses_and_the_chat_message(engine, tmp_path, monkeypatch):
-    """The issue's end-to-end case: a real repository, a signed GitHub push for its head sha,
-    202, the run succeeds, and a recording server stands in for GitHub's API and for Slack."""
-    from ci_queue.web import create_app
-    from tests.engine.conftest import make_repo
-    from tests.reporters.conftest import Recorder, _handler
-
-    recorder = Recorder()
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        repo = tmp_path / "hello"
-        sha = make_repo(repo, {".ci-queue.yml": "build:\n  script: echo built\n"})
-        engine.env.update({"CIQ_GITHUB_API_URL": url, "CIQ_SLACK_WEBHOOK_URL": f"{url}/slack",
-                           "TEST_STATUS_TOKEN": "status-token", "CIQ_PUBLIC_URL": "https://ci.example.com"})
-        monkeypatch.setenv("TEST_GITHUB_SECRET", SECRET)
-        engine.settings = engine.settings.__class__.from_env(engine.env)
-        registry = parse_registry(f"repositories:\n  - name: octo/hello\n    provider: github\n"
-                                  f"    clone_url: file://{repo}\n    secret_env: TEST_GITHUB_SECRET\n"
-                                  f"    status_token_env: TEST_STATUS_TOKEN\n    notify: always\n")
-        app = create_app(engine.settings, store=engine.store, celery=engine.celery, registry=registry)
-        engine.start_worker("w1")
-        body = github_push(after=sha)
-        response = app.test_client().post("/webhooks/github", data=body, headers=github_headers(body))
-        assert response.status_code == 202, response.json
-        run = engine.wait(response.json["run_id"])
-        assert run.status == "success"
-        path = f"/repos/octo/hello/statuses/{sha}"
-
-        def pipeline_states(r: Recorder) -> list[str]:
-            return [q.body["state"] for q in r.to(path, ok=True) if q.body.get("context") == "ci-queue/pipeline"]
-
-        recorder.wait(lambda r: "success" in pipeline_states(r) and r.to("/slack", ok=True), timeout=30)
-        states = pipeline_states(recorder)
-        assert states[0] == "pending" and states[-1] == "success", states
-        first = recorder.to(path, ok=True)[0]
-        assert first.headers.get("Authorization") == "Bearer status-token"
-        assert first.body["target_url"] == f"https://ci.example.com/api/v1/runs/{run.id}"
-        jobs = [q.body for q in recorder.to(path, ok=True) if q.body.get("context") == "ci-queue/build"]
-        assert jobs and jobs[-1]["state"] == "success"
-        chat = recorder.to("/slack", ok=True)[-1].body
-        assert "octo/hello" in json.dumps(chat) and "success" in json.dumps(chat).lower()
-    finally:
-        server.shutdown()
-        server.server_close()
+    recorder.wait(lambda r: "success" in pipeline_states(r) and r.to("/slack", ok=True), timeout=30)
+    states = pipeline_states(recorder)
+    assert states[0] == "pending" and states[-1] == "success", states
+    first = recorder.to(path, ok=True)[0]
+    assert first.headers.get("Authorization") == "Bearer status-token"
+    assert first.body["target_url"] == f"https://ci.example.com/api/v1/runs/{run.id}"
+    jobs = [q.body for q in recorder.to(path, ok=True) if q.body.get("context") == "ci-queue/build"]
+    assert jobs and jobs[-1]["state"] == "success"
+    chat = json.dumps(recorder.to("/slack", ok=True)[-1].body)
+    assert "octo/hello" in chat and "success" in chat.lower()
