@@ -38,28 +38,24 @@ class StatusError(Exception):
     """A status that cannot be sent at all (bad target, unknown provider, missing API URL)."""
 
 
-class StatusRejected(StatusError):
+class _HttpAnswer(Exception):
+    """An HTTP answer worth an exception: its code and what the server said."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Celery carries the exception of a retry)
+        return (type(self), (self.status_code, self.detail))
+
+
+class StatusRejected(_HttpAnswer, StatusError):
     """The provider answered 4xx (bad token, unknown repository or sha, invalid transition)."""
 
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
 
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Celery carries the exception of a retry)
-        return (type(self), (self.status_code, self.detail))
-
-
-class RetryableError(Exception):
+class RetryableError(_HttpAnswer):
     """The provider answered 5xx or 429: worth trying again later."""
-
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Celery carries the exception of a retry)
-        return (type(self), (self.status_code, self.detail))
 
 
 @dataclass(frozen=True)

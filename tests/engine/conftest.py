@@ -35,6 +35,16 @@ def reserve_database(host_url: str = "redis://127.0.0.1:6379") -> tuple[int, str
     pytest.fail("no free Redis database for an engine test")
 
 
+def release_database(client, token: str, *prefixes: str) -> None:
+    """Delete what a test made in its reserved database (its key prefixes and the broker's keys)
+    and free the reservation. Nothing else in that database is touched."""
+    for pattern in (*(f"{p}*" for p in prefixes), "ciq.*", "_kombu.*", "unacked*"):
+        for key in client.scan_iter(pattern, count=1000):
+            client.delete(key)
+    if client.get(RESERVATION) == token:
+        client.delete(RESERVATION)
+
+
 @dataclass
 class Engine:
     settings: Settings
@@ -138,10 +148,4 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         yield engine
     finally:
         engine.stop_workers()
-        for key in client.scan_iter(f"{prefix}*", count=1000):
-            client.delete(key)
-        for pattern in ("ciq.*", "_kombu.*", "unacked*"):
-            for key in client.scan_iter(pattern, count=1000):
-                client.delete(key)
-        if client.get(RESERVATION) == token:
-            client.delete(RESERVATION)
+        release_database(client, token, prefix)

@@ -359,7 +359,7 @@ def test_state_can_live_in_its_own_redis_database(engine, tmp_path):
     import redis
 
     from ci_queue.store import Store
-    from tests.engine.conftest import RESERVATION, reserve_database
+    from tests.engine.conftest import release_database, reserve_database
 
     db, token = reserve_database()
     state_url = f"redis://127.0.0.1:6379/{db}"
@@ -375,7 +375,4 @@ def test_state_can_live_in_its_own_redis_database(engine, tmp_path):
         broker = redis.Redis.from_url(engine.env["CIQ_REDIS_URL"], decode_responses=True)
         assert not list(broker.scan_iter(f"{engine.settings.key_prefix}run:*")), "run state leaked into the broker"
     finally:
-        for key in state.scan_iter(f"{engine.settings.key_prefix}*"):
-            state.delete(key)
-        if state.get(RESERVATION) == token:
-            state.delete(RESERVATION)
+        release_database(state, token, engine.settings.key_prefix)

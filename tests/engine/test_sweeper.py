@@ -12,7 +12,7 @@ from ci_queue.celery_app import make_celery
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.sweeper import Sweeper
-from tests.engine.conftest import RESERVATION, reserve_database
+from tests.engine.conftest import release_database, reserve_database
 from tests.engine.test_store import make_plan
 
 
@@ -24,11 +24,7 @@ def broker(redis_client):
     settings = Settings.from_env({"CIQ_REDIS_URL": f"redis://127.0.0.1:6379/{db}", "CIQ_KEY_PREFIX": prefix,
                                   "CIQ_QUEUE_TIMEOUT_SECONDS": "5"})
     yield client, settings
-    for pattern in (f"{prefix}*", "ciq.*", "_kombu.*", "unacked*"):
-        for key in client.scan_iter(pattern):
-            client.delete(key)
-    if client.get(RESERVATION) == token:
-        client.delete(RESERVATION)
+    release_database(client, token, prefix)
 
 
 def test_a_job_whose_message_was_never_published_is_sent_again(broker, tmp_path):

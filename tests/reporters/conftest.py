@@ -20,7 +20,7 @@ from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from tests.conftest import require_redis
-from tests.engine.conftest import RESERVATION, reserve_database
+from tests.engine.conftest import release_database, reserve_database
 
 
 @dataclass
@@ -178,10 +178,4 @@ def farm(recorder: Recorder, farm_policy: Any) -> Iterator[Farm]:
                           queues=[CONTROL_QUEUE], shutdown_timeout=20):
             yield Farm(settings, store, app, reporters)
     finally:
-        for key in client.scan_iter(f"{prefix}*", count=1000):
-            client.delete(key)
-        for pattern in ("ciq.*", "_kombu.*", "unacked*"):
-            for key in client.scan_iter(pattern, count=1000):
-                client.delete(key)
-        if client.get(RESERVATION) == token:
-            client.delete(RESERVATION)
+        release_database(client, token, prefix)

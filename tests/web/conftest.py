@@ -17,7 +17,7 @@ from ci_queue.celery_app import make_celery
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.web import create_app
-from tests.engine.conftest import RESERVATION, engine, reserve_database  # noqa: F401 (engine: a fixture)
+from tests.engine.conftest import engine, release_database, reserve_database  # noqa: F401 (engine: a fixture)
 from tests.engine.test_store import make_plan
 from tests.reporters.conftest import recorder  # noqa: F401 (a fixture: the recording HTTP server)
 
@@ -37,11 +37,7 @@ def broker_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        for pattern in ("ciq.*", "_kombu.*", "unacked*"):
-            for key in client.scan_iter(pattern, count=1000):
-                client.delete(key)
-        if client.get(RESERVATION) == token:
-            client.delete(RESERVATION)
+        release_database(client, token)
 
 
 @dataclass
