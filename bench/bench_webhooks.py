@@ -70,6 +70,7 @@ def start_gunicorn(app: str, port: int, env: dict[str, str], workers: int, log: 
             if proc.poll() is not None:
                 raise SystemExit(log.read_text()) from None
             time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # leave nothing running behind a failed start
     raise SystemExit("gunicorn did not start")
 
 
