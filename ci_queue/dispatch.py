@@ -76,16 +76,21 @@ def time_limits(job: Job, settings: Settings) -> tuple[int, int]:
     return soft, soft + 60
 
 
-def job_signature(app: Celery, store: Store, settings: Settings, run_id: str, index: int, attempt: int,
-                  job: Job) -> Any:
+def job_signature(app: Celery, settings: Settings, run_id: str, index: int, attempt: int, job: Job) -> Any:
     """The Celery signature of one attempt of a job, routed by its tags."""
-    queue = job_queue(job.tags)
     soft, hard = time_limits(job, settings)
-    store.mark_queued(run_id, index, attempt, queue, settings.queue_timeout_seconds)
-    options: dict[str, Any] = {"queue": queue, "soft_time_limit": soft, "time_limit": hard}
+    options: dict[str, Any] = {"queue": job_queue(job.tags), "soft_time_limit": soft, "time_limit": hard}
     if job.when == "delayed" and job.start_in and attempt == 1:
         options["countdown"] = job.start_in
     return app.signature(RUN_JOB, args=[run_id, index, attempt], **options)
+
+
+def publish(store: Store, settings: Settings, signatures: list[Any]) -> None:
+    """Record the wave as queued (one round trip), then send it as one Celery group."""
+    if not signatures:
+        return
+    store.mark_queued([(*sig.args, sig.options["queue"]) for sig in signatures], settings.queue_timeout_seconds)
+    group(signatures).apply_async()
 
 
 def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexes: list[int],
@@ -98,8 +103,7 @@ def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexe
     signatures = []
     lines = ResourceGroups(store, settings.job_lease_seconds)
     to_grant = set(freed_groups)
-    for index in indexes:
-        state = store.job(run_id, index)
+    for index, state in zip(indexes, store.jobs(run_id, indexes), strict=True):
         if state is None or state.status != "pending":
             continue
         job = Job.from_dict(state.spec)
@@ -108,11 +112,10 @@ def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexe
             store.waiting_for_a_group(run_id, index, state.attempt)
             to_grant.add(job.resource_group)
             continue
-        signatures.append(job_signature(app, store, settings, run_id, index, state.attempt, job))
+        signatures.append(job_signature(app, settings, run_id, index, state.attempt, job))
     for name in sorted(to_grant):
         signatures.extend(grant_next(store, app, settings, lines, name))
-    if signatures:
-        group(signatures).apply_async()
+    publish(store, settings, signatures)
 
 
 def grant_next(store: Store, app: Celery, settings: Settings, lines: ResourceGroups, name: str) -> list[Any]:
@@ -126,7 +129,7 @@ def grant_next(store: Store, app: Celery, settings: Settings, lines: ResourceGro
         lines.release(name, run_id, index, attempt)
         return []
     logger.bind(run_id=run_id, job=state.name).info("resource group {} granted", name)
-    return [job_signature(app, store, settings, run_id, index, attempt, Job.from_dict(state.spec))]
+    return [job_signature(app, settings, run_id, index, attempt, Job.from_dict(state.spec))]
 
 
 def retry_wanted(job: Job, failure_class: str | None, exit_code: int | None, yaml_retries_used: int) -> bool:

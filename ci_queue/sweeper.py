@@ -19,11 +19,12 @@ import threading
 import time
 import uuid
 
-from celery import Celery, group
+from celery import Celery
 from loguru import logger
 
 from ci_queue.celery_app import PLAN_RUN
-from ci_queue.dispatch import grant_next, report_job_end, send_jobs
+from ci_queue.clock import now_iso
+from ci_queue.dispatch import grant_next, publish, report_job_end, send_jobs
 from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
@@ -133,8 +134,7 @@ class Sweeper:
                     self.store.r.srem(lines.groups_key, name)
                     continue
                 signatures.extend(grant_next(self.store, self.app, self.settings, lines, name))
-        if signatures:
-            group(signatures).apply_async()
+        publish(self.store, self.settings, signatures)
         return len(signatures)
 
     def _lease_lapsed(self, run_id: str, index: int, attempt: int) -> str:
@@ -171,7 +171,7 @@ class Sweeper:
         reason = (f"no worker took this job within {self.settings.queue_timeout_seconds}s "
                   f"(queue {job.queue}; tags {job.spec.get('tags') or []})")
         store.append_log(run_id, index, [{"attempt": attempt, "step": "prepare", "n": 0, "stream": "system",
-                                          "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                          "ts": now_iso(),
                                           "text": f"[ci-queue] {reason}"}])
         transition = store.finish_job(run_id, index, attempt, "failed", fields={"reason": "stuck"},
                                       attempt_record={"attempt": attempt, "status": "failed",

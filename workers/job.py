@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ci_queue.clock import now_iso
 from ci_queue.logging import bind
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings, get_settings
-from workers.logs import JobLog, LogSink, utc_now_iso
+from workers.logs import JobLog, LogSink
 from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepRunner, StepSpec
 from workers.secrets import MissingSecrets, resolve_secrets
 
@@ -271,7 +272,7 @@ class _JobRun:
         self.cancel_failed = False
         self.logger = bind(run_id=request.run_id, job=self.job.name)
         self.steps: list[StepRecord] = []
-        self.started_at = utc_now_iso()
+        self.started_at = now_iso()
         self.start = time.monotonic()
         self.secrets: dict[str, str] = {}
         self.missing: MissingSecrets | None = None
@@ -309,7 +310,7 @@ class _JobRun:
         duration = round(time.monotonic() - self.start, 3)
         result = JobResult(status=status, failure_class=None if status == "success" else failure_class,
                            exit_code=exit_code, steps=self.steps, started_at=self.started_at,
-                           finished_at=utc_now_iso(), duration=duration, log_truncated=self.log.truncated,
+                           finished_at=now_iso(), duration=duration, log_truncated=self.log.truncated,
                            reason=None if status == "success" else reason)
         self.log.close()
         self.logger.info("job ended: {} {} in {}s", status, result.failure_class or "", duration)

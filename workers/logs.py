@@ -32,20 +32,16 @@ import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol, TextIO
 
 from loguru import logger
+
+from ci_queue.clock import now_iso
 
 MASK = "[MASKED]"
 SYSTEM_PREFIX = "[ci-queue] "
 SYSTEM_ALLOWANCE = 64 * 1024  # bytes of system lines still stored once the log is truncated
 STREAMS = ("out", "err", "system")
-
-
-def utc_now_iso() -> str:
-    """Now as ISO 8601 UTC with milliseconds and ``Z``: ``2024-05-01T12:00:01.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +266,7 @@ class JobLog:
     # -- internals ------------------------------------------------------------------------------
 
     def _timestamp(self) -> str:
-        timestamp = utc_now_iso()
+        timestamp = now_iso()
         if timestamp < self._last_ts:  # the clock stepped back: keep the log's order
             timestamp = self._last_ts
         self._last_ts = timestamp

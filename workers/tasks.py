@@ -20,6 +20,7 @@ from loguru import logger
 import ci_queue.reporters.tasks  # noqa: F401  (registers the reporting tasks in worker processes)
 from ci_queue import metrics
 from ci_queue.celery_app import PLAN_RUN, RUN_JOB, get_celery
+from ci_queue.clock import now_iso
 from ci_queue.dispatch import report, report_job_end, retry_wanted, send_jobs
 from ci_queue.pipeline.errors import PipelineError
 from ci_queue.pipeline.model import Job, MergeRequest, PlanContext
@@ -28,7 +29,6 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import job_queue
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
-from ci_queue.store.core import now_iso
 from workers.checkout import CheckoutError, checkout, resolve_ref
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import LogLine

@@ -6,11 +6,11 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
+from ci_queue.clock import now_iso
 from ci_queue.graph import build_graph, dependents
 from ci_queue.pipeline.model import Job, Plan
 from ci_queue.store import lua
@@ -24,11 +24,6 @@ _JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "fin
 
 class StoreError(Exception):
     """A request the state does not allow (unknown run or job, wrong state)."""
-
-
-def now_iso() -> str:
-    """UTC now, ISO 8601 with milliseconds and Z: the one timestamp format of the store."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -305,12 +300,22 @@ class Store:
         )
 
     def job(self, run_id: str, index: int) -> JobState | None:
-        fields = [f"n{index}.{p}" for p in ("name", "spec", "attempts", *_JOB_FIELDS)]
-        values = self.r.hmget(self._state(run_id), fields)
-        if values[0] is None:
-            return None
-        state = dict(zip(fields, values, strict=True))
-        return self._job_from_state({k: v for k, v in state.items() if v is not None}, index)
+        return self.jobs(run_id, [index])[0]
+
+    def jobs(self, run_id: str, indexes: list[int]) -> list[JobState | None]:
+        """Several jobs of a run in one round trip (None for an index the run does not have)."""
+        props = ("name", "spec", "attempts", *_JOB_FIELDS)
+        fields = [f"n{i}.{p}" for i in indexes for p in props]
+        values = self.r.hmget(self._state(run_id), fields) if fields else []
+        found: list[JobState | None] = []
+        for k, index in enumerate(indexes):
+            chunk = dict(zip(fields[k * len(props):(k + 1) * len(props)],
+                             values[k * len(props):(k + 1) * len(props)], strict=True))
+            if chunk[f"n{index}.name"] is None:
+                found.append(None)
+            else:
+                found.append(self._job_from_state({f: v for f, v in chunk.items() if v is not None}, index))
+        return found
 
     def job_index(self, run_id: str, name: str) -> int | None:
         value = self.r.hget(self._names(run_id), name)
@@ -402,14 +407,19 @@ class Store:
     def unsent_key(self) -> str:
         return f"{self.prefix}unsent"
 
-    def mark_queued(self, run_id: str, index: int, attempt: int, queue: str, queue_timeout: float) -> None:
-        """Remember that a message for this attempt is in ``queue`` (for stuck detection); it is
-        no longer "unsent" (the scripts note every job they make pending as unsent)."""
-        member = f"{run_id}|{index}|{attempt}"
+    def mark_queued(self, attempts: list[tuple[str, int, int, str]], queue_timeout: float) -> None:
+        """Remember that messages for these attempts ``(run, index, attempt, queue)`` are in their
+        queues (for stuck detection); they are no longer "unsent" (the scripts note every job they
+        make pending as unsent). One round trip for a whole wave."""
+        if not attempts:
+            return
+        deadline = time.time() + queue_timeout
         pipe = self.r.pipeline()
-        pipe.hset(self._state(run_id), f"n{index}.queue", queue)
-        pipe.zadd(self.queued_key, {member: time.time() + queue_timeout})
-        pipe.zrem(self.unsent_key, member)
+        for run_id, index, attempt, queue in attempts:
+            member = f"{run_id}|{index}|{attempt}"
+            pipe.hset(self._state(run_id), f"n{index}.queue", queue)
+            pipe.zadd(self.queued_key, {member: deadline})
+            pipe.zrem(self.unsent_key, member)
         pipe.execute()
 
     def waiting_for_a_group(self, run_id: str, index: int, attempt: int) -> None:

@@ -235,7 +235,7 @@ def test_show_run_has_the_documented_shape(api):
     assert ready == [build]
     finish(api, run_id, build, "success", lines=["compiling"], exit=0)
     test = index["fedora/test"]
-    api.store.mark_queued(run_id, test, 1, DEFAULT_QUEUE, 3600)
+    api.store.mark_queued([(run_id, test, 1, DEFAULT_QUEUE)], 3600)
     api.store.begin_job(run_id, test, 1, "w2@host", 60)
     response = api.get(f"/api/v1/runs/{run_id}")
     assert response.status_code == 200

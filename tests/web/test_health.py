@@ -72,7 +72,7 @@ def test_readyz_with_redis_down_is_503_fast_and_says_so(broker_url, tmp_path):
 def test_readyz_without_a_worker_is_503_naming_every_known_queue(api):
     # an attempt waits in a tag queue: that queue is known too
     run_id, _, ready = api.planned_run("gpu-job: {script: x, tags: [gpu]}\n")
-    api.store.mark_queued(run_id, ready[0], 1, "ciq.tags.gpu", 3600)
+    api.store.mark_queued([(run_id, ready[0], 1, "ciq.tags.gpu")], 3600)
     calls = count_inspections(api.app)
     started = time.monotonic()
     response = api.client.get("/readyz")  # no token needed
@@ -110,7 +110,7 @@ def test_readyz_with_real_workers(engine, tmp_path):  # noqa: F811 (the fixture)
                     "queues": {CONTROL_QUEUE: [worker], DEFAULT_QUEUE: [worker]}}
     # a job waits for a tag no live worker has: not ready, naming that queue
     run_id = engine.store.create_run(repo="o/r", ref="main")
-    engine.store.mark_queued(run_id, 0, 1, "ciq.tags.gpu", 3600)
+    engine.store.mark_queued([(run_id, 0, 1, "ciq.tags.gpu")], 3600)
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["missing_queues"] == ["ciq.tags.gpu"]
     engine.start_worker("w2", tags="gpu", untagged=False)

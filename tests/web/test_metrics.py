@@ -65,7 +65,7 @@ def test_metrics_after_some_runs(api):
     # queue depth: messages in a tag queue (one with a priority) known through a waiting attempt
     queue = f"ciq.tags.m{uuid.uuid4().hex[:8]}"
     waiting, *_ = api.planned_run(TWO_STAGES)
-    store.mark_queued(waiting, 0, 1, queue, 3600)
+    store.mark_queued([(waiting, 0, 1, queue)], 3600)
     try:
         api.broker.rpush(queue, "m1", "m2")
         api.broker.rpush(f"{queue}\x06\x163", "m3")

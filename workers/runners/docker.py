@@ -73,8 +73,9 @@ from docker import errors as docker_errors
 from docker.types import LogConfig, Mount
 from docker.utils import parse_repository_tag
 
+from ci_queue.clock import now_iso
 from ci_queue.settings import get_settings
-from workers.logs import JobLog, utc_now_iso
+from workers.logs import JobLog
 from workers.runners.base import (
     CancelCheck,
     ImageMissing,
@@ -256,7 +257,7 @@ class DockerRunner:
         script.write_text(step.script, encoding="utf-8")
         script.chmod(0o644)
 
-        started_at = utc_now_iso()
+        started_at = now_iso()
         t0 = time.monotonic()
         out, err = log.stream(step.name, "out"), log.stream(step.name, "err")
         container_id: str | None = None
@@ -407,7 +408,7 @@ class DockerRunner:
             status=status,
             exit_code=exit_code,
             started_at=started_at,
-            finished_at=utc_now_iso(),
+            finished_at=now_iso(),
             duration=time.monotonic() - t0,
         )
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from workers.logs import JobLog, LineStream, utc_now_iso
+from ci_queue.clock import now_iso
+from workers.logs import JobLog, LineStream
 from workers.procs import TOKEN_VARIABLE, Proc, StepProcesses, subreaper_supported, subreaper_while_running
 from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepSpec
 
@@ -128,7 +129,7 @@ class ShellRunner:
         env = {k: v.replace("\0", "") for k, v in env.items() if k and "=" not in k and "\0" not in k}
         argv = [self.shell, "--noprofile", "--norc", str(script)] if "bash" in Path(self.shell).name \
             else [self.shell, str(script)]
-        started_at = utc_now_iso()
+        started_at = now_iso()
         start = time.monotonic()
         with subreaper_while_running():
             try:
@@ -148,7 +149,7 @@ class ShellRunner:
                 reason = supervisor.run()
             finally:
                 supervisor.finish()
-        finished_at = utc_now_iso()
+        finished_at = now_iso()
         duration = round(time.monotonic() - start, 3)
         code = proc.returncode
         exit_code = None if code is None else (code if code >= 0 else 128 - code)
