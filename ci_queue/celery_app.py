@@ -12,8 +12,12 @@ Why each setting (see docs/DESIGN.md, "Celery settings that matter"):
 - ``visibility_timeout`` above the longest job plus queueing: the Redis transport re-delivers an
   unacknowledged message after it, so it must not fire while a job legitimately runs (a lost
   worker is handled much sooner by the lease sweeper, as a new attempt);
-- ``worker_cancel_long_running_tasks_on_connection_loss``: a worker cut off from the broker
-  stops its jobs instead of finishing work whose message will be re-delivered anyway;
+- ``worker_cancel_long_running_tasks_on_connection_loss=False``: a broker restart or failover
+  must cost no more than the outage, so running jobs go on; whether a job may still run is
+  decided by its lease in the state store (``workers.tasks.LeaseKeeper``), not by the broker
+  connection, and a redelivered copy of its message is dropped by fencing;
+- the transport is ``ci_queue.broker``'s: kombu's Redis transport whose acknowledgements and
+  give-backs never raise into the consumer when Redis is away (the worker lives on);
 - shutdown: SIGTERM is Celery's warm shutdown (no new jobs; exit when the running ones end);
   after ``CIQ_SHUTDOWN_GRACE_SECONDS`` the running jobs are handed back (``workers.service``).
 """
@@ -22,8 +26,11 @@ from __future__ import annotations
 
 from celery import Celery
 
+from ci_queue import broker
 from ci_queue.routing import CONTROL_QUEUE, DEFAULT_QUEUE
 from ci_queue.settings import Settings, get_settings
+
+broker.register()
 
 PLAN_RUN = "ciq.plan_run"
 RUN_JOB = "ciq.run_job"
@@ -48,7 +55,7 @@ def make_celery(settings: Settings | None = None, broker_url: str | None = None)
         result_backend=None,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=DEFAULT_QUEUE,
         task_routes={PLAN_RUN: {"queue": CONTROL_QUEUE}},
         task_serializer="json",

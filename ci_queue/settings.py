@@ -39,6 +39,7 @@ class Settings:
     max_job_timeout: int = 24 * 3600  # longest `timeout:` a job may ask for (sizes the visibility timeout)
     shutdown_grace_seconds: int = 300  # a stopping worker lets running jobs finish this long
     auto_cancel: bool = True  # a newer run of a ref cancels the interruptible jobs of older ones
+    state_outage_seconds: int = 600  # a worker retries recording a job's end this long while Redis is away
 
     # -- webhooks -----------------------------------------------------------------------------
     repos_file: str = ""  # the repository registry; empty: configs/repos.yml (CIQ_REPOS_FILE)

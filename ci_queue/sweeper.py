@@ -10,7 +10,15 @@ deployment has no extra process to forget. Each tick it
   worker has its tags;
 - re-sends jobs made ready whose Celery message was never published (a crash between the
   barrier and the publish), and runs nobody planned within two minutes;
-- grants resource groups whose holder vanished.
+- grants resource groups whose holder vanished;
+- puts back job messages that a lost broker connection stranded in kombu's ``unacked`` hash
+  (``ci_queue.unacked``).
+
+After Redis was away (a restart, a failover, or this process cut off from it), no worker could
+renew its lease; the first tick after the outage gives every running attempt a full lease period
+from now before any lease is judged (``Store.extend_leases``), so an outage costs no more than its
+own length. A restart or failover is recognised by Redis's ``run_id`` changing, whichever process
+sweeps.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
 from ci_queue.store import Store
+from ci_queue.unacked import recover as recover_unacked
 
 LOCK_SECONDS = 10.0
 TRIM_INTERVAL = 600.0  # seconds between trims of the run indexes
+UNACKED_INTERVAL = 5.0  # seconds between looks at the broker's unacknowledged messages
+UNACKED_AGE = 15.0  # a message unacknowledged this long whose job still waits is put back
 
 # Take the lock if free, or extend it if we hold it; atomic.
 _ACQUIRE = """
@@ -55,6 +66,8 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._trimmed = float("-inf")
+        self._unacked_checked = float("-inf")
+        self._saw_outage = False
 
     @property
     def lock_key(self) -> str:
@@ -78,13 +91,53 @@ class Sweeper:
         except Exception:  # stopping must not fail; the lock expires by itself
             pass
 
+    @property
+    def redis_id_key(self) -> str:
+        return f"{self.store.prefix}redis:run_id"
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                self.forgive_outage()
                 if self.holds_lock():
                     self.sweep()
             except Exception as exc:  # Redis away for a moment: the next tick tries again
+                self._saw_outage = True
                 logger.warning("sweeper tick failed: {}", exc)
+
+    def forgive_outage(self) -> int:
+        """After an outage of Redis (seen by this process, or a restart or failover: Redis's
+        ``run_id`` changed), give every running attempt a full lease period to renew before any
+        lease is judged. Returns the number of leases extended."""
+        server = str(self.store.r.info("server").get("run_id", ""))
+        previous = self.store.r.set(self.redis_id_key, server, get=True, ex=self.store.retention)
+        if not self._saw_outage and previous in (None, server):
+            return 0
+        extended = self.store.extend_leases(self.settings.job_lease_seconds)
+        why = "Redis restarted or failed over" if previous not in (None, server) else "Redis was unreachable"
+        logger.warning("{}: {} running job(s) get {}s to renew their leases", why, extended,
+                       self.settings.job_lease_seconds)
+        resent = self._resend_in_flight()
+        if resent:
+            logger.warning("{}: sent {} waiting job(s) and run(s) again, in case their message was lost", why, resent)
+        self._saw_outage = False
+        return extended
+
+    def _resend_in_flight(self) -> int:
+        """A message Redis lost with the outage (kombu moves a message to its ``unacked`` hash only
+        after BRPOP returned it, so one in flight then is gone) would leave its job ``pending``
+        for good: send every waiting attempt and every unplanned run again. The copies that were
+        not lost are dropped by fencing (a stale attempt, a run already claimed)."""
+        store, count = self.store, 0
+        for run_id, index, attempt in store.expired(store.queued_key, float("inf"), limit=100_000):
+            job = store.job(run_id, index)
+            if job is not None and job.status == "pending" and job.attempt == attempt:
+                send_jobs(store, self.app, self.settings, run_id, [index])
+                count += 1
+        for run_id in store.unplanned(0.0, limit=100_000):
+            self.app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+            count += 1
+        return count
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
         """One pass; returns what it did (for tests and metrics)."""
@@ -96,6 +149,9 @@ class Sweeper:
         done["granted"] = self._grant_free_groups()
         done["resent"] = self._resend_unsent(now)
         done["replanned"] = self._replan(now)
+        if time.monotonic() - self._unacked_checked > UNACKED_INTERVAL:
+            self._unacked_checked = time.monotonic()
+            done.update(recover_unacked(self.store, self.app, min_age=UNACKED_AGE))
         if time.monotonic() - self._trimmed > TRIM_INTERVAL:
             self._trimmed = time.monotonic()
             done["trimmed"] = self.store.trim_indexes(now)
@@ -115,7 +171,7 @@ class Sweeper:
         died in between) are sent again; a duplicate would be dropped by fencing anyway."""
         store = self.store
         count = 0
-        for run_id, index, attempt in store.expired(store.unsent_key, (now or time.time()) - age):
+        for run_id, index, attempt in store.expired(store.unsent_key, (now or store.now()) - age):
             store.forget(store.unsent_key, run_id, index, attempt)
             job = store.job(run_id, index)
             if job is not None and job.status == "pending" and job.attempt == attempt:

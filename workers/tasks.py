@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 from loguru import logger
 
 import ci_queue.reporters.tasks  # noqa: F401  (registers the reporting tasks in worker processes)
@@ -36,6 +40,9 @@ from workers.runners.base import InfrastructureError
 from workers.workspace import Workspace
 
 INFRASTRUCTURE_FAILURES = frozenset({"runner_system_failure", "image_missing"})
+MAX_BUFFERED = 50_000  # log lines a job keeps while Redis is away
+STATE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
+                redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError, OperationalError)
 
 
 @dataclass
@@ -74,6 +81,9 @@ class RedisLogSink:
         self.store, self.run_id, self.index, self.attempt = store, run_id, index, attempt
         self.maxlen, self.interval, self.batch = maxlen, interval, batch
         self._buffer: list[dict[str, Any]] = []
+        self._failing = False
+        self._lost = 0  # lines dropped while Redis was away (beyond MAX_BUFFERED)
+        self._marker: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="log-flush", daemon=True)
@@ -89,13 +99,47 @@ class RedisLogSink:
             self.flush()
 
     def flush(self) -> None:
+        """Store what is buffered. While Redis is away the lines stay buffered (up to
+        ``MAX_BUFFERED``) and go out with the next flush that works; beyond that the oldest are
+        dropped and a line says how many, where they were."""
         with self._lock:
             lines, self._buffer = self._buffer, []
-        if lines:
-            try:
-                self.store.append_log(self.run_id, self.index, lines, self.maxlen)
-            except Exception as exc:  # a log write must never kill the job; say so in the service log
-                logger.bind(run_id=self.run_id).warning("could not store {} log lines: {}", len(lines), exc)
+        if not lines:
+            return
+        try:
+            self.store.append_log(self.run_id, self.index, lines, self.maxlen)
+        except Exception as exc:  # a log write must never kill the job; keep the lines for later
+            with self._lock:
+                self._buffer = self._bounded(lines + self._buffer)
+            if not self._failing:
+                logger.bind(run_id=self.run_id).warning("could not store {} log lines, keeping them: {}",
+                                                        len(lines), exc)
+            self._failing = True
+        else:
+            self._failing = False
+            self._lost, self._marker = 0, None
+
+    def _bounded(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """At most ``MAX_BUFFERED`` lines: the oldest go, and a marker line takes their place."""
+        if len(lines) <= MAX_BUFFERED:
+            return lines
+        if lines[0] is self._marker:
+            lines = lines[1:]
+        over = len(lines) - (MAX_BUFFERED - 1)
+        self._lost += over
+        kept = lines[over:]
+        self._marker = {"attempt": self.attempt, "step": kept[0]["step"], "n": kept[0]["n"], "stream": "system",
+                        "ts": kept[0]["ts"],
+                        "text": f"[ci-queue] {self._lost} log lines were lost here while Redis was unreachable"}
+        return [self._marker, *kept]
+
+    def drain(self) -> None:
+        """Store everything buffered; raises ``ConnectionError`` while lines are still waiting."""
+        self.flush()
+        with self._lock:
+            waiting = len(self._buffer)
+        if waiting:
+            raise redis.ConnectionError(f"{waiting} log lines are not stored yet")
 
     def _flush_loop(self) -> None:
         while not self._closed.wait(self.interval):
@@ -252,18 +296,25 @@ def _pipeline_path(repo_dir: Path, configured: str | None) -> Path | None:
 
 @app.task(name=RUN_JOB, bind=True, acks_late=True)
 def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
-    """Run one attempt of job ``index`` of ``run_id``, then record it and send what became ready."""
+    """Run one attempt of job ``index`` of ``run_id``, then record it and send what became ready.
+
+    Redis may go away at any point (a restart, a failover, out of memory): every write here is
+    retried until it is stored (``until_stored``), so a job that ended during an outage has its
+    end recorded once Redis is back, and is not run again, as long as its attempt is still the
+    current one (its lease is kept through the outage, see ``Sweeper.forgive_outage``).
+    """
     rt = runtime()
     store, settings = rt.store, rt.settings
     worker = self.request.hostname or "worker"
-    begun = store.begin_job(run_id, index, attempt, worker, settings.job_lease_seconds)
+    token = uuid.uuid4().hex
+    begun = until_stored(settings, lambda: store.begin_job(run_id, index, attempt, worker,
+                                                           settings.job_lease_seconds, token))
     if begun.status == "canceled":
         report_job_end(store, rt.celery, run_id, index, begun.run_status)
     if begun.status != "ok":
         return  # stale message (redelivered, or an older attempt) or the run was canceled
     report(store, rt.celery, run_id, "job_started", index)
-    state = store.job(run_id, index)
-    run = store.get_run(run_id, with_jobs=False)
+    state, run = until_stored(settings, lambda: (store.job(run_id, index), store.get_run(run_id, with_jobs=False)))
     if state is None or run is None:
         return
     job = Job.from_dict(state.spec)
@@ -276,14 +327,41 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
             result = _execute(store, settings, run, job, index, attempt, sink, watch)
         finally:
             sink.close()
-    if lease.lost:
+        if watch.handing_back and result.status != "success":
+            log.warning("the worker is shutting down: attempt {} is handed back", attempt)
+            result = replace(result, status="failed", failure_class="runner_system_failure",
+                             reason="the worker shut down while the job ran; handed back")
+        concluded = False
+        if not lease.lost:
+            until_stored(settings, sink.drain, lease)
+        if not lease.lost:
+            concluded = bool(until_stored(settings, lambda: _conclude(rt, run_id, index, attempt, job, worker,
+                                                                      started, result), lease))
+    if not concluded:
         log.warning("attempt {} was taken over (lease lapsed); its result is dropped", attempt)
-        return
-    if watch.handing_back and result.status != "success":
-        log.warning("the worker is shutting down: attempt {} is handed back", attempt)
-        result = replace(result, status="failed", failure_class="runner_system_failure",
-                         reason="the worker shut down while the job ran; handed back")
-    _conclude(rt, run_id, index, attempt, job, worker, started, result)
+
+
+T = TypeVar("T")
+
+
+def until_stored(settings: Settings, write: Callable[[], T], lease: LeaseKeeper | None = None) -> T | None:
+    """``write()``, retried while Redis (or the broker) is unreachable, read-only or out of memory,
+    for at most ``CIQ_STATE_OUTAGE_SECONDS``; gives up (None) once ``lease`` says the attempt was
+    taken over. Safe because every write is fenced by the attempt: one that was applied but whose
+    answer was lost is refused as stale when repeated."""
+    deadline = time.monotonic() + settings.state_outage_seconds
+    delay = 0.2
+    while True:
+        try:
+            return write()
+        except STATE_ERRORS as exc:
+            if lease is not None and lease.lost:
+                return None
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("Redis is unavailable ({}: {}); trying again in {:.1f}s", type(exc).__name__, exc, delay)
+            time.sleep(delay)  # backoff between tries, not synchronization
+            delay = min(delay * 2, 5.0)
 
 
 def _execute(store: Store, settings: Settings, run: RunRecord, job: Job, index: int, attempt: int,
@@ -311,8 +389,9 @@ def _infrastructure_result(exc: InfrastructureError, sink: RedisLogSink, run_id:
 
 
 def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, worker: str, started: str,
-              result: JobResult) -> None:
-    """Record the attempt: finished, or retried as a new attempt; then dispatch what became ready."""
+              result: JobResult) -> bool:
+    """Record the attempt: finished, or retried as a new attempt; then dispatch what became ready.
+    True once done (the attempt's end is recorded, or it was already)."""
     store, settings = rt.store, rt.settings
     freed: tuple[str, ...] = ()
     if job.resource_group and ResourceGroups(store, settings.job_lease_seconds).release(
@@ -338,7 +417,7 @@ def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, wor
                 logger.bind(run_id=run_id, job=job.name).info("retrying ({}) as attempt {}", retry_kind, new_attempt)
                 send_jobs(store, rt.celery, settings, run_id, [index], freed)
                 report(store, rt.celery, run_id, "job_ended", index)
-                return
+                return True
     fields = {"exit": result.exit_code, "reason": result.failure_class}
     transition = store.finish_job(run_id, index, attempt, result.status,
                                   allowed=result.status == "failed" and job.failure_allowed(result.exit_code),
@@ -347,3 +426,4 @@ def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, wor
     if transition.status == "ok":
         metrics.record_job_end(store, status=result.status, queue=job_queue(job.tags), duration=result.duration)
         report_job_end(store, rt.celery, run_id, index, transition.run_status)
+    return True

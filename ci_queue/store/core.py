@@ -116,7 +116,7 @@ class Store:
         self.retention = int(retention_seconds)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
                          ("START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB", "CANCEL_RUN",
-                          "CANCEL_JOBS", "RETRY_RUN")}
+                          "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED")}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> Store:
@@ -148,6 +148,12 @@ class Store:
 
     def _keys(self, run_id: str) -> list[str]:
         return [self._run(run_id), self._state(run_id)]
+
+    def now(self) -> float:
+        """Now by Redis's clock (``TIME``): the one clock of every lease, queue and planning
+        deadline, whatever the clocks of the hosts say."""
+        seconds, micros = self.r.time()
+        return seconds + micros / 1_000_000
 
     # -- runs ------------------------------------------------------------------------------------
     def create_run(self, *, repo: str, ref: str, sha: str = "", event: str = "push", clone_url: str | None = None,
@@ -240,7 +246,7 @@ class Store:
 
     def unplanned(self, older_than: float, now: float | None = None, limit: int = 100) -> list[str]:
         """Runs still ``queued`` after ``older_than`` seconds with nobody planning them."""
-        cutoff = (now or time.time()) - older_than
+        cutoff = (now or self.now()) - older_than
         candidates = self.r.zrangebyscore(self._index("status", "queued"), "-inf", cutoff, start=0, num=limit)
         pipe = self.r.pipeline(transaction=False)
         for run_id in candidates:
@@ -343,28 +349,33 @@ class Store:
         return runs, next_cursor
 
     # -- job transitions (fenced by attempt) ---------------------------------------------------------
-    def begin_job(self, run_id: str, index: int, attempt: int, worker: str,
-                  lease_seconds: float) -> Transition:
-        """The worker starts an attempt: ``ok``, ``stale`` (drop the message) or ``canceled``."""
-        result = self._scripts["BEGIN_JOB"](keys=self._keys(run_id), args=[index, attempt, worker, now_iso()])
+    def begin_job(self, run_id: str, index: int, attempt: int, worker: str, lease_seconds: float,
+                  token: str = "") -> Transition:
+        """The worker starts an attempt and takes its lease: ``ok``, ``stale`` (drop the message)
+        or ``canceled``. Calling again with the same ``token`` (the answer was lost with the
+        connection) answers ``ok`` again."""
+        token = token or uuid.uuid4().hex
+        member = f"{run_id}|{index}|{attempt}"
+        result = self._scripts["BEGIN_JOB"](keys=[*self._keys(run_id), self.leases_key, self.queued_key],
+                                            args=[index, attempt, worker, now_iso(), lease_seconds, token])
         if result[0] == "ok":
-            member = f"{run_id}|{index}|{attempt}"
-            pipe = self.r.pipeline()
-            pipe.zadd(self.leases_key, {member: time.time() + lease_seconds})
-            pipe.zrem(self.queued_key, member)
-            pipe.execute()
             return Transition("ok", [])
         if result[0] == "canceled":
             self._after_status_change(run_id, "running", result[1])
-            self.r.zrem(self.queued_key, f"{run_id}|{index}|{attempt}")
+            self.r.zrem(self.queued_key, member)
             return Transition("canceled", [], result[1])
         return Transition("stale", [])
 
     def renew_lease(self, run_id: str, index: int, attempt: int, lease_seconds: float) -> bool:
-        """Extend a running attempt's lease; False when the attempt is no longer current."""
-        member = f"{run_id}|{index}|{attempt}"
-        return bool(self.r.zadd(self.leases_key, {member: time.time() + lease_seconds}, xx=True, ch=True)
-                    or self.r.zscore(self.leases_key, member) is not None)
+        """Extend a running attempt's lease (Redis's clock); False when the attempt no longer
+        holds one."""
+        return bool(self._scripts["RENEW_LEASE"](keys=[self.leases_key],
+                                                 args=[f"{run_id}|{index}|{attempt}", lease_seconds]))
+
+    def extend_leases(self, lease_seconds: float) -> int:
+        """Give every running attempt at least ``lease_seconds`` from now to renew (after Redis was
+        away, nobody could renew); returns how many leases were extended."""
+        return int(self._scripts["EXTEND_LEASES"](keys=[self.leases_key], args=[lease_seconds]))
 
     def finish_job(self, run_id: str, index: int, attempt: int, status: str, *, allowed: bool = False,
                    fields: dict[str, Any] | None = None, attempt_record: dict[str, Any] | None = None) -> Transition:
@@ -396,7 +407,7 @@ class Store:
 
     def trim_indexes(self, now: float | None = None) -> int:
         """Drop index entries of runs older than the retention (their keys have expired)."""
-        cutoff = (now or time.time()) - self.retention
+        cutoff = (now or self.now()) - self.retention
         removed = 0
         for key in self.r.scan_iter(f"{self._index()}*", count=1000):
             if self.r.type(key) == "zset":
@@ -413,13 +424,12 @@ class Store:
         make pending as unsent). One round trip for a whole wave."""
         if not attempts:
             return
-        deadline = time.time() + queue_timeout
         pipe = self.r.pipeline()
-        for run_id, index, attempt, queue in attempts:
-            member = f"{run_id}|{index}|{attempt}"
+        for run_id, index, _, queue in attempts:
             pipe.hset(self._state(run_id), f"n{index}.queue", queue)
-            pipe.zadd(self.queued_key, {member: deadline})
-            pipe.zrem(self.unsent_key, member)
+        members = [f"{run_id}|{index}|{attempt}" for run_id, index, attempt, _ in attempts]
+        self._scripts["MARK_QUEUED"](keys=[self.queued_key, self.unsent_key], args=[queue_timeout, *members],
+                                     client=pipe)
         pipe.execute()
 
     def waiting_for_a_group(self, run_id: str, index: int, attempt: int) -> None:
@@ -559,7 +569,7 @@ class Store:
     # -- sweeper queries ---------------------------------------------------------------------------------
     def expired(self, key: str, now: float | None = None, limit: int = 100) -> list[tuple[str, int, int]]:
         """Members of the lease or queue set whose deadline passed: (run, index, attempt)."""
-        members = self.r.zrangebyscore(key, "-inf", now or time.time(), start=0, num=limit)
+        members = self.r.zrangebyscore(key, "-inf", now or self.now(), start=0, num=limit)
         result = []
         for member in members:
             run_id, index, attempt = member.rsplit("|", 2)

@@ -147,10 +147,25 @@ redis.call('HDEL', st, 'n-1.deps')
 return result_list(ready, settle(now))
 """
 
-# KEYS: run, state. ARGV: i, attempt, worker, now. The worker starts attempt `attempt` of job i.
-BEGIN_JOB = _PRELUDE + r"""
-local i, attempt, worker, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+# Now by Redis's clock, in seconds: every lease and queue deadline uses this one clock, so a
+# host whose clock is off neither loses its leases nor keeps dead ones alive.
+_CLOCK = r"""
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: run, state, leases, queued. ARGV: i, attempt, worker, now, lease seconds, token. The
+# worker starts attempt `attempt` of job i and takes its lease (deadline by Redis's clock). The
+# token makes a repeated call (its answer was lost with the connection) answer `ok` again.
+BEGIN_JOB = _PRELUDE + _CLOCK + r"""
+local i, attempt, worker, now, lease, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local run_id = string.match(run_key, 'run:([^:]+)$')
+local member = run_id .. '|' .. i .. '|' .. attempt
+if get(i, 'att') == attempt and get(i, 'st') == 'running' and get(i, 'token') == token then return {'ok'} end
 if get(i, 'att') ~= attempt or get(i, 'st') ~= 'pending' then return {'stale'} end
+redis.call('ZREM', KEYS[4], member)
 if redis.call('HGET', run_key, 'canceling') == '1' then
   set(i, 'st', 'canceled')
   set(i, 'finished', now)
@@ -162,7 +177,37 @@ end
 set(i, 'st', 'running')
 set(i, 'worker', worker)
 set(i, 'started', now)
+set(i, 'token', token)
+redis.call('ZADD', KEYS[3], redis_now() + lease, member)
 return {'ok'}
+"""
+
+# KEYS: leases. ARGV: member, lease seconds. Extend a running attempt's lease; 0 when the attempt
+# no longer holds one (it finished, or the sweeper took it away).
+RENEW_LEASE = _CLOCK + r"""
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], redis_now() + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+# KEYS: leases. ARGV: lease seconds. After an outage of Redis (a restart, a failover, or every
+# sweeper cut off), no lease is judged lapsed before its worker had a full lease period to renew.
+EXTEND_LEASES = _CLOCK + r"""
+local floor = redis_now() + tonumber(ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. floor)
+for _, member in ipairs(stale) do redis.call('ZADD', KEYS[1], floor, member) end
+return #stale
+"""
+
+# KEYS: queued, unsent. ARGV: queue timeout, members... Messages were published for these
+# attempts: they wait in their queues until a deadline (Redis's clock) and are no longer unsent.
+MARK_QUEUED = _CLOCK + r"""
+local deadline = redis_now() + tonumber(ARGV[1])
+for k = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], deadline, ARGV[k])
+  redis.call('ZREM', KEYS[2], ARGV[k])
+end
+return #ARGV - 1
 """
 
 # KEYS: run, state. ARGV: i, attempt, status, allowed (1: a failure that may happen), fields

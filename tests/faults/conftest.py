@@ -1,0 +1,61 @@
+"""The whole engine on a Redis of the test's own, which the test kills, freezes, fills or
+restarts: real ``ci-queue worker`` processes, the shell executor, short leases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ci_queue.settings import Settings
+from ci_queue.store import Store
+from tests.conftest import REPO
+from tests.engine.conftest import Engine
+from tests.redis_server import RedisServer, require_redis_server
+
+LEASE_SECONDS = 10
+
+
+def engine_env(redis_url: str, workdir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fault test's workers: their own Redis, short leases."""
+    return {
+        **os.environ,
+        "CIQ_REDIS_URL": redis_url,
+        "CIQ_KEY_PREFIX": f"ciq-fault-{uuid.uuid4().hex[:8]}:",
+        "CIQ_WORKSPACE_DIR": str(workdir / "workspaces"),
+        "CIQ_GIT_CACHE_DIR": str(workdir / "git-cache"),
+        "CIQ_EXECUTOR": "shell",
+        "CIQ_KILL_GRACE_SECONDS": "1",
+        "CIQ_LOG_FORMAT": "json",
+        "CIQ_SHUTDOWN_GRACE_SECONDS": "5",
+        "CIQ_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fault_engine(tmp_path: Path, redis_server: RedisServer) -> Iterator[Engine]:
+    import redis
+
+    env = engine_env(redis_server.url, tmp_path)
+    settings = Settings.from_env(env)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    engine = Engine(settings=settings, env=env, store=Store(client, settings.key_prefix, 3600), workdir=tmp_path)
+    try:
+        yield engine
+    finally:
+        engine.stop_workers()
