@@ -58,10 +58,11 @@ class Engine:
         return make_celery(self.settings)
 
     def start_worker(self, name: str, *, tags: str = "", concurrency: int = 2, untagged: bool = True,
-                     extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                     extra_env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """A ``ci-queue worker`` process (``prefix``: a command it runs under, e.g. ``faketime``)."""
         log = (self.workdir / f"{name}.log").open("wb")
-        args = [sys.executable, "-m", "ci_queue.cli", "worker", "--name", name, "--concurrency", str(concurrency),
-                "--loglevel", "INFO"]
+        args = [*prefix, sys.executable, "-m", "ci_queue.cli", "worker", "--name", name, "--concurrency",
+                str(concurrency), "--loglevel", "INFO"]
         if tags:
             args += ["--tags", tags]
         if not untagged:
@@ -75,6 +76,9 @@ class Engine:
                 raise AssertionError(f"worker {name} did not start:\n" + self.worker_log(name))
             time.sleep(0.1)
         return proc
+
+    def worker_names(self) -> list[str]:
+        return [p.args[p.args.index("--name") + 1] for p in self.workers]
 
     def worker_log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")[-5000:]
@@ -102,7 +106,7 @@ class Engine:
                                     ("success", "failed", "canceled", "skipped", "error")):
                 return run
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.args[5]}\n" + self.worker_log(p.args[5]) for p in self.workers)
+                logs = "\n".join(f"--- {name}\n" + self.worker_log(name) for name in self.worker_names())
                 state = run.to_dict() if run else None
                 raise AssertionError(f"run {run_id} did not get there in {timeout}s: {state}\n{logs}")
             time.sleep(0.1)

@@ -46,7 +46,7 @@ def test_a_run_triggered_followed_retried_and_read_through_the_api(engine, tmp_p
             if run["status"] in ("success", "failed", "canceled", "error"):
                 return run
             if time.monotonic() > deadline:
-                logs = "\n".join(engine.worker_log(p.args[5]) for p in engine.workers)
+                logs = "\n".join(engine.worker_log(name) for name in engine.worker_names())
                 raise AssertionError(f"run {run_id} still {run['status']}: {run}\n{logs}")
             time.sleep(0.1)
 
