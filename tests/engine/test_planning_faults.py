@@ -114,3 +114,21 @@ def test_a_planner_retry_proceeds_and_plans_the_run_once_the_server_answers(engi
         server.server_close()
     assert (run.status, run.sha) == ("success", sha), run.to_dict()
     assert int(engine.store.r.hget(f"{engine.store.prefix}run:{run_id}", "plan_attempts")) >= 2
+
+
+def test_a_variable_over_the_kernels_limit_fails_the_job_once_not_three_times(engine, tmp_path):
+    """A single environment string over MAX_ARG_STRLEN (128 KiB) can never be exec'd: the job
+    fails at once as ``environment_too_large``, naming the variable, and is not retried, not
+    even by its own ``retry: 2`` (GitLab's ``when: always``)."""
+    repo = tmp_path / "repo"
+    big = "x" * 200_000
+    make_repo(repo, {".ci-queue.yml": f"huge:\n  retry: 2\n  script: echo never\n  variables:\n    BIG: \"{big}\"\n"
+                                      "small:\n  script: echo fine\n"})
+    engine.start_worker("w1")
+    run, _ = _timed_wait(engine, engine.trigger(repo))
+    jobs = {job.name: job for job in run.jobs}
+    huge = jobs["huge"]
+    assert (huge.status, huge.failure_reason, huge.attempt) == ("failed", "environment_too_large", 1), huge.attempts
+    assert len(huge.attempts) == 1 and "BIG" in huge.attempts[0]["reason"]
+    assert big not in huge.attempts[0]["reason"]
+    assert jobs["small"].status == "success" and run.status == "failed"
