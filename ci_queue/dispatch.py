@@ -35,6 +35,9 @@ RETRY_REASONS = {
     "missing_secret": "unknown_failure",
 }
 
+# Failures that no attempt can change, not even under `retry: when: always`.
+NEVER_RETRIED = frozenset({None, "canceled", "environment_too_large"})
+
 
 def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = "", event: str = "push",
                 clone_url: str | None = None, variables: dict[str, str] | None = None,
@@ -135,7 +138,7 @@ def grant_next(store: Store, app: Celery, settings: Settings, lines: ResourceGro
 def retry_wanted(job: Job, failure_class: str | None, exit_code: int | None, yaml_retries_used: int) -> bool:
     """Does the job's ``retry:`` ask for another attempt after this failure? (GitLab's rules:
     at most ``max`` retries, for a failure reason in ``when`` or an exit code in ``exit_codes``.)"""
-    if failure_class in (None, "canceled") or yaml_retries_used >= job.retry.max:
+    if failure_class in NEVER_RETRIED or yaml_retries_used >= job.retry.max:
         return False
     reason = RETRY_REASONS.get(failure_class, "unknown_failure")
     when = job.retry.when

@@ -9,7 +9,9 @@ deployment has no extra process to forget. Each tick it
 - fails as ``stuck`` every job that waited longer than ``CIQ_QUEUE_TIMEOUT_SECONDS`` because no
   worker has its tags;
 - re-sends jobs made ready whose Celery message was never published (a crash between the
-  barrier and the publish), and runs nobody planned within two minutes;
+  barrier and the publish), and runs nobody planned within two minutes (at most once per two
+  minutes; a run that ``MAX_PLAN_ATTEMPTS`` planners took without planning it ends as ``error``
+  with the last planner's reason);
 - grants resource groups whose holder vanished;
 - puts back job messages that a lost broker connection stranded in kombu's ``unacked`` hash
   (``ci_queue.unacked``).
@@ -32,7 +34,7 @@ from loguru import logger
 
 from ci_queue.celery_app import PLAN_RUN
 from ci_queue.clock import now_iso
-from ci_queue.dispatch import grant_next, publish, report_job_end, send_jobs
+from ci_queue.dispatch import grant_next, publish, report, report_job_end, send_jobs
 from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
@@ -40,6 +42,7 @@ from ci_queue.store import Store
 from ci_queue.unacked import recover as recover_unacked
 
 LOCK_SECONDS = 10.0
+MAX_PLAN_ATTEMPTS = 3  # planners that took a run and did not plan it before it ends as error
 TRIM_INTERVAL = 600.0  # seconds between trims of the run indexes
 UNACKED_INTERVAL = 5.0  # seconds between looks at the broker's unacknowledged messages
 UNACKED_AGE = 15.0  # a message unacknowledged this long whose job still waits is put back
@@ -134,8 +137,8 @@ class Sweeper:
             if job is not None and job.status == "pending" and job.attempt == attempt:
                 send_jobs(store, self.app, self.settings, run_id, [index])
                 count += 1
-        for run_id in store.unplanned(0.0, limit=100_000):
-            self.app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+        for run in store.unplanned(0.0, limit=100_000):
+            self.app.send_task(PLAN_RUN, args=[run.run_id], queue=CONTROL_QUEUE)
             count += 1
         return count
 
@@ -148,7 +151,7 @@ class Sweeper:
             done["stuck"] += self._stuck(run_id, index, attempt)
         done["granted"] = self._grant_free_groups()
         done["resent"] = self._resend_unsent(now)
-        done["replanned"] = self._replan(now)
+        done["replanned"], done["unplannable"] = self._replan(now)
         if time.monotonic() - self._unacked_checked > UNACKED_INTERVAL:
             self._unacked_checked = time.monotonic()
             done.update(recover_unacked(self.store, self.app, min_age=UNACKED_AGE))
@@ -157,14 +160,27 @@ class Sweeper:
             done["trimmed"] = self.store.trim_indexes(now)
         return done
 
-    def _replan(self, now: float | None = None, age: float = 120.0) -> int:
+    def _replan(self, now: float | None = None, age: float = 120.0) -> tuple[int, int]:
         """Runs nobody planned within ``age`` seconds (the plan message was lost with a crashed
-        planner, or never published) are sent to planning again."""
-        runs = self.store.unplanned(age, now)
-        for run_id in runs:
-            logger.bind(run_id=run_id).warning("run still queued after {}s: sending it to planning again", age)
-            self.app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
-        return len(runs)
+        planner, or never published) are sent to planning again, at most once per ``age``; a
+        run that ``MAX_PLAN_ATTEMPTS`` planners took without planning it ends as ``error``.
+        Returns (re-sent, ended)."""
+        resent = ended = 0
+        for run in self.store.unplanned(age, now):
+            log = logger.bind(run_id=run.run_id)
+            if run.attempts >= MAX_PLAN_ATTEMPTS:
+                reason = run.error or "no planner finished it (each one stopped without a word: its worker was lost?)"
+                log.warning("run could not be planned after {} attempts: ending it as error", run.attempts)
+                self.store.fail_run(run.run_id, f"could not be planned after {run.attempts} attempts: {reason}",
+                                    status="error")
+                report(self.store, self.app, run.run_id, "run_ended")
+                ended += 1
+                continue
+            log.warning("run still queued after {}s: sending it to planning again", age)
+            self.store.note_replan(run.run_id, now)
+            self.app.send_task(PLAN_RUN, args=[run.run_id], queue=CONTROL_QUEUE)
+            resent += 1
+        return resent, ended
 
     def _resend_unsent(self, now: float | None = None, age: float = 15.0) -> int:
         """Jobs made ready whose message was never published (the process that ran the barrier

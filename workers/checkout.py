@@ -63,8 +63,14 @@ git, http, https or ssh (also enforced by ``GIT_ALLOW_PROTOCOL``), must not star
 use ``<transport>::``; git runs without a shell, with argument lists and ``--`` before values.
 Every failure (unreachable remote, unknown sha, git missing, timeout, corrupt cache, a cache
 directory that cannot be written) is a ``CheckoutError``, an ``InfrastructureError`` with a
-one-line message ending in the last lines of git's stderr; ``retryable`` is ``False`` only for a
-request that can never succeed (a malformed sha, URL or ref, a ``dest`` that is not empty).
+one-line message ending in the last lines of git's stderr. ``retryable`` says whether trying
+again may help (``remote_failure_is_permanent`` reads git's stderr): ``False`` for a request that
+can never succeed — a malformed sha, URL or ref, a ``dest`` that is not empty, a path or URL that
+is not a repository, a repository the server does not have or will not show (HTTP 401, 403,
+404, 410, failed authentication, ssh keys refused), a commit or ref the remote does not have
+after fetching (a force-push removed it); ``True`` for what may pass later — connection refused
+or reset, timeouts, a host name that does not resolve, HTTP 5xx, 408 and 429, anything not
+recognised.
 ``timeout`` bounds the whole checkout, lock waits included; at the deadline git's whole process
 group (remote helpers, ssh) is killed. After a failure ``dest`` is left empty.
 """
@@ -150,6 +156,32 @@ _NOT_FOUND_MARKERS = (
     "not a valid object",
     "bad object",
 )
+
+
+# What git (and curl, and ssh) say when asking the same remote again cannot help. Lower case.
+_PERMANENT_MARKERS = (
+    "does not appear to be a git repository",  # a local path or an ssh path that is no repository
+    "repository not found",  # GitHub's "remote: Repository not found."
+    "authentication failed",
+    "could not read username",  # the server wants credentials and none were given
+    "could not read password",
+    "permission denied (publickey",
+    "host key verification failed",
+)
+_NOT_FOUND_REPOSITORY_RE = re.compile(r"repository '[^']*' not found")  # git on HTTP 404
+_HTTP_STATUS_RE = re.compile(r"returned error: (\d{3})")
+_TRANSIENT_HTTP = frozenset({408, 429})  # request timeout, too many requests: later may work
+
+
+def remote_failure_is_permanent(stderr: str) -> bool:
+    """Whether git's ``stderr`` says the remote can never serve this request (not a repository,
+    not found, access refused), as opposed to a failure of the moment (network, a 5xx, a timeout);
+    what is not recognised counts as of the moment."""
+    text = stderr.lower()
+    if any(marker in text for marker in _PERMANENT_MARKERS) or _NOT_FOUND_REPOSITORY_RE.search(text):
+        return True
+    status = _HTTP_STATUS_RE.search(text)
+    return bool(status) and 400 <= int(status.group(1)) < 500 and int(status.group(1)) not in _TRANSIENT_HTTP
 
 
 class CheckoutError(InfrastructureError):
@@ -482,8 +514,8 @@ class _Mirror:
             if self.has(sha):
                 return
             self.fetch_sha(sha)
-            if not self.has(sha):
-                raise CheckoutError(f"commit {sha} not found in {self.remote.clean}")
+            if not self.has(sha):  # fetched everything and asked for it by name: it is not there
+                raise CheckoutError(f"commit {sha} not found in {self.remote.clean}", retryable=False)
 
     def create(self) -> None:
         """A new mirror: init in a temporary directory, fetch, rename into place (never half made)."""
@@ -533,7 +565,8 @@ class _Mirror:
             return
         stderr = result.stderr.lower()
         if any(marker in stderr for marker in _NOT_FOUND_MARKERS):
-            raise CheckoutError(f"commit {sha} not found in {self.remote.clean}: {self.git.summary(result, 1)}")
+            raise CheckoutError(f"commit {sha} not found in {self.remote.clean}: {self.git.summary(result, 1)}",
+                                retryable=False)
         raise self.unreachable(result)
 
     def _fetch(self, args: list[str]) -> None:
@@ -555,7 +588,7 @@ class _Mirror:
         ):
             variable = f"CIQ_GIT_TOKEN_{host_variable_suffix(self.remote.host)}"
             message += f" (credentials are read from {variable} or CIQ_GIT_TOKEN)"
-        return CheckoutError(message)
+        return CheckoutError(message, retryable=not remote_failure_is_permanent(result.stderr))
 
     def destroy(self) -> None:
         with self.locked(exclusive=True):
@@ -691,8 +724,8 @@ def resolve_ref(clone_url: str, ref: str, *, env: Mapping[str, str] | None = Non
     result = git.run(["ls-remote", "--", remote.clean, *candidates, *(f"{c}^{{}}" for c in candidates)],
                      network=True)
     if result.returncode != 0:
-        detail = " ".join(redact(result.stderr, git.secrets).split())[-300:]
-        raise CheckoutError(f"cannot reach {remote.clean}: {detail}")
+        raise CheckoutError(f"cannot reach {remote.clean}: {git.summary(result)}",
+                            retryable=not remote_failure_is_permanent(result.stderr))
     found: dict[str, str] = {}
     for line in result.stdout.splitlines():
         sha, _, name = line.partition("\t")

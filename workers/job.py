@@ -23,9 +23,12 @@ context, a checked-out workspace, a log sink and a cancel check. GitLab semantic
 - Secrets (``workers.secrets``) are masked in every log line and never appear in the result.
 
 Failure classes: ``script_failure``, ``timeout``, ``canceled``, ``missing_secret``,
-``not_runnable`` (a ``trigger:`` job), the runner's ``InfrastructureError.failure_class``
-(``runner_system_failure``, ``image_missing``...), and ``runner_system_failure`` for any
-unexpected error of the runner (with the message in the log). The sink is closed at the end.
+``not_runnable`` (a ``trigger:`` job), ``environment_too_large`` (a variable over the kernel's
+MAX_ARG_STRLEN, or all of them over ARG_MAX: no step could ever start, so it is checked before
+the runner prepares and never retried; see ``ci_queue.limits``), the runner's
+``InfrastructureError.failure_class`` (``runner_system_failure``, ``image_missing``...), and
+``runner_system_failure`` for any unexpected error of the runner (with the message in the log).
+The sink is closed at the end.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_queue.clock import now_iso
+from ci_queue.limits import arg_max, environment_problem
 from ci_queue.logging import bind
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings, get_settings
@@ -52,6 +56,9 @@ PREPARE_STEP = "prepare"
 CONTAINER_BUILDS_DIR = "/builds"
 _REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))|\$\$")
 _MAX_VALUE = 1 << 20
+# ARG_MAX left for what a runner adds to the job's variables (inherited PATH, HOME..., the step
+# token, CI_JOB_STATUS for after_script) and for the command line
+ENVIRONMENT_RESERVE = 64 * 1024
 
 
 @dataclass(kw_only=True)
@@ -354,6 +361,9 @@ class _JobRun:
             project_dir = str(self.workspace)
             builds_dir = request.builds_dir or str(self.workspace.parent)
         env = self._environment(project_dir, builds_dir, timeout, executor)
+        too_large = environment_problem(env, arg_max() - ENVIRONMENT_RESERVE)
+        if too_large:  # the kernel would refuse every step (E2BIG), on every host: no retry
+            raise _Failed("environment_too_large", too_large)
 
         job_env = JobEnvironment(workspace=self.workspace, project_dir=project_dir,
                                  image=image if in_container else None, run_id=request.run_id, job_name=job.name,

@@ -36,6 +36,7 @@ from ci_queue.store import RunRecord, Store, store_from_settings
 from workers.checkout import CheckoutError, checkout, resolve_ref
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import LogLine
+from workers.planning import PlanningClaim, attempts_text, retry_delay
 from workers.runners.base import InfrastructureError
 from workers.workspace import Workspace
 
@@ -226,43 +227,67 @@ def plan_context(run: RunRecord, sha: str, repo_dir: Path) -> PlanContext:
 
 
 @app.task(name=PLAN_RUN, bind=True, acks_late=True, max_retries=None)
-def plan_run(self: Any, run_id: str) -> None:
-    """Check out the pipeline file at the run's commit, plan it, persist it, send the first wave."""
+def plan_run(self: Any, run_id: str, first_attempt_at: float | None = None) -> None:
+    """Check out the pipeline file at the run's commit, plan it, persist it, send the first wave.
+
+    Under the run's planning claim, owned by this task (a retry re-enters it, see
+    ``workers.planning``). A checkout that cannot succeed ends the run as ``error`` at once; one
+    that may succeed later is retried a bounded number of times, then ends it the same way.
+    """
     rt = runtime()
-    store, log = rt.store, logger.bind(run_id=run_id)
+    store = rt.store
     run = store.get_run(run_id, with_jobs=False)
     if run is None or run.status != "queued" or store.is_canceling(run_id):
         return  # already planned (redelivery), canceled, or expired
-    if not store.claim_planning(run_id, self.request.hostname or "worker"):
-        return  # another worker is planning it right now
-    # "queued" goes to the forge from here, not from the webhook request: that keeps the request
-    # to a few Redis writes and one publish
-    report(store, rt.celery, run_id, "run_queued")
+    owner = self.request.id or f"{self.request.hostname or 'worker'}:{uuid.uuid4().hex}"
+    with PlanningClaim(store, run_id, owner) as claim:
+        if not claim.held:
+            return  # another planner is planning it right now
+        if store.note_plan_attempt(run_id) == 1:
+            # "queued" goes to the forge from here, not from the webhook request: that keeps the
+            # request to a few Redis writes and one publish
+            report(store, rt.celery, run_id, "run_queued")
+        first_attempt_at = first_attempt_at or time.time()
+        try:
+            _plan(rt, run, claim)
+        except CheckoutError as exc:
+            delay = retry_delay(self.request.retries, first_attempt_at) if exc.retryable else None
+            if delay is not None:
+                store.note_plan_error(run_id, f"checkout failed: {exc}")
+                logger.bind(run_id=run_id).info("checkout failed, trying again in {:.1f}s: {}", delay, exc)
+                raise self.retry(exc=exc, countdown=delay,
+                                 kwargs={"first_attempt_at": first_attempt_at}) from None
+            tried = f" after {attempts_text(self.request.retries + 1)}" if exc.retryable else ""
+            _end_unplanned(store, rt.celery, run_id, f"checkout failed{tried}: {exc}", "error")
+        except Exception as exc:  # a bug, Redis away...: noted; the sweeper re-plans it a bounded number of times
+            store.note_plan_error(run_id, f"planning failed: {type(exc).__name__}: {exc}")
+            raise
+
+
+def _plan(rt: _Runtime, run: RunRecord, claim: PlanningClaim) -> None:
+    """Check out, plan and persist ``run``; ends it itself when the pipeline gives no jobs.
+    Raises ``CheckoutError``."""
+    store, run_id, log = rt.store, run.id, logger.bind(run_id=run.id)
+    sha = run.sha or resolve_ref(run.clone_url or "", run.ref)
     try:
-        sha = run.sha or resolve_ref(run.clone_url or "", run.ref)
         with Workspace(run_id, "plan", 1, settings=rt.settings) as workspace:
             checkout(run.clone_url or "", sha, workspace.builds_dir, ref=run.ref)
             path = _pipeline_path(workspace.builds_dir, run.context.get("pipeline"))
             if path is None:
-                store.fail_run(run_id, f"no pipeline file ({' or '.join(PIPELINE_FILES)}) in {run.repo} at {sha[:12]}")
-                report(store, rt.celery, run_id, "run_ended")
+                reason = f"no pipeline file ({' or '.join(PIPELINE_FILES)}) in {run.repo} at {sha[:12]}"
+                _end_unplanned(store, rt.celery, run_id, reason, "failed")
                 return
             ctx = plan_context(run, sha, workspace.builds_dir)
             plan = plan_file(path, ctx, workspace.builds_dir, display_name=path.name)
     except PipelineError as exc:
         log.info("pipeline file invalid: {}", exc)
-        store.fail_run(run_id, str(exc))
-        report(store, rt.celery, run_id, "run_ended")
-        return
-    except CheckoutError as exc:
-        if exc.retryable and self.request.retries < 3:
-            raise self.retry(exc=exc, countdown=2 ** self.request.retries + 1) from None
-        store.fail_run(run_id, f"checkout failed: {exc}", status="error")
-        report(store, rt.celery, run_id, "run_ended")
+        _end_unplanned(store, rt.celery, run_id, str(exc), "failed")
         return
     if plan.skipped_reason:
-        store.fail_run(run_id, f"no pipeline: {plan.skipped_reason}", status="skipped")
-        report(store, rt.celery, run_id, "run_ended")
+        _end_unplanned(store, rt.celery, run_id, f"no pipeline: {plan.skipped_reason}", "skipped")
+        return
+    if not claim.still_held():
+        log.warning("another planner took this run over; leaving it to that one")
         return
     ready = store.set_plan(run_id, plan, sha)
     log.info("planned {} jobs in {} stages", len(plan.jobs), len(plan.stages))
@@ -270,6 +295,13 @@ def plan_run(self: Any, run_id: str) -> None:
     report(store, rt.celery, run_id, "run_planned")
     if rt.settings.auto_cancel:
         cancel_superseded(store, run_id)
+
+
+def _end_unplanned(store: Store, celery: Celery, run_id: str, reason: str, status: str) -> None:
+    """End a run that gets no jobs (``failed``, ``skipped`` or ``error``) and report it."""
+    logger.bind(run_id=run_id).info("run ended as {} before planning: {}", status, reason)
+    store.fail_run(run_id, reason, status=status)
+    report(store, celery, run_id, "run_ended")
 
 
 def cancel_superseded(store: Store, run_id: str) -> None:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ci_queue.limits import MAX_MESSAGE_BYTES, MAX_REF_BYTES, MAX_REPO_NAME_LENGTH, ref_bytes, shown, utf8_len
+
 PROVIDERS = ("github", "gitlab", "gitea", "generic")
 KINDS = ("push", "tag", "merge_request")
 ZERO_SHA = "0" * 40
@@ -32,8 +34,6 @@ _SHA_RE = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 _NAME_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}")
 # Bytes git refuses in a ref name (git check-ref-format): controls, space, ~ ^ : ? * [ \ and DEL.
 _REF_FORBIDDEN_RE = re.compile(r"[\x00-\x20~^:?*\[\\\x7f]")
-MAX_REF_LENGTH = 1024
-MAX_NAME_LENGTH = 512
 
 
 class BadPayload(ValueError):
@@ -252,7 +252,7 @@ def valid_ref(name: str) -> bool:
     metacharacters such as ``$(...)`` or backquotes are legal in git refs: they are kept, as
     data, since nothing ever passes a ref through a shell.
     """
-    if not isinstance(name, str) or not name or len(name) > MAX_REF_LENGTH:
+    if not isinstance(name, str) or not name or ref_bytes(name) > MAX_REF_BYTES:
         return False
     if _REF_FORBIDDEN_RE.search(name) or ".." in name or "@{" in name or name == "@":
         return False
@@ -262,9 +262,12 @@ def valid_ref(name: str) -> bool:
 
 
 def ref_name(name: Any, what: str) -> str:
-    """A validated ref or short branch / tag name, or BadPayload."""
+    """A validated ref or short branch / tag name, or BadPayload (which never echoes it whole)."""
+    if isinstance(name, str) and ref_bytes(name) > MAX_REF_BYTES:
+        raise BadPayload(f"`{what}` is too long: {ref_bytes(name)} bytes, a branch or tag name has at most "
+                         f"{MAX_REF_BYTES}: {shown(name)}")
     if not isinstance(name, str) or not valid_ref(name):
-        raise BadPayload(f"`{what}` is not a valid git ref name: {str(name)[:100]!r}")
+        raise BadPayload(f"`{what}` is not a valid git ref name: {shown(name, 100)}")
     return name
 
 
@@ -272,7 +275,7 @@ def valid_repo_name(name: str, *, min_segments: int = 2, max_segments: int = 2) 
     """``owner/repo`` (GitLab: ``group/sub/.../project``): segments of letters, digits, ``. _ -``,
     none ``.``/``..`` or starting with '-'. Such a name can never leave a directory or be read as
     a command-line option, whatever it is later used for."""
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+    if not isinstance(name, str) or not name or len(name) > MAX_REPO_NAME_LENGTH:
         return False
     parts = name.split("/")
     if not min_segments <= len(parts) <= max_segments:
@@ -293,7 +296,7 @@ NAME_SEGMENTS = {
 def repo_name(name: Any, what: str, provider: str) -> str:
     """A validated repository full name, or BadPayload."""
     if not isinstance(name, str) or not valid_repo_name(name, **NAME_SEGMENTS.get(provider, {})):
-        raise BadPayload(f"`{what}` is not a valid repository name: {str(name)[:100]!r}")
+        raise BadPayload(f"`{what}` is not a valid repository name: {shown(name, 100)}")
     return name
 
 
@@ -309,7 +312,7 @@ def clone_url(value: Any, what: str) -> str:
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or len(value) > 2048 or not _URL_RE.fullmatch(value):
-        raise BadPayload(f"`{what}` is not a clone URL this server accepts: {str(value)[:100]!r}")
+        raise BadPayload(f"`{what}` is not a clone URL this server accepts: {shown(value, 100)}")
     return value
 
 
@@ -330,11 +333,16 @@ def tag_of(ref: str) -> str | None:
     return ref[len("refs/tags/"):] if ref.startswith("refs/tags/") else None
 
 
-def message_of(value: Any, limit: int = 64 * 1024) -> str:
-    """A commit message / title: any string, cut to ``limit`` characters; NULs removed."""
+def message_of(value: Any, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """A commit message / title: any string, cut to ``limit`` bytes of UTF-8 (whole characters:
+    it becomes an environment variable of the jobs, CI_COMMIT_MESSAGE, and the kernel counts
+    bytes); NULs removed."""
     if not isinstance(value, str):
         return ""
-    return value.replace("\x00", "")[:limit]
+    value = value.replace("\x00", "")
+    if utf8_len(value) <= limit:
+        return value
+    return value.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
 
 
 def labels_of(value: Any) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ RUN_STATUSES = ("queued", "running", "success", "failed", "canceled", "skipped",
 JOB_STATUSES = ("created", "pending", "running", "success", "failed", "canceled", "skipped", "manual")
 TERMINAL_RUN = frozenset({"success", "failed", "canceled", "skipped", "error"})
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
+MAX_PLAN_ERROR = 2000  # characters of a planner's failure kept for the run's error
 _JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "finished", "allowed")
 
 
@@ -95,6 +96,15 @@ class RetryResult:
 
 
 @dataclass(frozen=True)
+class Unplanned:
+    """A run nobody is planning: how many planners took it so far, and why the last one failed."""
+
+    run_id: str
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
 class Transition:
     """What a state-changing script answered: a status and the jobs that became ready."""
 
@@ -116,7 +126,8 @@ class Store:
         self.retention = int(retention_seconds)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
                          ("START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB", "CANCEL_RUN",
-                          "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED")}
+                          "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED", "CLAIM",
+                          "RELEASE")}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> Store:
@@ -241,20 +252,45 @@ class Store:
         return json.loads(self.r.hget(self._run(run_id), "pipeline_variables") or "{}")
 
     def claim_planning(self, run_id: str, owner: str, ttl: int = 120) -> bool:
-        """Only one process plans a run; a claim expires so a crashed planner is replaced."""
-        return bool(self.r.set(f"{self._run(run_id)}:planning", owner, nx=True, ex=ttl))
+        """Only one planner plans a run. The claim is re-entrant: its ``owner`` (the Celery task
+        id, which a retry keeps) takes it again and renews it; it expires so that a crashed
+        planner is replaced."""
+        return bool(self._scripts["CLAIM"](keys=[f"{self._run(run_id)}:planning"], args=[owner, ttl]))
 
-    def unplanned(self, older_than: float, now: float | None = None, limit: int = 100) -> list[str]:
-        """Runs still ``queued`` after ``older_than`` seconds with nobody planning them."""
-        cutoff = (now or self.now()) - older_than
-        candidates = self.r.zrangebyscore(self._index("status", "queued"), "-inf", cutoff, start=0, num=limit)
+    def release_planning(self, run_id: str, owner: str) -> None:
+        """Drop the claim if ``owner`` still holds it (never someone else's)."""
+        self._scripts["RELEASE"](keys=[f"{self._run(run_id)}:planning"], args=[owner])
+
+    def note_plan_attempt(self, run_id: str) -> int:
+        """Count one more planner that took the run; returns the count (``plan_attempts``)."""
+        return int(self.r.hincrby(self._run(run_id), "plan_attempts", 1))
+
+    def note_plan_error(self, run_id: str, reason: str) -> None:
+        """Keep why the last planning attempt failed, for the run's error if none succeeds."""
+        self.r.hset(self._run(run_id), "plan_error", reason[:MAX_PLAN_ERROR])
+
+    def note_replan(self, run_id: str, now: float | None = None) -> None:
+        """The sweeper sent the run to planning again now (``unplanned`` waits before the next)."""
+        self.r.hset(self._run(run_id), "plan_sent", repr(now or self.now()))
+
+    def unplanned(self, older_than: float, now: float | None = None, limit: int = 100) -> list[Unplanned]:
+        """Runs still ``queued`` after ``older_than`` seconds with nobody planning them, and not
+        sent to planning again within ``older_than`` seconds either (one message per period, even
+        while no planner is there to take it)."""
+        now = now or self.now()
+        candidates = self.r.zrangebyscore(self._index("status", "queued"), "-inf", now - older_than,
+                                          start=0, num=limit)
         pipe = self.r.pipeline(transaction=False)
         for run_id in candidates:
-            pipe.hget(self._run(run_id), "status")
+            pipe.hmget(self._run(run_id), ["status", "plan_sent", "plan_attempts", "plan_error"])
             pipe.exists(f"{self._run(run_id)}:planning")
         answers = pipe.execute()
-        return [run_id for k, run_id in enumerate(candidates)
-                if answers[2 * k] == "queued" and not answers[2 * k + 1]]
+        found = []
+        for k, run_id in enumerate(candidates):
+            (status, sent, attempts, error), claimed = answers[2 * k], answers[2 * k + 1]
+            if status == "queued" and not claimed and float(sent or 0) <= now - older_than:
+                found.append(Unplanned(run_id, int(attempts or 0), error or None))
+        return found
 
     def run_status(self, run_id: str) -> str | None:
         return self.r.hget(self._run(run_id), "status")

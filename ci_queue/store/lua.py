@@ -482,3 +482,22 @@ local out = {settle(now)}
 for _, i in ipairs(running) do table.insert(out, i) end
 return out
 """
+
+# KEYS: claim. ARGV: owner, ttl seconds. Take a free claim, or take again (and renew) one this
+# owner holds: a planner's retry keeps its claim, nobody else gets it meanwhile. 1 if held.
+CLAIM = r"""
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: claim. ARGV: owner. Drop the claim only if this owner holds it.
+RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

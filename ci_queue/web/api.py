@@ -18,6 +18,22 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context, url_for
 
 from ci_queue.dispatch import report, send_jobs, trigger_run
+from ci_queue.events.model import valid_ref
+from ci_queue.limits import (
+    MAX_ARG_STRLEN,
+    MAX_CLONE_URL_LENGTH,
+    MAX_MESSAGE_BYTES,
+    MAX_PIPELINE_PATH_BYTES,
+    MAX_REF_BYTES,
+    MAX_REPO_NAME_LENGTH,
+    MAX_TRIGGER_VARIABLES_BYTES,
+    MAX_VARIABLE_NAME_BYTES,
+    env_string_bytes,
+    environment_bytes,
+    ref_bytes,
+    shown,
+    utf8_len,
+)
 from ci_queue.settings import Settings
 from ci_queue.store import Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
@@ -71,33 +87,86 @@ def _string(data: dict[str, Any], key: str, required: bool = False, default: str
     return value
 
 
-@api.post("/runs")
-def create_run() -> Any:
-    """Trigger a run: ``{repo, clone_url, ref, sha?, event?, variables?, pipeline?}``."""
-    data = _json_body()
-    clone_url = _string(data, "clone_url", required=True)
-    repo = _string(data, "repo") or clone_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
-    ref = _string(data, "ref", required=True)
-    sha = _string(data, "sha")
-    if sha and (len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha.lower())):
-        abort(400, "`sha` must be a full hexadecimal commit id")
-    event = _string(data, "event", default="push")
-    if event not in EVENTS:
-        abort(400, f"`event` must be one of {', '.join(EVENTS)}")
+def _bounded(key: str, value: str, limit: int, size: int | None = None, unit: str = "bytes") -> str:
+    """``value`` if its ``size`` (default: UTF-8 bytes) is within ``limit``, else 400 with a
+    message that shows only its beginning."""
+    size = utf8_len(value) if size is None else size
+    if size > limit:
+        abort(400, f"`{key}` is too long: {size} {unit}, at most {limit}: {shown(value)}")
+    return value
+
+
+def _ref(data: dict[str, Any], key: str, required: bool = False) -> str:
+    """A branch or tag name (or a full ref), within Git's and the forges' limits."""
+    ref = _string(data, key, required=required)
+    if ref:
+        _bounded(key, ref, MAX_REF_BYTES, ref_bytes(ref))
+        if not valid_ref(ref):
+            abort(400, f"`{key}` is not a valid git ref name: {shown(ref)}")
+    return ref
+
+
+def _variables(data: dict[str, Any]) -> dict[str, str]:
+    """The run's variables: names and values that can become a job's environment (see
+    ``ci_queue.limits``: a job whose environment the kernel refuses could never start)."""
     variables = data.get("variables")
     if variables is None:
-        variables = {}
+        return {}
     if not isinstance(variables, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in variables.items()):
         abort(400, "`variables` must be an object of strings")
+    for name, value in variables.items():
+        if not name or "=" in name or "\0" in name:
+            abort(400, f"`variables`: {shown(name)} is not a variable name (empty, or with '=' or NUL)")
+        if utf8_len(name) > MAX_VARIABLE_NAME_BYTES:
+            abort(400, f"`variables`: the name {shown(name)} is too long: {utf8_len(name)} bytes, "
+                       f"at most {MAX_VARIABLE_NAME_BYTES}")
+        size = env_string_bytes(name, value)
+        if size > MAX_ARG_STRLEN:
+            abort(400, f"`variables`: {shown(name)} is {size} bytes as NAME=value; a job's environment string "
+                       f"has at most {MAX_ARG_STRLEN} (the kernel's MAX_ARG_STRLEN)")
+    total = environment_bytes(variables)
+    if total > MAX_TRIGGER_VARIABLES_BYTES:
+        abort(400, f"`variables` are {total} bytes together, at most {MAX_TRIGGER_VARIABLES_BYTES} "
+                   "(a job's whole environment must stay under the kernel's ARG_MAX)")
+    return variables
+
+
+def _context(data: dict[str, Any], event: str, ref: str) -> dict[str, Any]:
     context: dict[str, Any] = {"kind": event}
     if event == "tag":
         context["tag"] = ref
     else:
         context["branch"] = ref
-    for key in ("default_branch", "pipeline", "commit_message"):
-        if key in data:
-            context[key] = _string(data, key)
+    if "default_branch" in data:
+        context["default_branch"] = _ref(data, "default_branch")
+    if "pipeline" in data:
+        context["pipeline"] = _bounded("pipeline", _string(data, "pipeline"), MAX_PIPELINE_PATH_BYTES)
+    if "commit_message" in data:
+        context["commit_message"] = _bounded("commit_message", _string(data, "commit_message"), MAX_MESSAGE_BYTES)
+    return context
+
+
+@api.post("/runs")
+def create_run() -> Any:
+    """Trigger a run: ``{repo, clone_url, ref, sha?, event?, variables?, pipeline?}``.
+
+    Every field is bounded (``ci_queue.limits``): a value over its limit is refused with 400,
+    and the message shows only its beginning."""
+    data = _json_body()
+    clone_url = _string(data, "clone_url", required=True)
+    _bounded("clone_url", clone_url, MAX_CLONE_URL_LENGTH, len(clone_url), "characters")
+    repo = _string(data, "repo") or clone_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    _bounded("repo", repo, MAX_REPO_NAME_LENGTH, len(repo), "characters")
+    ref = _ref(data, "ref", required=True)
+    sha = _string(data, "sha")
+    if sha and (len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha.lower())):
+        abort(400, f"`sha` must be a full hexadecimal commit id, not {shown(sha)}")
+    event = _string(data, "event", default="push")
+    if event not in EVENTS:
+        abort(400, f"`event` must be one of {', '.join(EVENTS)}")
+    variables = _variables(data)
+    context = _context(data, event, ref)
     run_id = trigger_run(_store(), current_app.config["CIQ_CELERY"], repo=repo, ref=ref, sha=sha.lower(),
                          event=event, clone_url=clone_url, variables=variables, context=context)
     public_url = _settings().public_url.rstrip("/")

@@ -11,7 +11,7 @@ import redis
 from ci_queue.celery_app import make_celery
 from ci_queue.settings import Settings
 from ci_queue.store import Store
-from ci_queue.sweeper import Sweeper
+from ci_queue.sweeper import MAX_PLAN_ATTEMPTS, Sweeper
 from tests.engine.conftest import release_database, reserve_database
 from tests.engine.test_store import make_plan
 
@@ -78,5 +78,51 @@ def test_a_run_nobody_planned_is_sent_to_planning_again(broker):
     assert store.claim_planning(claimed, "w1") and not store.claim_planning(claimed, "w2")
     sweeper = Sweeper(store, make_celery(settings), settings)
     assert sweeper.sweep(now=time.time())["replanned"] == 0  # young: its planner may be on it
-    assert sweeper.sweep(now=time.time() + 200)["replanned"] == 1
+    later = time.time() + 200
+    assert sweeper.sweep(now=later)["replanned"] == 1
     assert client.llen("ciq.control") == 1 and run_id in client.lindex("ciq.control", 0)
+    # no planner takes it (all workers down): one message per period, not one per tick
+    assert sweeper.sweep(now=later + 2)["replanned"] == 0
+    assert sweeper.sweep(now=later + 121)["replanned"] == 1
+    assert client.llen("ciq.control") == 2 and store.run_status(run_id) == "queued"
+
+
+def test_the_planning_claim_is_taken_again_by_its_owner_and_by_nobody_else(broker):
+    """A retry of plan_run is the same task (same id): it re-enters its claim; others wait."""
+    client, settings = broker
+    store = Store(client, settings.key_prefix)
+    run_id = store.create_run(repo="o/r", ref="main")
+    key = f"{settings.key_prefix}run:{run_id}:planning"
+    assert store.claim_planning(run_id, "task-1", ttl=30)
+    client.expire(key, 5)
+    assert store.claim_planning(run_id, "task-1", ttl=30) and client.ttl(key) > 5, "re-entered and renewed"
+    assert not store.claim_planning(run_id, "task-2")
+    store.release_planning(run_id, "task-2")  # not its claim: nothing happens
+    assert client.get(key) == "task-1"
+    store.release_planning(run_id, "task-1")
+    assert store.claim_planning(run_id, "task-2")
+
+
+@pytest.mark.parametrize(("noted", "reason"), [
+    ("checkout failed: cannot fetch from https://h/p.git: early EOF",
+     "checkout failed: cannot fetch from https://h/p.git: early EOF"),
+    (None, "no planner finished it"),
+])
+def test_a_run_that_planners_took_again_and_again_ends_as_error_with_the_last_reason(broker, noted, reason):
+    client, settings = broker
+    store = Store(client, settings.key_prefix)
+    run_id = store.create_run(repo="o/r", ref="main")
+    sweeper = Sweeper(store, make_celery(settings), settings)
+    for attempt in range(1, MAX_PLAN_ATTEMPTS + 1):  # each planner took it and died (claim lapsed)
+        assert store.note_plan_attempt(run_id) == attempt
+        if noted:
+            store.note_plan_error(run_id, noted)
+        done = sweeper.sweep(now=time.time() + 200 * attempt)
+        if attempt < MAX_PLAN_ATTEMPTS:
+            assert (done["replanned"], done["unplannable"]) == (1, 0)
+    assert (done["replanned"], done["unplannable"]) == (0, 1)
+    run = store.get_run(run_id)
+    assert run.status == "error" and run.finished_at
+    assert run.error.startswith(f"could not be planned after {MAX_PLAN_ATTEMPTS} attempts: {reason}")
+    assert client.llen("ciq.control") == MAX_PLAN_ATTEMPTS - 1
+    assert sweeper.sweep(now=time.time() + 2000)["unplannable"] == 0, "ended once"

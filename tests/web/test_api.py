@@ -140,6 +140,24 @@ def test_no_configured_token_refuses_everything_and_healthz_is_open(store, broke
     ({"clone_url": "file:///r", "ref": "main", "variables": "A=1"}, "`variables`"),
     ({"clone_url": "file:///r", "ref": "main", "variables": {"A": 1}}, "`variables`"),
     ({"clone_url": "file:///r", "ref": "main", "pipeline": ["x.yml"]}, "`pipeline`"),
+    # lengths: Git's and the forges' limits (ci_queue.limits)
+    ({"clone_url": "file:///r", "ref": "a" * 256}, "`ref` is too long: 256 bytes, at most 255"),
+    ({"clone_url": "file:///r", "ref": "é" * 128}, "`ref` is too long: 256 bytes, at most 255"),
+    ({"clone_url": "file:///r", "ref": "refs/heads/" + "a" * 256}, "`ref` is too long: 256 bytes"),
+    ({"clone_url": "file:///r", "ref": "a..b"}, "`ref` is not a valid git ref name"),
+    ({"clone_url": "file:///r", "ref": "-x"}, "`ref` is not a valid git ref name"),
+    ({"clone_url": "file:///r", "ref": "main", "default_branch": "b" * 300}, "`default_branch` is too long"),
+    ({"clone_url": "file:///" + "r" * 5000, "ref": "main"}, "`clone_url` is too long: 5008 characters"),
+    ({"clone_url": "file:///r", "ref": "main", "repo": "o/" + "r" * 600}, "`repo` is too long"),
+    ({"clone_url": "file:///r", "ref": "main", "pipeline": "p/" * 128 + "x.yml"}, "`pipeline` is too long"),
+    ({"clone_url": "file:///r", "ref": "main", "commit_message": "m" * 70_000}, "`commit_message` is too long"),
+    ({"clone_url": "file:///r", "ref": "main", "variables": {"V" * 256: "1"}}, "is too long: 256 bytes, at most 255"),
+    ({"clone_url": "file:///r", "ref": "main", "variables": {"A=B": "1"}}, "is not a variable name"),
+    ({"clone_url": "file:///r", "ref": "main", "variables": {"": "1"}}, "is not a variable name"),
+    ({"clone_url": "file:///r", "ref": "main", "variables": {"BIG": "x" * 131_068}},
+     "'BIG' is 131073 bytes as NAME=value; a job's environment string has at most 131072"),
+    ({"clone_url": "file:///r", "ref": "main", "variables": {f"V{i}": "x" * 120_000 for i in range(5)}},
+     "`variables` are 600060 bytes together, at most 524288"),
 ])
 def test_trigger_validation_errors_are_400_with_a_message_and_store_nothing(api, body, message):
     if isinstance(body, str):
@@ -150,6 +168,24 @@ def test_trigger_validation_errors_are_400_with_a_message_and_store_nothing(api,
     assert response.is_json and message in response.get_json()["error"]
     assert api.store.list_runs()[0] == []
     assert not api.store.r.keys(f"{api.store.prefix}*")
+
+
+def test_a_huge_ref_is_refused_with_a_short_message_that_does_not_echo_it(api):
+    response = api.post("/api/v1/runs", json={"clone_url": "file:///r", "ref": "a" * 100_000})
+    assert response.status_code == 400 and response.is_json
+    assert len(response.get_data()) < 300, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error.startswith("`ref` is too long: 100000 bytes, at most 255: 'aaaa") and "(100000 characters)" in error
+    assert api.store.list_runs()[0] == []
+
+
+@pytest.mark.parametrize("ref", ["a" * 255, "é" * 127 + "a", "refs/heads/" + "a" * 255, "refs/tags/" + "v" * 255])
+def test_refs_at_the_limit_are_accepted(api, ref):
+    variables = {"V" * 255: "x" * (131_072 - 255 - 2), **{f"W{i}": "y" * 100_000 for i in range(3)}}
+    response = api.post("/api/v1/runs", json={"clone_url": "file:///r", "ref": ref, "variables": variables,
+                                              "pipeline": "p" * 255, "commit_message": "m" * 65_536})
+    assert response.status_code == 202, response.get_json()
+    assert api.store.get_run(response.get_json()["run_id"]).ref == ref
 
 
 def test_a_body_too_large_is_refused(api):

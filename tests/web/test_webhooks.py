@@ -118,6 +118,14 @@ def test_oversized_is_413_and_malformed_is_400(hooks):
     assert runs(hooks) == []
 
 
+def test_an_absurd_ref_is_400_with_a_short_reason_and_starts_nothing(hooks):
+    body = github_push(ref="refs/heads/" + "a" * 50_000)
+    response = post(hooks, "github", body, github_headers(body))
+    assert response.status_code == 400 and len(response.get_data()) < 300, response.get_data(as_text=True)
+    assert response.json["error"].startswith("`ref` is too long: 50000 bytes, a branch or tag name has at most 255")
+    assert runs(hooks) == []
+
+
 def test_a_redelivery_returns_the_first_answer_and_starts_nothing(hooks):
     body = github_push()
     first = post(hooks, "github", body, github_headers(body, delivery="d-1"))

@@ -28,6 +28,8 @@ from workers.checkout import (
     mirror_name,
     parse_clone_url,
     redact,
+    remote_failure_is_permanent,
+    resolve_ref,
     validate_sha,
 )
 from workers.runners.base import InfrastructureError
@@ -206,7 +208,9 @@ def test_a_failing_checkout_is_not_mistaken_for_a_corrupt_cache(
     assert len(list(cache.glob("*.git"))) == 1
 
 
-def test_missing_sha_is_an_infrastructure_error_naming_it(origin: Origin, tmp_path: Path, cache: Path):
+def test_missing_sha_is_a_permanent_infrastructure_error_naming_it(origin: Origin, tmp_path: Path, cache: Path):
+    """Fetched everything, then asked for the sha by name: it is not there (a force-push removed
+    it), and asking again will not change that."""
     origin.commit({"a.txt": "x"})
     missing = "1234abc" + "0" * 33
     with pytest.raises(CheckoutError) as caught:
@@ -214,7 +218,7 @@ def test_missing_sha_is_an_infrastructure_error_naming_it(origin: Origin, tmp_pa
     message = str(caught.value)
     assert f"commit {missing} not found in {origin.url}" in message
     assert "\n" not in message
-    assert isinstance(caught.value, InfrastructureError) and caught.value.retryable
+    assert isinstance(caught.value, InfrastructureError) and not caught.value.retryable
     assert caught.value.failure_class == "runner_system_failure"
     assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir()), "a retry can use the same dest"
 
@@ -229,14 +233,21 @@ def test_the_workspace_does_not_depend_on_the_cache(origin: Origin, tmp_path: Pa
     assert git("log", "--format=%s", "origin/main", cwd=dest, env=origin.env).splitlines() == ["change", "change"]
 
 
-def test_unreachable_remote_is_an_infrastructure_error(tmp_path: Path, cache: Path, git_env: dict[str, str]):
-    url = f"file://{tmp_path}/does-not-exist"
+@pytest.mark.parametrize("what", ["missing", "plain-directory"])
+def test_a_path_that_is_no_repository_is_a_permanent_error(
+    tmp_path: Path, cache: Path, git_env: dict[str, str], what: str
+):
+    path = tmp_path / what
+    if what == "plain-directory":
+        path.mkdir()
+        (path / "README").write_text("no .git here\n")
+    url = f"file://{path}"
     with pytest.raises(CheckoutError) as caught:
         checkout(url, "a" * 40, tmp_path / "ws", cache_dir=cache, env=git_env)
     message = str(caught.value)
     assert message.startswith(f"cannot fetch from {url}: ")
     assert "does not appear to be a git repository" in message
-    assert "\n" not in message and caught.value.retryable
+    assert "\n" not in message and not caught.value.retryable
     assert not list(cache.glob("*.git")), "no half-made mirror is left behind"
     assert not list(cache.glob("*.tmp-*"))
 
@@ -688,8 +699,84 @@ def test_http_authentication_failure_is_a_clear_error(
     message = str(caught.value)
     assert message.startswith(f"cannot fetch from {url}: ")
     assert "Authentication failed" in message or "could not read Username" in message
+    assert not caught.value.retryable, "the same credentials will be refused again"
     if token:
         assert token not in message
+
+
+class _Status(BaseHTTPRequestHandler):
+    """Answers every request with the status code named by the first path segment."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(int(self.path.split("/")[1]))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def status_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("status", "retryable"), [
+    (403, False), (404, False), (410, False), (408, True), (429, True), (500, True), (502, True), (503, True),
+])
+def test_http_answers_are_told_apart_permanent_from_passing(
+    status_server: str, tmp_path: Path, cache: Path, git_env: dict[str, str], status: int, retryable: bool
+):
+    """Not found and forbidden stay so; a server error or "too many requests" may pass."""
+    url = f"{status_server}/{status}/project.git"
+    with pytest.raises(CheckoutError) as caught:
+        checkout(url, "a" * 40, tmp_path / "ws", cache_dir=cache, env=git_env, timeout=30)
+    assert caught.value.retryable is retryable, str(caught.value)
+    with pytest.raises(CheckoutError) as resolved:
+        resolve_ref(url, "main", env=git_env, timeout=30)
+    assert resolved.value.retryable is retryable, str(resolved.value)
+
+
+def test_a_refused_connection_may_pass_later(tmp_path: Path, cache: Path, git_env: dict[str, str]):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/project.git"  # nobody listens there now
+    with pytest.raises(CheckoutError) as caught:
+        checkout(url, "a" * 40, tmp_path / "ws", cache_dir=cache, env=git_env, timeout=30)
+    assert caught.value.retryable and url in str(caught.value)
+    with pytest.raises(CheckoutError) as resolved:
+        resolve_ref(url, "main", env=git_env, timeout=30)
+    assert resolved.value.retryable
+
+
+def test_remote_failure_is_permanent_reads_what_git_curl_and_ssh_say():
+    permanent = [
+        "fatal: '/srv/x' does not appear to be a git repository",
+        "remote: Repository not found.\nfatal: repository 'https://github.com/o/r.git/' not found",
+        "fatal: Authentication failed for 'https://gitlab.example.com/g/p.git/'",
+        "fatal: could not read Username for 'https://h': terminal prompts disabled",
+        "git@h: Permission denied (publickey).\nfatal: Could not read from remote repository.",
+        "fatal: unable to access 'https://h/p.git/': The requested URL returned error: 403",
+    ]
+    passing = [
+        "fatal: unable to access 'https://h/p.git/': Could not resolve host: h",
+        "fatal: unable to access 'https://h/p.git/': Failed to connect to h port 443: Connection refused",
+        "fatal: unable to access 'https://h/p.git/': The requested URL returned error: 502",
+        "error: RPC failed; curl 56 Recv failure: Connection reset by peer\nfatal: early EOF",
+        "ssh: connect to host h port 22: Connection timed out",
+        "",
+    ]
+    assert all(remote_failure_is_permanent(text) for text in permanent)
+    assert not any(remote_failure_is_permanent(text) for text in passing)
 
 
 def test_a_hanging_remote_times_out_and_leaves_no_git_process(origin: Origin, tmp_path: Path, cache: Path):
@@ -737,7 +824,8 @@ def test_resolve_ref_finds_branches_and_annotated_tags(tmp_path):
     assert resolve_ref(url, "refs/heads/main") == head
     with pytest.raises(CheckoutError, match="'nope' not found"):
         resolve_ref(url, "nope")
-    with pytest.raises(CheckoutError, match="cannot reach"):
+    with pytest.raises(CheckoutError, match="cannot reach") as missing:
         resolve_ref(f"file://{tmp_path}/missing", "main")
+    assert not missing.value.retryable and f"{tmp_path}/missing" in str(missing.value)
     with pytest.raises(CheckoutError, match="invalid ref"):
         resolve_ref(url, "--upload-pack=touch x")

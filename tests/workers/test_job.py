@@ -336,6 +336,29 @@ def test_shell_executor_ignores_the_image_and_services_with_a_warning(workspace:
     assert "ran here" in out(sink)
 
 
+@pytest.mark.parametrize(("variables", "named", "limit"), [
+    ({"BIG": "x" * 200_000}, "variable 'BIG' is 200005 bytes as NAME=value", "(MAX_ARG_STRLEN)"),
+    ({f"PART_{i}": "y" * 100_000 for i in range(40)}, "the environment is", "(ARG_MAX)"),
+], ids=["one-over-MAX_ARG_STRLEN", "all-over-ARG_MAX"])
+def test_an_environment_the_kernel_would_refuse_fails_the_job_before_any_step(workspace: Path, variables, named,
+                                                                              limit):
+    """E2BIG on every host: a permanent failure of its own class (never runner_system_failure,
+    which the engine retries), naming the variable and never showing its value."""
+    job = Job(name="huge", stage="test", script=["echo never"], variables=variables)
+    result, sink = run(job, workspace)
+    assert (result.status, result.failure_class, result.steps) == ("failed", "environment_too_large", [])
+    assert named in result.reason and limit in result.reason
+    assert "x" * 100 not in result.reason and "y" * 100 not in system(sink)
+    assert out(sink) == []
+
+
+def test_a_variable_just_under_the_limit_reaches_the_step(workspace: Path):
+    value = "z" * (131_072 - len("NEAR=") - 1)
+    result, sink = run(Job(name="near", stage="test", script=['echo "${#NEAR}"'], variables={"NEAR": value}),
+                       workspace)
+    assert result.status == "success" and out(sink)[-1] == str(len(value))
+
+
 class FailingRunner:
     """A StepRunner whose prepare fails like a missing image (no Docker needed)."""
 

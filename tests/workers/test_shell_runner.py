@@ -12,7 +12,7 @@ import pytest
 
 from tests.workers.conftest import assert_all_gone, read_pids, vm_rss_kib
 from workers.logs import JobLog, LogLine, MemorySink
-from workers.runners.base import InfrastructureError, JobEnvironment, StepSpec
+from workers.runners.base import EnvironmentTooLarge, InfrastructureError, JobEnvironment, StepSpec
 from workers.runners.shell import ShellRunner
 
 GRACE = 1.0
@@ -174,6 +174,14 @@ def test_environment_is_the_steps_own(runner: ShellRunner, workspace: Path, monk
     outcome = runner.run(step(script, env={"JOB_VAR": "from job"}), log, never)
     assert outcome.status == "success"
     assert sink.texts("out") == [f"from job|unset|{workspace}", "path-ok"]
+
+
+def test_an_environment_string_the_kernel_refuses_is_environment_too_large(runner: ShellRunner):
+    """E2BIG from execve (a string over MAX_ARG_STRLEN) is not an infrastructure failure to retry."""
+    log, _ = new_log()
+    with pytest.raises(EnvironmentTooLarge, match=r"E2BIG.*variable 'HUGE' is 200006 bytes") as caught:
+        runner.run(step("echo never", env={"HUGE": "h" * 200_000}), log, never)
+    assert caught.value.failure_class == "environment_too_large" and "hhhh" not in str(caught.value)
 
 
 def test_missing_workspace_is_an_infrastructure_error(tmp_path: Path):

@@ -22,10 +22,18 @@ CancelCheck = Callable[[], bool]
 class InfrastructureError(Exception):
     """Something failed before user code ran (image missing, checkout, workspace setup).
 
-    Retryable by the engine; never a script failure. ``failure_class`` is recorded on the job.
+    Retryable by the engine when its ``failure_class`` is one of ``runner_system_failure`` /
+    ``image_missing``; never a script failure. ``failure_class`` is recorded on the job.
     """
 
     failure_class = "runner_system_failure"
+
+
+class EnvironmentTooLarge(InfrastructureError):
+    """The kernel refused to start the step: its environment is over MAX_ARG_STRLEN / ARG_MAX
+    (E2BIG). Not retried: the same job would be refused on every host."""
+
+    failure_class = "environment_too_large"
 
 
 class ImageMissing(InfrastructureError):

@@ -8,7 +8,8 @@
   (``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``SHELL``, ``LANG``, ``LC_ALL``, ``LC_CTYPE``,
   ``TZ``, ``TMPDIR``), ``PATH`` defaulting to a standard one; plus ``CI_QUEUE_STEP_TOKEN``, which
   marks the step's processes (see ``workers.procs``). Nothing else of the worker's environment
-  (its ``CIQ_*`` settings, its secrets) reaches the job.
+  (its ``CIQ_*`` settings, its secrets) reaches the job. An environment the kernel refuses
+  (E2BIG) is ``EnvironmentTooLarge``, which is not retried.
 - Each step is its own session and process group. stdout and stderr are read as they come, by
   one ``selectors`` loop, into ``log.stream(step, "out" | "err")``: exact order within a stream;
   across the two, the order in which the loop sees them (writes to both pipes within the same
@@ -25,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
 import shutil
@@ -38,9 +40,17 @@ from pathlib import Path
 from loguru import logger
 
 from ci_queue.clock import now_iso
+from ci_queue.limits import arg_max, environment_bytes, environment_problem
 from workers.logs import JobLog, LineStream
 from workers.procs import TOKEN_VARIABLE, Proc, StepProcesses, subreaper_supported, subreaper_while_running
-from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepSpec
+from workers.runners.base import (
+    CancelCheck,
+    EnvironmentTooLarge,
+    InfrastructureError,
+    JobEnvironment,
+    StepOutcome,
+    StepSpec,
+)
 
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -62,6 +72,13 @@ def _seconds(value: float) -> str:
 def _describe(procs: list[Proc], limit: int = 5) -> str:
     named = ", ".join(f"{p.comm} ({p.pid})" for p in procs[:limit])
     return named + (f" and {len(procs) - limit} more" if len(procs) > limit else "")
+
+
+def _too_large(env: dict[str, str]) -> str:
+    """Why the kernel said E2BIG, in names and sizes (never a value)."""
+    why = environment_problem(env, arg_max()) or f"the environment is {environment_bytes(env)} bytes " \
+                                                  f"({len(env)} variables)"
+    return f"the kernel refused to start the step (E2BIG, argument list too long): {why}"
 
 
 class ShellRunner:
@@ -137,6 +154,8 @@ class ShellRunner:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                         close_fds=True)
             except OSError as exc:
+                if exc.errno == errno.E2BIG:
+                    raise EnvironmentTooLarge(_too_large(env)) from exc
                 raise InfrastructureError(f"cannot start {self.shell} in {self.workspace}: {exc}") from exc
             try:
                 supervisor = _Supervisor(self, proc, token, step, log, cancel, start)
