@@ -1,7 +1,8 @@
 """The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, retry, play.
 
 Every route needs ``Authorization: Bearer <token>`` with one of ``CIQ_API_TOKENS`` (compared in
-constant time). Errors are JSON ``{"error": message}``; unknown ids are 404.
+constant time). Errors are JSON ``{"error": message}``; unknown ids are 404; Redis or the broker
+away is 503 with ``Retry-After`` (``ci_queue.web.unavailable``, the app's error handler).
 """
 
 from __future__ import annotations
