@@ -41,12 +41,22 @@ def visibility_timeout(settings: Settings) -> int:
     return settings.max_job_timeout + settings.queue_timeout_seconds + 3600
 
 
-def make_celery(settings: Settings | None = None, broker_url: str | None = None) -> Celery:
-    """A configured Celery app (one per process; see ``get_celery``)."""
+def make_celery(settings: Settings | None = None, broker_url: str | None = None, *, web: bool = False) -> Celery:
+    """A configured Celery app (one per process; see ``get_celery``). ``web``: the web app's, which
+    only sends: its socket operations give up after ``CIQ_REDIS_SOCKET_TIMEOUT`` (kombu's default is
+    to wait forever, so a publish to a frozen broker would hold a request thread for good) and a
+    publish is retried once."""
     settings = settings or get_settings()
     broker = broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"
     app = Celery("ci_queue", broker=broker, set_as_current=False)
-    transport = {"visibility_timeout": visibility_timeout(settings)}
+    transport: dict[str, float] = {"visibility_timeout": visibility_timeout(settings)}
+    if web:
+        transport.update(socket_timeout=settings.redis_socket_timeout,
+                         socket_connect_timeout=settings.redis_socket_timeout)
+        # one reconnect (a pooled connection the broker's restart closed), not Celery's three: a
+        # broker away costs a request about two socket timeouts; the sweeper sends what was not sent
+        app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                              "interval_max": 0.2}
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,8 @@ def _client(server: str | None, token: str | None) -> Any:
         settings = get_settings()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    return Client(server or settings.server_url, resolve_token(token, settings.api_token))
+    return Client(server or settings.server_url, resolve_token(token, settings.api_token),
+                  on_retry=lambda text: click.echo(f"ci-queue: {text}", err=True))
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -302,7 +304,9 @@ def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], even
     else:
         name, clone_url, ref, sha = local_repository(repo_arg, ref)
     client = _client(server, token)
-    created = client.create_run(clone_url=clone_url, ref=ref, repo=name, sha=sha, event=event, variables=variables)
+    # one key per invocation: the client's retries (server away) answer this run, never a second one
+    created = client.create_run(clone_url=clone_url, ref=ref, repo=name, sha=sha, event=event, variables=variables,
+                                idempotency_key=str(uuid.uuid4()))
     run_id = str(created.get("id") or created.get("run_id") or "")
     if not run_id:
         raise CommandError(f"{client.server} created a run but did not say its id: {created}")
@@ -334,7 +338,7 @@ QUEUED_HINT_SECONDS = 15
 def follow_run(client: Any, run_id: str, stream: Any, interval: float = 0.5) -> dict[str, Any]:
     """Poll the run until it ends, showing its jobs on ``stream`` (redrawn in place on a terminal,
     else one line per change); returns the final run."""
-    from ci_queue.client import TERMINAL_RUN_STATUSES, ClientError
+    from ci_queue.client import TERMINAL_RUN_STATUSES, ClientError, Unavailable
 
     view = RunView(stream)
     lost_since: float | None = None
@@ -343,7 +347,7 @@ def follow_run(client: Any, run_id: str, stream: Any, interval: float = 0.5) -> 
             run = client.get_run(run_id)
             lost_since = None
         except ClientError as exc:
-            if exc.status is not None:  # the server answered: 401, 404 (expired)... no point in waiting
+            if not isinstance(exc, Unavailable):  # a real answer: 401, 404 (expired)... no point in waiting
                 raise
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > 30:

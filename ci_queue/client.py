@@ -1,9 +1,12 @@
 """A small HTTP client of the runs API (``/api/v1``), for the ``ci-queue`` client commands.
 
 One method per endpoint; every failure (server unreachable, timeout, 401, 404, any JSON error
-answer) becomes a :class:`ClientError` with one clear line, never a traceback. The token comes
-from the caller: ``--token``, ``CIQ_API_TOKEN``, or the file ``ci-queue standalone`` stores
-(:func:`token_path`), in that order (:func:`resolve_token`).
+answer) becomes a :class:`ClientError` with one clear line, never a traceback. A trigger carries
+an ``Idempotency-Key`` and is retried while the server is away (503, a gateway error, no
+connection) for up to ``retry_for`` seconds, with backoff honouring ``Retry-After``: the key
+makes the retries safe (the server answers the run the first attempt made, never a second one).
+The token comes from the caller: ``--token``, ``CIQ_API_TOKEN``, or the file ``ci-queue
+standalone`` stores (:func:`token_path`), in that order (:func:`resolve_token`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +28,9 @@ TERMINAL_RUN_STATUSES = frozenset({"success", "failed", "canceled", "skipped", "
 TERMINAL_JOB_STATUSES = frozenset({"success", "failed", "canceled", "skipped"})
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0  # a request; the SSE stream sends a keep-alive every 15 s, so this also bounds a dead stream
+RETRY_FOR = 60.0  # seconds a retried request keeps trying a server that is away
+AWAY_STATUSES = frozenset({502, 503, 504})  # the server (or the proxy before it) says "not now"
+MAX_BACKOFF = 10.0
 
 
 class ClientError(Exception):
@@ -32,6 +39,15 @@ class ClientError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Unavailable(ClientError):
+    """The server is away for now (no connection, a timeout, 502/503/504): worth trying again,
+    after ``retry_after`` seconds when it said so."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 # -- the stored token ------------------------------------------------------------------------------
@@ -93,10 +109,13 @@ def resolve_token(given: str | None, env_token: str | None) -> str | None:
 class Client:
     """The runs API of one server, with one token."""
 
-    def __init__(self, server: str, token: str | None, timeout: float = READ_TIMEOUT) -> None:
+    def __init__(self, server: str, token: str | None, timeout: float = READ_TIMEOUT, retry_for: float = RETRY_FOR,
+                 on_retry: Callable[[str], None] | None = None) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.retry_for = retry_for
+        self.on_retry = on_retry  # told why and how long before each retry (the CLI: a line on stderr)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "ci-queue-cli"
         if token:
@@ -107,13 +126,18 @@ class Client:
         return self._json("GET", "/healthz", auth=False)
 
     def create_run(self, *, clone_url: str, ref: str, repo: str = "", sha: str = "", event: str = "push",
-                   variables: dict[str, str] | None = None) -> dict[str, Any]:
+                   variables: dict[str, str] | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Trigger a run. With ``idempotency_key`` (one per run the caller wants) the request is
+        retried while the server is away: every attempt answers the same run at most."""
         body: dict[str, Any] = {"clone_url": clone_url, "ref": ref, "event": event, "variables": variables or {}}
         if repo:
             body["repo"] = repo
         if sha:
             body["sha"] = sha
-        return self._json("POST", "/api/v1/runs", json=body)
+        if idempotency_key is None:
+            return self._json("POST", "/api/v1/runs", json=body)
+        return self._json("POST", "/api/v1/runs", json=body, headers={"Idempotency-Key": idempotency_key},
+                          retry=True)
 
     def list_runs(self, **filters: Any) -> dict[str, Any]:
         return self._json("GET", "/api/v1/runs", params={k: v for k, v in filters.items() if v is not None})
@@ -169,8 +193,8 @@ class Client:
                 raise ClientError(f"the log stream from {self.server} broke off: {_reason(exc)}") from None
 
     # -- plumbing ------------------------------------------------------------------------------------
-    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._request(method, path, **kwargs)
+    def _json(self, method: str, path: str, retry: bool = False, **kwargs: Any) -> dict[str, Any]:
+        response = self._retrying(method, path, **kwargs) if retry else self._request(method, path, **kwargs)
         try:
             data = response.json()
         except ValueError:
@@ -179,6 +203,25 @@ class Client:
         if not isinstance(data, dict):
             raise ClientError(f"{self.server}{path} answered an unexpected JSON value", response.status_code)
         return data
+
+    def _retrying(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """``_request``, tried again while the server is away, for up to ``retry_for`` seconds:
+        backoff from half a second to ``MAX_BACKOFF``, or the server's ``Retry-After``. Only for
+        requests that are safe to repeat."""
+        deadline = time.monotonic() + self.retry_for
+        backoff = 0.5
+        while True:
+            try:
+                return self._request(method, path, **kwargs)
+            except Unavailable as exc:
+                wait = exc.retry_after if exc.retry_after is not None else backoff
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                left = deadline - time.monotonic()
+                if wait > left:
+                    raise Unavailable(f"{exc} (gave up after {self.retry_for:g}s)", exc.status) from None
+                if self.on_retry is not None:
+                    self.on_retry(f"{exc}; trying again in {wait:g}s (for {left:.0f}s more)")
+                time.sleep(wait)  # backoff between attempts, not synchronization
 
     def _request(self, method: str, path: str, *, auth: bool = True, stream: bool = False,
                  **kwargs: Any) -> requests.Response:
@@ -194,10 +237,10 @@ class Client:
         except requests.exceptions.MissingSchema:
             raise ClientError(f"invalid server URL {self.server!r} (it needs http:// or https://)") from None
         except requests.ConnectionError as exc:
-            raise ClientError(f"cannot reach ci-queue at {self.server}: {_reason(exc)} (is `ci-queue serve` or "
+            raise Unavailable(f"cannot reach ci-queue at {self.server}: {_reason(exc)} (is `ci-queue serve` or "
                               "`ci-queue standalone` running there? --server / CIQ_SERVER_URL say where)") from None
         except requests.Timeout:
-            raise ClientError(f"ci-queue at {self.server} did not answer within {self.timeout:g}s") from None
+            raise Unavailable(f"ci-queue at {self.server} did not answer within {self.timeout:g}s") from None
         except requests.RequestException as exc:
             raise ClientError(f"request to {url} failed: {_reason(exc)}") from None
         if response.status_code >= 400:
@@ -206,12 +249,22 @@ class Client:
             if response.status_code == 401:
                 raise ClientError(f"{self.server} refused the API token (401: {message}); give the right one with "
                                   f"--token or CIQ_API_TOKEN, or in {token_path()}", 401)
+            if response.status_code in AWAY_STATUSES:
+                raise Unavailable(f"{message} ({response.status_code})", response.status_code,
+                                  _retry_after(response.headers.get("Retry-After")))
             raise ClientError(f"{message} ({response.status_code})", response.status_code)
         return response
 
 
 def _segment(value: str) -> str:
     return quote(value, safe="")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is not used by ci-queue: ignored), bounded."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), 60.0)
 
 
 def _maybe_json(text: str) -> Any:

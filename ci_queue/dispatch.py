@@ -22,7 +22,7 @@ from ci_queue.pipeline.model import Job
 from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE, job_queue
 from ci_queue.settings import Settings
-from ci_queue.store import Store
+from ci_queue.store import Created, Once, Store
 from ci_queue.store.core import TERMINAL_RUN
 
 # GitLab's failure reasons that `retry:when` names, for each of our failure classes.
@@ -41,20 +41,36 @@ NEVER_RETRIED = frozenset({None, "canceled", "environment_too_large"})
 
 def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = "", event: str = "push",
                 clone_url: str | None = None, variables: dict[str, str] | None = None,
-                context: dict[str, Any] | None = None) -> str:
+                context: dict[str, Any] | None = None, run_id: str | None = None) -> str:
     """Record a run as ``queued`` and ask any worker to plan it; returns the run id.
 
     This is all a webhook or an API call does synchronously: cloning and planning happen on a
     worker, so the request answers in milliseconds whatever the repository.
     """
     run_id = store.create_run(repo=repo, ref=ref, sha=sha, event=event, clone_url=clone_url,
-                              variables=variables, context=context)
-    try:
-        app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
-    except Exception as exc:  # the run stays queued; the sweeper sends it to planning again
-        logger.bind(run_id=run_id).warning("could not send the run to planning now ({}); the sweeper will", exc)
+                              variables=variables, context=context, run_id=run_id)
+    send_to_planning(app, run_id)
     logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
     return run_id
+
+
+def trigger_run_once(store: Store, app: Celery, once: Once, **run: Any) -> Created:
+    """``trigger_run`` unless ``once.key`` exists (``Store.create_run_once``: the key and the run
+    in one atomic write). A repeat starts nothing and gets the key's first value back."""
+    created = store.create_run_once(once, **run)
+    if created.new and created.run_id:
+        send_to_planning(app, created.run_id)
+        logger.bind(run_id=created.run_id).info("run queued for {} {}", run.get("repo"), run.get("ref"))
+    return created
+
+
+def send_to_planning(app: Celery, run_id: str) -> None:
+    """Ask any worker to plan the run. A failure is only logged: the run stays queued and the
+    sweeper sends it to planning again; a duplicate message is harmless (the planner's claim)."""
+    try:
+        app.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+    except Exception as exc:
+        logger.bind(run_id=run_id).warning("could not send the run to planning now ({}); the sweeper will", exc)
 
 
 def report(store: Store, app: Celery, run_id: str, event: str, job: int | None = None) -> None:
@@ -89,11 +105,17 @@ def job_signature(app: Celery, settings: Settings, run_id: str, index: int, atte
 
 
 def publish(store: Store, settings: Settings, signatures: list[Any]) -> None:
-    """Record the wave as queued (one round trip), then send it as one Celery group."""
+    """Record the wave as queued (one round trip), then send it as one Celery group; a wave that
+    could not be sent is noted as unsent again (the sweeper re-sends it) and the error raised."""
     if not signatures:
         return
-    store.mark_queued([(*sig.args, sig.options["queue"]) for sig in signatures], settings.queue_timeout_seconds)
-    group(signatures).apply_async()
+    attempts = [(*sig.args, sig.options["queue"]) for sig in signatures]
+    store.mark_queued(attempts, settings.queue_timeout_seconds)
+    try:
+        group(signatures).apply_async()
+    except Exception:  # the broker is away: unsent again, so the sweeper sends them in seconds
+        store.mark_unsent(attempts)
+        raise
 
 
 def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexes: list[int],

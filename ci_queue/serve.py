@@ -121,7 +121,10 @@ def _check_port(host: str, port: int) -> None:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _check_redis(settings: Settings) -> None:
+def check_redis(settings: Settings) -> None:
+    """Refuse to start (exit 1, one line naming the URL without its password) when the broker or
+    the state Redis does not answer a ping within a few seconds: a wrong URL said at once, not
+    after minutes of a client library retrying. ``serve`` and ``worker`` call it before anything."""
     import redis
 
     for url in dict.fromkeys(u for u in (settings.redis_url or "redis://127.0.0.1:6379/0", settings.state_url) if u):
@@ -153,7 +156,7 @@ def run_server(host: str, port: int, workers: int, thread_count: int, dev: bool)
         settings = dataclasses.replace(settings, api_tokens=token)
         click.echo(f"ci-queue serve --dev: API token for this process only: {token}")
     _OVERRIDE["settings"] = settings
-    _check_redis(settings)
+    check_redis(settings)
     _check_port(host, port)
     options = _server_options(host, port, workers, thread_count)
 

@@ -31,6 +31,7 @@ class Settings:
     redis_url: str = ""  # broker; empty: the standalone mode starts a local Redis
     state_url: str = ""  # run / job / log state; empty: the broker's Redis
     key_prefix: str = "ciq:"  # every state key starts with it (tests use their own)
+    redis_socket_timeout: float = 5.0  # connect / read timeout of the state client and the web app's broker
     retention_days: float = 30.0  # finished runs and their logs expire after this
     job_lease_seconds: int = 60  # a running job's worker renews its lease; lapsed: re-queued
     queue_timeout_seconds: int = 3600  # a job no worker takes for this long fails as `stuck`
@@ -92,7 +93,7 @@ class Settings:
             raise SettingsError("CIQ_PIPELINE_MAX_BYTES must be positive")
         if self.executor not in ("auto", "shell", "docker"):
             raise SettingsError(f"CIQ_EXECUTOR must be auto, shell or docker, not {self.executor!r}")
-        for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes"):
+        for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes", "redis_socket_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
 

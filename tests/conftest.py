@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +74,85 @@ def store(redis_client, key_prefix):
     from ci_queue.store import Store
 
     return Store(redis_client, key_prefix, retention_seconds=3600)
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own (free port of 127.0.0.1, temp dir, append-only with an
+    fsync per write, so a kill loses nothing) that a test may kill, start again or freeze. Never
+    the shared test Redis: other test runs use that one."""
+
+    def __init__(self, directory: Path) -> None:
+        import shutil
+
+        from ci_queue.standalone import free_port
+
+        executable = shutil.which("redis-server")
+        if executable is None:
+            message = "no redis-server on PATH"
+            if in_ci():
+                pytest.fail(message + "; CI must have one")
+            pytest.skip(message)
+        self.executable, self.dir, self.port = executable, directory, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **options: Any) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, decode_responses=True, **options)
+
+    def start(self, timeout: float = 15) -> RedisServer:
+        """Start it (again: same port, same data) and return once it answers."""
+        import redis
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", str(self.dir), "--save", "", "--appendonly", "yes",
+                                      "--appendfsync", "always", "--logfile", str(self.dir / "redis.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = self.client(socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                probe.ping()
+                return self
+            except redis.RedisError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
+                    raise AssertionError(f"redis-server on port {self.port} did not start:\n{log}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM killer would."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.frozen:
+                self.thaw()
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing answers (a stalled VM, a long fork)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` of this test's own, killed afterwards."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()
+

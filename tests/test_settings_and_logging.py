@@ -26,6 +26,7 @@ def test_defaults_and_conversions():
     ({"CIQ_LOG_FORMAT": "xml"}, "CIQ_LOG_FORMAT must be auto, human or json"),
     ({"CIQ_EXECUTOR": "podman"}, "CIQ_EXECUTOR must be auto, shell or docker"),
     ({"CIQ_DEFAULT_JOB_TIMEOUT": "0"}, "CIQ_DEFAULT_JOB_TIMEOUT must be positive"),
+    ({"CIQ_REDIS_SOCKET_TIMEOUT": "0"}, "CIQ_REDIS_SOCKET_TIMEOUT must be positive"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(env, message):
     with pytest.raises(SettingsError, match=message):

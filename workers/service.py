@@ -11,7 +11,7 @@ import click
 
 from ci_queue.logging import configure
 from ci_queue.routing import CONTROL_QUEUE, MAX_WORKER_TAGS, RoutingError, worker_queues
-from ci_queue.settings import get_settings
+from ci_queue.serve import check_redis, load_settings
 
 
 def _split(value: str | None) -> list[str]:
@@ -39,7 +39,8 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     consumed += [q for q in _split(queues) if q not in consumed]
     if not consumed:
         raise click.UsageError("this worker would consume no queue")
-    settings = get_settings()
+    settings = load_settings()
+    check_redis(settings)  # a wrong URL: one line and exit 1 now, not Celery retrying for minutes
     configure(settings)
     # SIGTERM is Celery's warm shutdown: no new jobs are taken and the worker exits as soon as the
     # running ones end; after CIQ_SHUTDOWN_GRACE_SECONDS they are asked to hand back (below).

@@ -13,12 +13,14 @@ Key schema (``P`` is the key prefix, ``CIQ_KEY_PREFIX``; documented in docs/DESI
 - ``P runs:repo:<repo>``, ``P runs:ref:<repo>:<ref>``, ``P runs:status:<status>``: the same, filtered
 - ``P leases``              sorted set ``<run>|<i>|<attempt>`` by lease deadline
 - ``P queued``              sorted set ``<run>|<i>|<attempt>`` by queue deadline (stuck detection)
+- ``P delivery:<provider>:<id>``, ``P idem:<scope>:<hash>``: the first answer to a webhook delivery,
+                            an API ``Idempotency-Key``'s run; written with the run, atomically
 
 A run's keys get a TTL of ``CIQ_RETENTION_DAYS`` when it finishes; index entries older than
 the retention are trimmed by the sweeper and the index keys themselves carry a TTL refreshed
 on every write, so nothing is left without one.
 """
 
-from ci_queue.store.core import JobState, RunRecord, Store, StoreError, store_from_settings
+from ci_queue.store.core import Created, JobState, Once, RunRecord, Store, StoreError, store_from_settings
 
-__all__ = ["JobState", "RunRecord", "Store", "StoreError", "store_from_settings"]
+__all__ = ["Created", "JobState", "Once", "RunRecord", "Store", "StoreError", "store_from_settings"]

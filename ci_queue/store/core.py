@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ci_queue.clock import now_iso
 from ci_queue.graph import build_graph, dependents
@@ -87,6 +90,26 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class Once:
+    """A key written together with a new run, only if absent (``Store.create_run_once``): its
+    value (the first answer, for a repeat to return) and its time to live in seconds."""
+
+    key: str
+    value: str
+    ttl: int
+
+
+@dataclass(frozen=True)
+class Created:
+    """What ``Store.create_run_once`` did: ``new`` when it made the run ``run_id``; else the key
+    existed and ``first`` is the value stored with it (``run_id`` is then None)."""
+
+    run_id: str | None
+    first: str
+    new: bool
+
+
+@dataclass(frozen=True)
 class RetryResult:
     """What ``Store.retry_run`` did: the run's status now, the jobs retried, the jobs ready now."""
 
@@ -113,6 +136,14 @@ class Transition:
     run_status: str | None = None
 
 
+def _new_record(run_id: str, *, repo: str, ref: str, sha: str, event: str, clone_url: str | None,
+                variables: dict[str, str] | None, context: dict[str, Any] | None) -> dict[str, str]:
+    """The hash of a run just triggered (``P run:<id>``), as stored."""
+    return {"id": run_id, "status": "queued", "repo": repo, "ref": ref, "sha": sha, "event": event,
+            "created_at": now_iso(), "clone_url": clone_url or "",
+            "variables": json.dumps(variables or {}), "context": json.dumps(context or {})}
+
+
 def _opt(value: str | None) -> str | None:
     return value if value not in (None, "") else None
 
@@ -125,13 +156,20 @@ class Store:
         self.prefix = prefix
         self.retention = int(retention_seconds)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
-                         ("START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB", "CANCEL_RUN",
-                          "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED", "CLAIM",
-                          "RELEASE")}
+                         ("CREATE_RUN", "START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB",
+                          "CANCEL_RUN", "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED",
+                          "CLAIM", "RELEASE")}
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> Store:
-        return cls(redis.Redis.from_url(url, decode_responses=True), prefix, retention_seconds)
+    def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
+                 socket_timeout: float = 5.0) -> Store:
+        """A store on the Redis at ``url``; every connect and read gives up after ``socket_timeout``
+        seconds, so a frozen Redis costs a request that long, not forever. No blind retries: a
+        write whose reply was lost may have run, and sending it again would run it twice (a log
+        line, a counter); what must survive a lost reply is made safe to repeat instead."""
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
+                                      socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+        return cls(client, prefix, retention_seconds)
 
     # -- key names -------------------------------------------------------------------------------
     def _run(self, run_id: str) -> str:
@@ -166,24 +204,55 @@ class Store:
         seconds, micros = self.r.time()
         return seconds + micros / 1_000_000
 
+    def delivery_key(self, provider: str, delivery: str) -> str:
+        """Where the first answer to a webhook delivery is kept (``P delivery:<provider>:<id>``)."""
+        return f"{self.prefix}delivery:{provider}:{delivery}"
+
+    def idempotency_key(self, scope: str, key: str) -> str:
+        """Where an ``Idempotency-Key`` of the API is kept (``P idem:<scope>:<sha256 of the key>``);
+        hashed, so a client's key of any length and alphabet makes one safe key name."""
+        return f"{self.prefix}idem:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
+
     # -- runs ------------------------------------------------------------------------------------
+    @staticmethod
+    def new_run_id() -> str:
+        """A fresh run id, chosen before the run is written so that an answer can name it even
+        when the write's outcome is unknown (a timeout)."""
+        return uuid.uuid4().hex[:16]
+
     def create_run(self, *, repo: str, ref: str, sha: str = "", event: str = "push", clone_url: str | None = None,
                    variables: dict[str, str] | None = None, context: dict[str, Any] | None = None,
                    run_id: str | None = None) -> str:
-        """Record a new run as ``queued`` and index it; returns its id."""
-        run_id = run_id or uuid.uuid4().hex[:16]
-        created = now_iso()
-        score = time.time()
-        record = {"id": run_id, "status": "queued", "repo": repo, "ref": ref, "sha": sha, "event": event,
-                  "created_at": created, "clone_url": clone_url or "",
-                  "variables": json.dumps(variables or {}), "context": json.dumps(context or {})}
-        pipe = self.r.pipeline()
-        pipe.hset(self._run(run_id), mapping=record)
-        for key in self._index_keys(repo, ref, "queued"):
-            pipe.zadd(key, {run_id: score})
-            pipe.expire(key, self.retention + 86400)
-        pipe.execute()
-        return run_id
+        """Record a new run as ``queued`` and index it, in one atomic step; returns its id. The
+        same write arriving twice (sent again after a lost reply) leaves the run as it is."""
+        record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
+                             clone_url=clone_url, variables=variables, context=context)
+        self._write_run(record, None)
+        return record["id"]
+
+    def create_run_once(self, once: Once, *, repo: str, ref: str, sha: str = "", event: str = "push",
+                        clone_url: str | None = None, variables: dict[str, str] | None = None,
+                        context: dict[str, Any] | None = None, run_id: str | None = None) -> Created:
+        """Record a new run unless ``once.key`` exists: the key (holding ``once.value``) and the
+        whole run are written in the same atomic step, so a retried request (an API call with an
+        ``Idempotency-Key``, a redelivered webhook) finds either both or neither, never a run
+        without its key or a key without its run. A repeat gets the first value back."""
+        record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
+                             clone_url=clone_url, variables=variables, context=context)
+        return self._write_run(record, once)
+
+    def _write_run(self, record: dict[str, str], once: Once | None) -> Created:
+        """``CREATE_RUN``: the record, its four index entries and ``once``, in one script."""
+        run_id = record["id"]
+        keys = [self._run(run_id), *self._index_keys(record["repo"], record["ref"], "queued")]
+        args: list[Any] = [run_id, "", self.retention + 86400, "", 0]
+        if once is not None:
+            keys.append(once.key)
+            args[3:5] = [once.value, once.ttl]
+        for name, value in record.items():
+            args += [name, value]
+        new, first = self._scripts["CREATE_RUN"](keys=keys, args=args)
+        return Created(run_id if new else None, first or "", bool(new))
 
     def _index_keys(self, repo: str, ref: str, status: str) -> list[str]:
         return [self._index(), self._index("repo", repo), self._index("ref", f"{repo}:{ref}"),
@@ -468,6 +537,19 @@ class Store:
                                      client=pipe)
         pipe.execute()
 
+    def mark_unsent(self, attempts: list[tuple[str, int, int, str]]) -> None:
+        """Undo ``mark_queued`` for a wave whose messages could not be published: unsent again,
+        so the sweeper sends them (instead of their waiting for the stuck timeout)."""
+        if not attempts:
+            return
+        now = time.time()
+        pipe = self.r.pipeline()
+        for run_id, index, attempt, _ in attempts:
+            member = f"{run_id}|{index}|{attempt}"
+            pipe.zrem(self.queued_key, member)
+            pipe.zadd(self.unsent_key, {member: now})
+        pipe.execute()
+
     def waiting_for_a_group(self, run_id: str, index: int, attempt: int) -> None:
         """The attempt waits in a resource group's line: it is not unsent, nothing is lost."""
         self.r.zrem(self.unsent_key, f"{run_id}|{index}|{attempt}")
@@ -619,4 +701,5 @@ class Store:
 def store_from_settings(settings: Any) -> Store:
     """The store the settings point at: ``CIQ_STATE_URL``, else the broker's Redis."""
     url = settings.state_url or settings.redis_url or "redis://127.0.0.1:6379/0"
-    return Store.from_url(url, settings.key_prefix, settings.retention_days * 86400)
+    return Store.from_url(url, settings.key_prefix, settings.retention_days * 86400,
+                          socket_timeout=settings.redis_socket_timeout)

@@ -12,6 +12,32 @@ the same call. The jobs that became ready are returned exactly once, to the one 
 write finished their last predecessor.
 """
 
+# KEYS: run, the four run indexes (all, repo, ref, status queued), [once]. ARGV: run id, (unused),
+# index TTL, once value, once TTL, then the run record's field/value pairs. Records a new run and
+# indexes it by Redis's clock (the sweeper's "nobody planned it for two minutes" is on it too), and
+# with a `once` key, only if that key is absent, writing it in the same step. Returns
+# {1, once value} when the run is recorded (or was already: the same write sent again after a lost
+# reply), {0, the key's value} when the key existed (a repeated request: nothing is written).
+CREATE_RUN = r"""
+local once = KEYS[6]
+if once then
+  local first = redis.call('GET', once)
+  if first then return {0, first} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[4]} end
+local fields = {}
+for k = 6, #ARGV do fields[#fields + 1] = ARGV[k] end
+redis.call('HSET', KEYS[1], unpack(fields))
+local t = redis.call('TIME')
+local score = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for k = 2, 5 do
+  redis.call('ZADD', KEYS[k], score, ARGV[1])
+  redis.call('EXPIRE', KEYS[k], ARGV[3])
+end
+if once then redis.call('SET', once, ARGV[4], 'EX', ARGV[5]) end
+return {1, ARGV[4]}
+"""
+
 # Shared functions, prepended to the scripts that move the graph forward.
 _PRELUDE = r"""
 local run_key, st = KEYS[1], KEYS[2]

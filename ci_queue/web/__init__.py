@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
     app = Flask("ci_queue")
     app.config["CIQ_SETTINGS"] = settings
     app.config["CIQ_STORE"] = store or store_from_settings(settings)
-    app.config["CIQ_CELERY"] = celery or make_celery(settings)
+    app.config["CIQ_CELERY"] = celery or make_celery(settings, web=True)
     app.config["CIQ_TOKENS"] = [t.strip() for t in settings.api_tokens.split(",") if t.strip()]
     app.config["CIQ_REGISTRY"] = registry if registry is not None else load_registry(settings.repos_file or None)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
@@ -52,8 +52,14 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Any:
+        """A dependency away (Redis, the broker) is 503 with Retry-After; anything else is a bug."""
         from loguru import logger
 
+        from ci_queue.web.unavailable import dependency_failure, unavailable
+
+        reason = dependency_failure(exc)
+        if reason is not None:
+            return unavailable(reason, exc)
         logger.opt(exception=exc).error("unhandled error in a request")
         return jsonify(error="internal error; the server log has the details"), 500
 

@@ -1,7 +1,8 @@
 """The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, retry, play.
 
 Every route needs ``Authorization: Bearer <token>`` with one of ``CIQ_API_TOKENS`` (compared in
-constant time). Errors are JSON ``{"error": message}``; unknown ids are 404.
+constant time). Errors are JSON ``{"error": message}``; unknown ids are 404; Redis or the broker
+away is 503 with ``Retry-After`` (``ci_queue.web.unavailable``, the app's error handler).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context, url_for
+from loguru import logger
 
-from ci_queue.dispatch import report, send_jobs, trigger_run
+from ci_queue.dispatch import report, send_jobs, send_to_planning, trigger_run, trigger_run_once
 from ci_queue.events.model import valid_ref
 from ci_queue.limits import (
     MAX_ARG_STRLEN,
@@ -35,14 +37,17 @@ from ci_queue.limits import (
     utf8_len,
 )
 from ci_queue.settings import Settings
-from ci_queue.store import Store, StoreError
+from ci_queue.store import Once, Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
+from ci_queue.web.unavailable import dependency_failure
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_PAGE = 100
 EVENTS = ("push", "tag", "merge_request", "web", "schedule", "api", "trigger")
 # Run ids are made by the store (hex); anything else, a `:` above all, could name another key.
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+IDEMPOTENCY_TTL = 86400  # a key is remembered for a day (at most as long as its run)
 
 
 def _store() -> Store:
@@ -68,6 +73,7 @@ def require_token() -> Any:
         response = jsonify(error="missing or invalid API token (Authorization: Bearer <token>)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="ci-queue"'
         return response, 401
+    g.token = given
     return None
 
 
@@ -151,9 +157,29 @@ def _context(data: dict[str, Any], event: str, ref: str) -> dict[str, Any]:
 def create_run() -> Any:
     """Trigger a run: ``{repo, clone_url, ref, sha?, event?, variables?, pipeline?}``.
 
+    The run id is chosen before the write, so that a 503 (Redis too slow: the write may still
+    land) can name it. With an ``Idempotency-Key`` the key and the run are written in one atomic
+    step and a repeat answers the first run (200), so a client may retry blindly."""
+    fields = _trigger_fields(_json_body())
+    key = _idempotency_key()
+    store, celery = _store(), current_app.config["CIQ_CELERY"]
+    g.run_id = run_id = store.new_run_id()
+    if key is None:
+        trigger_run(store, celery, run_id=run_id, **fields)
+        return _trigger_answer(run_id, "queued", 202)
+    fingerprint = _fingerprint(fields)
+    once = Once(store.idempotency_key(_token_scope(), key), json.dumps({"run_id": run_id, "request": fingerprint}),
+                max(1, min(IDEMPOTENCY_TTL, store.retention)))  # never outlives its run (`retention` after its end)
+    created = trigger_run_once(store, celery, once, run_id=run_id, **fields)
+    if created.new:
+        return _trigger_answer(run_id, "queued", 202)
+    return _replay(json.loads(created.first), fingerprint)
+
+
+def _trigger_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The run a trigger body asks for, validated (400 otherwise): ``trigger_run``'s arguments.
     Every field is bounded (``ci_queue.limits``): a value over its limit is refused with 400,
     and the message shows only its beginning."""
-    data = _json_body()
     clone_url = _string(data, "clone_url", required=True)
     _bounded("clone_url", clone_url, MAX_CLONE_URL_LENGTH, len(clone_url), "characters")
     repo = _string(data, "repo") or clone_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
@@ -166,15 +192,54 @@ def create_run() -> Any:
     if event not in EVENTS:
         abort(400, f"`event` must be one of {', '.join(EVENTS)}")
     variables = _variables(data)
-    context = _context(data, event, ref)
-    run_id = trigger_run(_store(), current_app.config["CIQ_CELERY"], repo=repo, ref=ref, sha=sha.lower(),
-                         event=event, clone_url=clone_url, variables=variables, context=context)
+    return {"repo": repo, "ref": ref, "sha": sha.lower(), "event": event, "clone_url": clone_url,
+            "variables": variables, "context": _context(data, event, ref)}
+
+
+def _idempotency_key() -> str | None:
+    """The ``Idempotency-Key`` header (IETF httpapi draft: a string, quoted or not), or None."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        abort(400, "`Idempotency-Key` must be 1 to 255 visible ASCII characters (a UUID is a good one)")
+    return key
+
+
+def _token_scope() -> str:
+    """Keys are per API token, so two clients can never collide on (or probe) each other's keys;
+    a hash, so no token is ever part of a key name."""
+    return hashlib.sha256(b"idempotency:" + g.token.encode()).hexdigest()[:16]
+
+
+def _fingerprint(fields: dict[str, Any]) -> str:
+    """What a request asked for, to tell a repeat from another request reusing a key."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _replay(first: dict[str, Any], fingerprint: str) -> Any:
+    """A repeat of an ``Idempotency-Key``: the run its first request made, as it is now (200)."""
+    run_id = g.run_id = str(first.get("run_id", ""))
+    if first.get("request") != fingerprint:
+        abort(422, f"this Idempotency-Key was used for another request (run {run_id}); a new request needs a new key")
+    run = _store().get_run(run_id, with_jobs=False) if RUN_ID.fullmatch(run_id) else None
+    if run is None:  # deleted by hand: the key outlives no run otherwise
+        abort(422, f"the run of this Idempotency-Key ({run_id}) no longer exists; a new request needs a new key")
+    if run.status == "queued":  # the first request may have lost its plan message with its answer
+        send_to_planning(current_app.config["CIQ_CELERY"], run_id)
+    return _trigger_answer(run_id, run.status, 200)
+
+
+def _trigger_answer(run_id: str, status: str, code: int) -> Any:
     public_url = _settings().public_url.rstrip("/")
     if public_url:
         status_url = public_url + url_for("api.show_run", run_id=run_id)
     else:
         status_url = url_for("api.show_run", run_id=run_id, _external=True)
-    return jsonify(id=run_id, run_id=run_id, status="queued", status_url=status_url), 202
+    return jsonify(id=run_id, run_id=run_id, status=status, status_url=status_url), code
 
 
 @api.get("/runs")
@@ -234,7 +299,7 @@ def retry_run(run_id: str) -> Any:
         result = store.retry_run(run_id)
     except StoreError as exc:
         abort(409, str(exc))
-    send_jobs(store, current_app.config["CIQ_CELERY"], _settings(), run_id, result.ready)
+    _send_jobs(run_id, result.ready)
     run = store.get_run(run_id)
     jobs = run.jobs if run else []
     return jsonify(id=run_id, status=result.status, retried=[jobs[i].name for i in result.retried if i < len(jobs)],
@@ -248,8 +313,21 @@ def play_job(run_id: str, name: str) -> Any:
         attempt = _store().play_job(run_id, index)
     except StoreError as exc:
         abort(409, str(exc))
-    send_jobs(_store(), current_app.config["CIQ_CELERY"], _settings(), run_id, [index])
+    _send_jobs(run_id, [index])
     return jsonify(id=run_id, job=name, attempt=attempt, status="pending"), 202
+
+
+def _send_jobs(run_id: str, indexes: list[int]) -> None:
+    """Send the jobs a stored change (retry, play) made ready. The change is done and its jobs are
+    noted as unsent until their messages are out, so a broker or Redis failure now is the
+    sweeper's to mend (it re-sends them): the request answers what it did, not an error that
+    would make the client repeat a change that already happened."""
+    try:
+        send_jobs(_store(), current_app.config["CIQ_CELERY"], _settings(), run_id, indexes)
+    except Exception as exc:
+        if dependency_failure(exc) is None:
+            raise
+        logger.bind(run_id=run_id).warning("could not send jobs {} now ({}); the sweeper will", indexes, exc)
 
 
 def _log_text(entries: list[tuple[str, dict[str, str]]]) -> str:

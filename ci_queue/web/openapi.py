@@ -44,6 +44,10 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+UNAVAILABLE = {**_json(_ref("Unavailable"), "A dependency is away (Redis or the broker unreachable, too slow, "
+                                             "loading, read-only or out of memory): come back after Retry-After"),
+               "headers": {"Retry-After": {"schema": {"type": "string", "pattern": r"^\d+$"},
+                                           "description": "Seconds to wait before trying again"}}}
 UNAUTHORIZED = {**_error("Missing or invalid API token"),
                 "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
                                                  "description": 'Bearer realm="ci-queue"'}}}
@@ -58,6 +62,15 @@ OFFSET = {"name": "offset", "in": "query", "required": False,
           "schema": {"type": "string", "pattern": r"^(-|\d+(-\d+)?)$"}}
 ATTEMPT = {"name": "attempt", "in": "query", "required": False, "description": "Only the lines of this attempt",
            "schema": {"type": "string", "pattern": r"^\d+$"}}
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "Makes a retry safe (IETF httpapi draft): the same key with the same token and body within "
+                   "a day answers the run the first request made (200) instead of making another. The key is "
+                   "written with the run in one atomic step. 1 to 255 visible ASCII characters, a UUID say; "
+                   "quotes around it are ignored.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 257},
+}
 
 RUN_FIELDS: dict[str, Any] = {
     "id": {"type": "string"},
@@ -79,6 +92,16 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"], "additionalProperties": False,
         "properties": {"error": {"type": "string", "minLength": 1}},
+    },
+    "Unavailable": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {
+            "error": {"type": "string", "minLength": 1},
+            "run_id": {"type": "string", "description": "The run this request was making, when it was making one: "
+                                                       "it may exist (the write may have landed late). Repeat the "
+                                                       "request with the same Idempotency-Key (or delivery id) to "
+                                                       "get it, never a second one"},
+        },
     },
     "Step": {
         "type": "object", "required": ["name", "status"],
@@ -165,7 +188,9 @@ SCHEMAS: dict[str, Any] = {
     "TriggerResponse": {
         "type": "object", "required": ["id", "run_id", "status", "status_url"], "additionalProperties": False,
         "properties": {
-            "id": {"type": "string"}, "run_id": {"type": "string"}, "status": {"const": "queued"},
+            "id": {"type": "string"}, "run_id": {"type": "string"},
+            "status": {"enum": list(RUN_STATUSES), "description": "`queued` for a new run; a repeated "
+                                                                   "Idempotency-Key gets its run's status now"},
             "status_url": {"type": "string", "format": "uri"},
         },
     },
@@ -209,11 +234,6 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"ignored": {"type": "string", "description": "Why no run was started"},
                        "duplicate": DUPLICATE},
     },
-    "WebhookPending": {
-        "type": "object", "required": ["pending", "duplicate"],
-        "description": "A repeated delivery while the first one is still being handled",
-        "properties": {"pending": {"const": True}, "duplicate": {"const": True}},
-    },
     "WebhookPong": {
         "type": "object", "required": ["pong"], "properties": {"pong": {"const": True}},
     },
@@ -225,14 +245,15 @@ def _webhook(provider: str, headers: list[tuple[str, bool, str]], summary: str) 
         "tags": ["webhooks"], "operationId": f"webhook_{provider}", "summary": summary, "security": [],
         "description": "Authenticity is checked first, on the raw bytes, in constant time; a repository "
                        "that is not registered in the repositories file is refused. A repeated delivery id "
-                       "(remembered for a day) gets the first answer again and starts nothing.",
+                       "(remembered for a day, written with the run it starts) gets the first answer again "
+                       "and starts nothing; a delivery answered 503 and redelivered starts one run at most.",
         "parameters": [{"name": name, "in": "header", "required": required, "description": text,
                         "schema": {"type": "string"}} for name, required, text in headers],
         "requestBody": {"required": True, "description": "The provider's event payload (at most "
                         "`CIQ_MAX_WEBHOOK_BYTES`, default 25 MiB)",
                         "content": {"application/json": {"schema": {"type": "object"}}}},
         "responses": {
-            "202": _json({"anyOf": [_ref("WebhookAccepted"), _ref("WebhookIgnored"), _ref("WebhookPending")]},
+            "202": _json({"anyOf": [_ref("WebhookAccepted"), _ref("WebhookIgnored")]},
                          "A run was queued, or the event was ignored (branch deletion, closed pull request, "
                          "unknown event, ...); a repeated delivery gets the first answer with `duplicate: true`"),
             "200": _json(_ref("WebhookPong"), "A ping"),
@@ -240,6 +261,7 @@ def _webhook(provider: str, headers: list[tuple[str, bool, str]], summary: str) 
             "401": _error("Missing or wrong signature / token, stale timestamp, or no secret configured"),
             "404": _error("The repository is not registered (or the provider is unknown)"),
             "413": _error("Body larger than CIQ_MAX_WEBHOOK_BYTES"),
+            "503": UNAVAILABLE,
         },
     }}
 
@@ -273,7 +295,7 @@ WEBHOOKS = {
 
 def _op(operation_id: str, summary: str, responses: dict[str, Any], parameters: list[Any] | None = None,
         **extra: Any) -> dict[str, Any]:
-    responses = {**responses, "401": UNAUTHORIZED}
+    responses = {**responses, "401": UNAUTHORIZED, "503": UNAVAILABLE}
     return {"operationId": operation_id, "summary": summary, "tags": ["runs"], "parameters": parameters or [],
             "responses": responses, **extra}
 
@@ -287,9 +309,14 @@ PATHS: dict[str, Any] = {
     "/api/v1/runs": {
         "post": _op("trigger_run", "Trigger a run (cloning and planning happen on a worker)", {
             "202": _json(_ref("TriggerResponse"), "The run is queued"),
-            "400": _error("Invalid request (the message says which field)"),
+            "200": _json(_ref("TriggerResponse"), "A repeated Idempotency-Key: the run its first request made, "
+                                                  "as it is now; nothing new was made"),
+            "400": _error("Invalid request (the message says which field), or an invalid Idempotency-Key"),
             "413": _error("Body larger than 1 MiB"),
-        }, requestBody={"required": True, "content": {"application/json": {"schema": _ref("TriggerRequest")}}}),
+            "422": _error("The Idempotency-Key was used for a different request (or its run was deleted): "
+                          "a new request needs a new key"),
+        }, [IDEMPOTENCY_KEY],
+            requestBody={"required": True, "content": {"application/json": {"schema": _ref("TriggerRequest")}}}),
         "get": _op("list_runs", "Runs, newest first, filtered and paged", {
             "200": _json(_ref("RunList"), "A page of runs (without their jobs)"),
             "400": _error("Invalid status, limit or cursor"),
@@ -356,7 +383,8 @@ SPEC: dict[str, Any] = {
         "title": "ci-queue", "version": "1",
         "description": "The runs API of ci-queue and its webhook receivers. Every `/api/v1` route but this "
                        "description needs `Authorization: Bearer <token>` (one of `CIQ_API_TOKENS`). Errors are "
-                       "JSON `{\"error\": message}`.",
+                       "JSON `{\"error\": message}`; 503 with `Retry-After` means a dependency (Redis, the "
+                       "broker) is away for now: try again.",
     },
     "servers": [{"url": "/"}],
     "security": [{"bearerAuth": []}],

@@ -5,6 +5,12 @@ must be registered (404), the signature must verify against that repository's se
 repeated delivery id returns the first answer and starts nothing, the payload becomes an Event
 (400 when it is not what the provider sends), and the run is only recorded and queued: cloning
 and planning happen on a worker. Nothing is stored for a refused delivery.
+
+The delivery record (``P delivery:<provider>:<id>``, the first answer) is written in the same
+atomic step as the run it starts (``Store.create_run_once``): a delivery answered 503 (Redis away
+or too slow, the write perhaps landing later) and redelivered by the forge finds either its run
+or nothing, so it starts exactly one run; never a record without its run, which would swallow
+the redelivery.
 """
 
 from __future__ import annotations
@@ -12,14 +18,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from loguru import logger
 
 from ci_queue import events, metrics
-from ci_queue.dispatch import trigger_run
+from ci_queue.dispatch import trigger_run, trigger_run_once
 from ci_queue.repos import Registry
 from ci_queue.settings import Settings
-from ci_queue.store import Store
+from ci_queue.store import Once, Store
 
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 DELIVERY_TTL = 86400  # a delivery id is remembered for a day
@@ -49,10 +55,17 @@ def webhook_size_limit() -> None:
 def receive(provider: str) -> Any:
     if provider not in events.PROVIDERS:
         return jsonify(error=f"unknown provider {provider!r}; one of {', '.join(events.PROVIDERS)}"), 404
+    answer = _receive(provider)
+    # counted once answered: with Redis frozen, a count first would cost a whole socket timeout
+    # before the delivery's own first read timed out too (a 503 is not counted: Redis is away)
+    metrics.WEBHOOKS.inc(current_app.config["CIQ_STORE"], provider=provider)
+    return answer
+
+
+def _receive(provider: str) -> tuple[Response, int]:
     settings: Settings = current_app.config["CIQ_SETTINGS"]
     store: Store = current_app.config["CIQ_STORE"]
     registry: Registry = current_app.config["CIQ_REGISTRY"]
-    metrics.WEBHOOKS.inc(store, provider=provider)
     body = _body(settings.max_webhook_bytes)
     if body is None:
         return _refuse(store, provider, 413, f"payload larger than {settings.max_webhook_bytes} bytes", "too_large")
@@ -75,16 +88,20 @@ def receive(provider: str) -> Any:
         reason = "stale_timestamp" if "timestamp" in str(exc) else "signature"
         return _refuse(store, provider, 401, str(exc), reason)
     delivery = events.delivery_id(provider, request.headers)
-    key = f"{store.prefix}delivery:{provider}:{delivery}" if delivery else None
-    if key is not None and not store.r.set(key, json.dumps({"status": 202, "body": {"pending": True}}),
-                                           nx=True, ex=DELIVERY_TTL):
-        first = json.loads(store.r.get(key) or "{}")
-        metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="duplicate")
-        return jsonify({**first.get("body", {}), "duplicate": True}), first.get("status", 202)
-    status, answer = _handle(provider, body, repo, store, settings)
-    if key is not None:
-        store.r.set(key, json.dumps({"status": status, "body": answer}), ex=DELIVERY_TTL)
+    key = store.delivery_key(provider, delivery) if delivery else None
+    first = store.r.get(key) if key is not None else None
+    if first is not None:
+        status, answer = _duplicate(store, provider, first)
+    else:
+        status, answer = _handle(provider, body, repo, store, settings, key)
     return jsonify(answer), status
+
+
+def _duplicate(store: Store, provider: str, first: str) -> tuple[int, dict[str, Any]]:
+    """The first answer to a delivery, again, marked as a duplicate: nothing is started."""
+    record = json.loads(first)
+    metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="duplicate")
+    return record.get("status", 202), {**record.get("body", {}), "duplicate": True}
 
 
 def _is_ping(provider: str, body: bytes) -> bool:
@@ -94,20 +111,42 @@ def _is_ping(provider: str, body: bytes) -> bool:
         return False
 
 
-def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Settings) -> tuple[int, dict[str, Any]]:
+def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Settings,
+            key: str | None) -> tuple[int, dict[str, Any]]:
+    """The answer to a new delivery; ``key`` (its delivery record) is written with the answer, in
+    the same atomic step as the run when it starts one."""
     try:
         result = events.parse(provider, request.headers, body)
     except events.BadPayload as exc:
         metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="malformed")
-        return 400, {"error": str(exc)}
+        return _remember(store, key, 400, {"error": str(exc)})
     if isinstance(result, events.Pong):
-        return 200, {"pong": True}
+        return _remember(store, key, 200, {"pong": True})
     if isinstance(result, events.Ignored):
-        return 202, result.to_dict()
+        return _remember(store, key, 202, result.to_dict())
     arguments = repo.run_arguments(result, default_branch=settings.default_branch)
-    run_id = trigger_run(store, current_app.config["CIQ_CELERY"], **arguments)
+    g.run_id = run_id = store.new_run_id()
+    answer = {"run_id": run_id, "status_url": _status_url(settings, run_id)}
+    celery = current_app.config["CIQ_CELERY"]
+    if key is None:
+        trigger_run(store, celery, run_id=run_id, **arguments)
+    else:
+        once = Once(key, json.dumps({"status": 202, "body": answer}), DELIVERY_TTL)
+        created = trigger_run_once(store, celery, once, run_id=run_id, **arguments)
+        if not created.new:  # the same delivery, concurrently: its first answer
+            return _duplicate(store, provider, created.first)
     logger.bind(run_id=run_id).info("{} {} {} -> run", provider, result.kind, result.ref)
-    status_url = url_for("api.show_run", run_id=run_id, _external=True)
+    return 202, answer
+
+
+def _remember(store: Store, key: str | None, status: int, answer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Keep the answer to a delivery that starts nothing, for its repeats (first one wins)."""
+    if key is not None:
+        store.r.set(key, json.dumps({"status": status, "body": answer}), nx=True, ex=DELIVERY_TTL)
+    return status, answer
+
+
+def _status_url(settings: Settings, run_id: str) -> str:
     if settings.public_url:
-        status_url = f"{settings.public_url.rstrip('/')}/api/v1/runs/{run_id}"
-    return 202, {"run_id": run_id, "status_url": status_url}
+        return f"{settings.public_url.rstrip('/')}/api/v1/runs/{run_id}"
+    return url_for("api.show_run", run_id=run_id, _external=True)

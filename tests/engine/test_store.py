@@ -266,3 +266,29 @@ def test_playing_a_manual_job_of_a_finished_run_brings_it_back(store, redis_clie
     store.begin_job(run_id, index, attempt, "w", 60)
     store.finish_job(run_id, index, attempt, "success")
     assert store.get_run(run_id).status == "success" and redis_client.ttl(f"{key_prefix}run:{run_id}") > 0
+
+
+def test_a_run_and_its_once_key_are_written_together_or_not_at_all(store, redis_client, key_prefix):
+    from ci_queue.store import Once
+
+    key = store.idempotency_key("scope", "client key")
+    first = store.create_run_once(Once(key, "first answer", 60), repo="o/once", ref="main", run_id="aaaa")
+    assert first.new and first.run_id == "aaaa" and first.first == "first answer"
+    assert redis_client.get(key) == "first answer" and 0 < redis_client.ttl(key) <= 60
+    # a repeat (another id chosen, as a retried request chooses) makes nothing and gets the first value
+    again = store.create_run_once(Once(key, "second answer", 60), repo="o/once", ref="main", run_id="bbbb")
+    assert not again.new and again.run_id is None and again.first == "first answer"
+    assert [run.id for run in store.list_runs(repo="o/once")[0]] == ["aaaa"]
+    assert not redis_client.exists(f"{key_prefix}run:bbbb")
+    # the same write arriving twice (a lost reply, sent again) does not rewrite the run
+    store.create_run(repo="o/once", ref="main", run_id="cccc")
+    redis_client.hset(f"{key_prefix}run:cccc", "status", "running")
+    assert store.create_run(repo="o/once", ref="main", run_id="cccc") == "cccc"
+    assert store.run_status("cccc") == "running"
+    # every field and index of a run, in one step
+    record = redis_client.hgetall(f"{key_prefix}run:aaaa")
+    assert {"id", "status", "repo", "ref", "sha", "event", "created_at", "clone_url", "variables",
+            "context"} <= set(record)
+    for index in ("runs", "runs:repo:o/once", "runs:ref:o/once:main", "runs:status:queued"):
+        assert redis_client.zscore(f"{key_prefix}{index}", "aaaa") is not None, index
+        assert redis_client.ttl(f"{key_prefix}{index}") > 0, index

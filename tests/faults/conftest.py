@@ -12,9 +12,8 @@ import pytest
 
 from ci_queue.settings import Settings
 from ci_queue.store import Store
-from tests.conftest import REPO
+from tests.conftest import REPO, RedisServer
 from tests.engine.conftest import Engine
-from tests.redis_server import RedisServer, require_redis_server
 
 LEASE_SECONDS = 10
 
@@ -38,13 +37,8 @@ def engine_env(redis_url: str, workdir: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_redis_server()
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis_server(own_redis: RedisServer) -> RedisServer:
+    return own_redis
 
 
 @pytest.fixture

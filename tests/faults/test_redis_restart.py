@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tests.conftest import RedisServer
 from tests.engine.conftest import Engine, make_repo
 from tests.faults.conftest import LEASE_SECONDS
-from tests.redis_server import RedisServer
 
 PIPELINE = """
 long:

@@ -12,8 +12,8 @@ from ci_queue.pipeline.model import Job, Plan
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.unacked import UNACKED_KEY, recover
+from tests.conftest import RedisServer
 from tests.faults.conftest import engine_env
-from tests.redis_server import RedisServer
 
 
 def _deliver_without_ack(app, queue: str, count: int) -> None:

@@ -83,7 +83,7 @@ def make_api(store: Store, broker_url: str, tmp_path: Path, **settings: Any) -> 
 
     config = Settings(**{"api_tokens": f" {TOKENS[0]} , {TOKENS[1]},", "redis_url": broker_url,
                          "key_prefix": store.prefix, **settings})
-    app = create_app(config, store=store, celery=make_celery(config))
+    app = create_app(config, store=store, celery=make_celery(config, web=True))
     app.testing = True
     return Api(app, app.test_client(), store, redis.Redis.from_url(broker_url, decode_responses=True), tmp_path)
 

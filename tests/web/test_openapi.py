@@ -11,8 +11,11 @@ import uuid
 import pytest
 from jsonschema import Draft202012Validator
 
+from ci_queue.store import Store
 from ci_queue.web.openapi import OPEN_ENDPOINTS, SPEC
+from tests.web.conftest import make_api
 from tests.web.test_api import ODD_NAMES, TWO_STAGES, finish, job_url, sse_events
+from tests.web.test_health import closed_port
 
 RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -56,7 +59,7 @@ class Checker:
             body = response.get_json()
             errors = sorted(validator(content["application/json"]["schema"]).iter_errors(body), key=str)
             assert not errors, (method, path, code, [e.message for e in errors], body)
-        if response.mimetype == "text/plain" or code == "401":
+        if response.mimetype == "text/plain" or code in ("401", "503"):
             for header in declared.get("headers", {}):
                 assert header in response.headers, (method, path, code, header)
         self.seen.add((path, method.lower(), code))
@@ -185,6 +188,25 @@ def test_real_responses_of_every_route_match_the_description(api):
     # cancel: a running run, unknown
     assert check.post(f"{runs}/{failed}/cancel", cancel).get_json()["status"] == "canceled"
     check.post(f"{runs}/{unknown}/cancel", cancel)
+
+    # an Idempotency-Key: a repeat answers the first run (200), another request with it is refused (422)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    trigger = {"repo": "o/r", "clone_url": "file:///r", "ref": "main"}
+    first = check.post(runs, runs, json=trigger, headers=key)
+    assert check.post(runs, runs, json=trigger, headers=key).get_json()["id"] == first.get_json()["id"]
+    assert check.post(runs, runs, json={**trigger, "ref": "dev"}, headers=key).status_code == 422
+
+    # Redis away (state and broker): 503 with Retry-After on every operation
+    port = closed_port()
+    down_url = f"redis://127.0.0.1:{port}/0"
+    down = make_api(Store.from_url(down_url, api.store.prefix), down_url, api.tmp_path)
+    for path, method in spec_operations(SPEC, "/api/v1"):
+        if SPEC["paths"][path][method].get("security") == []:
+            continue
+        url = path.replace("{run_id}", run_id).replace("{name}", "build")
+        response = check(down.client.open(url, method=method.upper(), headers=down.auth, json=trigger),
+                         method.upper(), path)
+        assert response.status_code == 503, (method, path, response.get_json())
 
     # no token: 401 on every operation that needs one
     for path, method in spec_operations(SPEC, "/api/v1"):
