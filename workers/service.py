@@ -12,6 +12,7 @@ import click
 from ci_queue.logging import configure
 from ci_queue.routing import CONTROL_QUEUE, MAX_WORKER_TAGS, RoutingError, worker_queues
 from ci_queue.serve import check_redis, load_settings
+from workers.identity import NameHold, NameTaken, instance_id
 
 
 def _split(value: str | None) -> list[str]:
@@ -49,11 +50,18 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
 
     hostname = f"{name or f'worker-{os.getpid()}'}@{socket.gethostname()}"
     rt = runtime()
+    instance = instance_id()  # before the pool forks: its processes inherit it
+    hold = NameHold(rt.store, hostname, instance)
+    try:
+        hold.take()
+    except NameTaken as exc:
+        click.echo(f"ci-queue worker: {exc}", err=True)
+        sys.exit(1)
     sweeper = Sweeper(rt.store, app, settings).start()
     from workers.reaper import start_reaper
 
     start_reaper(rt.store)  # this host's Docker: containers a killed worker left behind
-    _hand_back_after_grace(rt.store, hostname, settings.shutdown_grace_seconds)
+    _hand_back_after_grace(rt.store, instance, settings.shutdown_grace_seconds)
     argv = ["worker", "--pool=prefork", f"--hostname={hostname}", f"--queues={','.join(consumed)}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     if concurrency:
@@ -62,10 +70,11 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         app.worker_main(argv=argv)
     finally:
         sweeper.stop()
+        hold.release()
     sys.exit(0)
 
 
-def _hand_back_after_grace(store, hostname: str, grace: float) -> None:
+def _hand_back_after_grace(store, instance: str, grace: float) -> None:
     """When the worker is told to stop, give running jobs ``grace`` seconds to finish, then ask
     them (through Redis, which every pool process polls) to stop and be handed back as new
     attempts, so another worker takes them at once instead of after a lapsed lease.
@@ -88,7 +97,7 @@ def _hand_back_after_grace(store, hostname: str, grace: float) -> None:
 
         def later() -> None:
             time.sleep(grace)  # a timer, not synchronization: the grace period itself
-            store.request_handback(hostname)
+            store.request_handback(instance)
 
         threading.Thread(target=later, name="ciq-handback", daemon=True).start()
 

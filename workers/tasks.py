@@ -34,6 +34,7 @@ from ci_queue.routing import job_queue
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
 from workers.checkout import CheckoutError, checkout, resolve_ref
+from workers.identity import instance_id
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import LogLine
 from workers.planning import PlanningClaim, attempts_text, retry_delay
@@ -188,10 +189,11 @@ class LeaseKeeper:
 
 class CancelWatch:
     """The stop check a runner polls (Redis is read at most twice a second): the run or the job
-    was canceled, the lease was lost, or this worker is shutting down and hands its jobs back."""
+    was canceled, the lease was lost, or this worker process (``instance``) is shutting down and
+    hands its jobs back."""
 
-    def __init__(self, store: Store, run_id: str, index: int, lease: LeaseKeeper, worker: str) -> None:
-        self.store, self.run_id, self.index, self.lease, self.worker = store, run_id, index, lease, worker
+    def __init__(self, store: Store, run_id: str, index: int, lease: LeaseKeeper, instance: str) -> None:
+        self.store, self.run_id, self.index, self.lease, self.worker = store, run_id, index, lease, instance
         self.handing_back = False
         self._checked = 0.0
         self._canceled = False
@@ -354,7 +356,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     started = now_iso()
     sink = RedisLogSink(store, run_id, index, attempt, settings.log_stream_maxlen)
     with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds, job.resource_group) as lease:
-        watch = CancelWatch(store, run_id, index, lease, worker)
+        watch = CancelWatch(store, run_id, index, lease, instance_id())
         try:
             result = _execute(store, settings, run, job, index, attempt, sink, watch)
         finally:

@@ -627,20 +627,21 @@ class Store:
             pipe.execute()
         return RetryResult(new, retried, ready)
 
-    def _handback_key(self, worker: str) -> str:
-        return f"{self.prefix}worker:{worker}:handback"
+    def _handback_key(self, instance: str) -> str:
+        return f"{self.prefix}worker:{instance}:handback"
 
-    def request_handback(self, worker: str, ttl: int = 3600) -> None:
-        """Ask every job running on ``worker`` to stop and be handed back (the worker is shutting
-        down and its grace is over)."""
-        self.r.set(self._handback_key(worker), "1", ex=ttl)
+    def request_handback(self, instance: str, ttl: int = 3600) -> None:
+        """Ask every job running in the worker process ``instance`` (its instance id, never its
+        name: a restarted worker of the same name must not inherit the flag) to stop and be
+        handed back (the worker is shutting down and its grace is over)."""
+        self.r.set(self._handback_key(instance), "1", ex=ttl)
 
-    def stop_requested(self, run_id: str, index: int, worker: str) -> tuple[bool, bool]:
+    def stop_requested(self, run_id: str, index: int, instance: str) -> tuple[bool, bool]:
         """(canceled, hand back): what a running job polls, in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(self._run(run_id), "canceling")
         pipe.hget(self._state(run_id), f"n{index}.cancel")
-        pipe.exists(self._handback_key(worker))
+        pipe.exists(self._handback_key(instance))
         run_flag, job_flag, handback = pipe.execute()
         return "1" in (run_flag, job_flag), bool(handback)
 
