@@ -36,7 +36,7 @@ RETRY_REASONS = {
 }
 
 # Failures that no attempt can change, not even under `retry: when: always`.
-NEVER_RETRIED = frozenset({None, "canceled", "environment_too_large"})
+NEVER_RETRIED = frozenset({None, "canceled", "environment_too_large", "checkout_failed"})
 
 
 def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = "", event: str = "push",

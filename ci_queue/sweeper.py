@@ -110,14 +110,15 @@ class Sweeper:
 
     def forgive_outage(self) -> int:
         """After an outage of Redis (seen by this process, or a restart or failover: Redis's
-        ``run_id`` changed), give every running attempt a full lease period to renew before any
+        ``run_id`` changed or was never recorded), give every running attempt a full lease period to renew before any
         lease is judged. Returns the number of leases extended."""
         server = str(self.store.r.info("server").get("run_id", ""))
         previous = self.store.r.set(self.redis_id_key, server, get=True, ex=self.store.retention)
-        if not self._saw_outage and previous in (None, server):
+        if not self._saw_outage and previous == server:
             return 0
+        # None: a Redis that never saw a sweeper, or restarted before the first one looked
         extended = self.store.extend_leases(self.settings.job_lease_seconds)
-        why = "Redis restarted or failed over" if previous not in (None, server) else "Redis was unreachable"
+        why = "Redis was unreachable" if previous == server else "Redis started, restarted or failed over"
         logger.warning("{}: {} running job(s) get {}s to renew their leases", why, extended,
                        self.settings.job_lease_seconds)
         resent = self._resend_in_flight()

@@ -81,7 +81,7 @@ class RedisServer:
     fsync per write, so a kill loses nothing) that a test may kill, start again or freeze. Never
     the shared test Redis: other test runs use that one."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, options: tuple[str, ...] = ()) -> None:
         import shutil
 
         from ci_queue.standalone import free_port
@@ -93,6 +93,7 @@ class RedisServer:
                 pytest.fail(message + "; CI must have one")
             pytest.skip(message)
         self.executable, self.dir, self.port = executable, directory, free_port()
+        self.options = options  # more redis-server arguments (``--maxmemory``...)
         self.proc: subprocess.Popen | None = None
         self.frozen = False
 
@@ -112,7 +113,8 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
                                       "--dir", str(self.dir), "--save", "", "--appendonly", "yes",
-                                      "--appendfsync", "always", "--logfile", str(self.dir / "redis.log")],
+                                      "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
+                                      *self.options],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probe = self.client(socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout

@@ -191,6 +191,12 @@ class CheckoutError(InfrastructureError):
         super().__init__(message)
         self.retryable = retryable
 
+    @property
+    def failure_class(self) -> str:  # type: ignore[override]
+        """``runner_system_failure`` (retried as another attempt) when it may work next time;
+        ``checkout_failed`` (never retried) when it cannot: no such repository or commit."""
+        return "runner_system_failure" if self.retryable else "checkout_failed"
+
 
 class _MirrorCorrupt(Exception):
     """The cached mirror cannot be used; delete and re-create it (once)."""

@@ -57,6 +57,7 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     except NameTaken as exc:
         click.echo(f"ci-queue worker: {exc}", err=True)
         sys.exit(1)
+    _remove_leftovers(settings)
     sweeper = Sweeper(rt.store, app, settings).start()
     from workers.reaper import start_reaper
 
@@ -72,6 +73,20 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         sweeper.stop()
         hold.release()
     sys.exit(0)
+
+
+def _remove_leftovers(settings) -> None:
+    """Workspaces and step script folders of workers killed on this host (nobody holds them)."""
+    import tempfile
+    from pathlib import Path
+
+    from workers.leftovers import sweep
+    from workers.runners.shell import SCRIPTS_PREFIX
+    from workers.workspace import default_root
+
+    if not settings.keep_workspaces:
+        sweep(default_root(settings))
+    sweep(Path(tempfile.gettempdir()), f"{SCRIPTS_PREFIX}*")
 
 
 def _hand_back_after_grace(store, instance: str, grace: float) -> None:

@@ -33,6 +33,7 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import job_queue
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
+from workers import guard
 from workers.checkout import CheckoutError, checkout, resolve_ref
 from workers.identity import instance_id
 from workers.job import JobRequest, JobResult, run_job
@@ -155,36 +156,59 @@ class RedisLogSink:
 
 class LeaseKeeper:
     """Renews a running attempt's lease (and its resource group's claim); notices when the
-    attempt was taken away."""
+    attempt was taken away; tells this process's step guard (``workers.guard``) until when the
+    lease is confirmed, so that the job's steps are frozen before the lease can lapse and killed
+    when the attempt was taken over."""
 
     def __init__(self, store: Store, run_id: str, index: int, attempt: int, lease_seconds: float,
-                 resource_group: str | None = None) -> None:
+                 resource_group: str | None = None, guard_key: str | None = None,
+                 kill_after: float = 600.0) -> None:
         self.store, self.run_id, self.index, self.attempt = store, run_id, index, attempt
         self.lease = lease_seconds
+        self.margin = fence_margin(lease_seconds)
         self.group = resource_group
         self.lines = ResourceGroups(store, lease_seconds) if resource_group else None
+        self.guard_key = guard_key
+        self.guard = guard.client(kill_after) if guard_key else None
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
+        if self.guard and self.guard_key:
+            guard.set_guarded(self.guard_key, True)
+            self.guard.lease(self.guard_key, time.monotonic() + self.lease - self.margin)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.guard and self.guard_key:
+            guard.set_guarded(self.guard_key, False)
+            self.guard.done(self.guard_key)
 
     def _loop(self) -> None:
         while not self._stop.wait(max(1.0, self.lease / 3)):
+            sent = time.monotonic()  # the lease is confirmed from before the request went out
             try:
                 if not self.store.renew_lease(self.run_id, self.index, self.attempt, self.lease):
                     self.lost = True
+                    if self.guard and self.guard_key:
+                        self.guard.kill(self.guard_key)
                     return
+                if self.guard and self.guard_key:
+                    self.guard.lease(self.guard_key, sent + self.lease - self.margin)
                 if self.lines and self.group:
                     self.lines.renew(self.group, self.run_id, self.index, self.attempt)
-            except Exception as exc:  # Redis hiccup: try again next period; the lease has slack
+            except Exception as exc:  # Redis away: the guard freezes the steps if it lasts
                 logger.warning("lease renewal failed: {}", exc)
+
+
+def fence_margin(lease_seconds: float) -> float:
+    """How long before its lease can lapse a worker that could not renew freezes its steps (see
+    docs/DESIGN.md, "Self-fencing"): a fifth of the lease, at least 2 s."""
+    return max(2.0, lease_seconds / 5)
 
 
 class CancelWatch:
@@ -355,7 +379,8 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     log = logger.bind(run_id=run_id, job=job.name)
     started = now_iso()
     sink = RedisLogSink(store, run_id, index, attempt, settings.log_stream_maxlen)
-    with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds, job.resource_group) as lease:
+    with LeaseKeeper(store, run_id, index, attempt, settings.job_lease_seconds, job.resource_group,
+                     guard.job_key(run_id, job.name, attempt), settings.state_outage_seconds) as lease:
         watch = CancelWatch(store, run_id, index, lease, instance_id())
         try:
             result = _execute(store, settings, run, job, index, attempt, sink, watch)

@@ -36,6 +36,7 @@ from types import TracebackType
 from loguru import logger
 
 from ci_queue.settings import Settings, get_settings
+from workers.leftovers import hold, release
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PART = 48  # characters of one slug (run id, job name); the whole name stays far below 255 bytes
@@ -112,6 +113,7 @@ class Workspace:
             shutil.rmtree(path, ignore_errors=True)  # cannot happen with slugs; never work outside the root
             raise RuntimeError(f"workspace name {path.name!r} escapes {root}")
         self._path = path
+        self._held = hold(path)  # while it is in use: a worker starting later leaves it alone
         self.builds_dir.mkdir()
         self.tmp_dir.mkdir()
         logger.debug("workspace {} created", path)
@@ -127,6 +129,11 @@ class Workspace:
             logger.debug("workspace {} removed", path)
         except OSError as exc:
             logger.warning("could not remove workspace {}: {}", path, exc)
+        self._release()
+
+    def _release(self) -> None:
+        release(getattr(self, "_held", None))
+        self._held = None
 
     def __enter__(self) -> Workspace:
         self.create()
@@ -140,6 +147,7 @@ class Workspace:
         if self.keep:
             logger.info("keeping workspace {} (CIQ_KEEP_WORKSPACES)", self._path)
             self._path = None
+            self._release()
             return
         self.remove()
 

@@ -681,9 +681,20 @@ class Store:
         pipe.execute()
 
     def read_log(self, run_id: str, index: int, after: str = "-", count: int = 10_000) -> list[tuple[str, dict]]:
-        """Log entries after stream id ``after`` (exclusive; ``-`` from the start)."""
+        """Log entries after stream id ``after`` (exclusive; ``-`` from the start). Read from the
+        start, a log whose head the stream's cap (``CIQ_LOG_STREAM_MAXLEN``) trimmed begins with a
+        line that says so, where it was cut."""
         start = "-" if after == "-" else f"({after}"
-        return self.r.xrange(self._log(run_id, index), start, "+", count=count)
+        entries = self.r.xrange(self._log(run_id, index), start, "+", count=count)
+        if after == "-" and entries:
+            first = entries[0][1]
+            dropped = int(first.get("n") or 1) - 1
+            if dropped > 0:
+                marker = {**first, "n": "0", "stream": "system",
+                          "text": f"[ci-queue] the first {dropped} lines of this log were dropped: a job log keeps "
+                                  "its last lines only (CIQ_LOG_STREAM_MAXLEN)"}
+                entries = [("0-1", marker), *entries]
+        return entries
 
     # -- sweeper queries ---------------------------------------------------------------------------------
     def expired(self, key: str, now: float | None = None, limit: int = 100) -> list[tuple[str, int, int]]:

@@ -41,6 +41,7 @@ from loguru import logger
 
 from ci_queue.clock import now_iso
 from ci_queue.limits import arg_max, environment_bytes, environment_problem
+from workers import guard, leftovers
 from workers.logs import JobLog, LineStream
 from workers.procs import TOKEN_VARIABLE, Proc, StepProcesses, subreaper_supported, subreaper_while_running
 from workers.runners.base import (
@@ -55,6 +56,7 @@ from workers.runners.base import (
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_SIZE = 65536
+SCRIPTS_PREFIX = "ci-queue-shell-"  # the steps' script folders, in the temp directory
 
 
 def find_shell() -> str:
@@ -96,7 +98,9 @@ class ShellRunner:
         self.poll_interval = poll_interval
         self.subreaper = subreaper_supported()
         self.workspace: Path | None = None
+        self._job_key: str | None = None
         self._tmp: str | None = None
+        self._held: int | None = None
         self._steps = 0
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -108,10 +112,12 @@ class ShellRunner:
         if not os.access(self.shell, os.X_OK):
             raise InfrastructureError(f"no shell to run the job: {self.shell} is not executable")
         self.workspace = workspace
+        self._job_key = guard.job_key(env.run_id, env.job_name, env.attempt)
         try:
-            self._tmp = tempfile.mkdtemp(prefix="ci-queue-shell-")
+            self._tmp = tempfile.mkdtemp(prefix=SCRIPTS_PREFIX)
         except OSError as exc:
             raise InfrastructureError(f"cannot create a scratch directory for the job's scripts: {exc}") from exc
+        self._held = leftovers.hold(Path(self._tmp))  # a worker starting later leaves it alone
         log.system("prepare", f"Using the shell executor: {self.shell} on {os.uname().nodename}")
         if not self.subreaper:
             log.system("prepare", "warning: this host cannot make the worker a child subreaper; a process that "
@@ -121,6 +127,8 @@ class ShellRunner:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+            leftovers.release(self._held)
+            self._held = None
 
     def environment(self, step_env: dict[str, str] | object) -> dict[str, str]:
         """The environment a step's process gets (without the step token)."""
@@ -157,6 +165,8 @@ class ShellRunner:
                 if exc.errno == errno.E2BIG:
                     raise EnvironmentTooLarge(_too_large(env)) from exc
                 raise InfrastructureError(f"cannot start {self.shell} in {self.workspace}: {exc}") from exc
+            if self._job_key and guard.guarded(self._job_key):  # a worker's job: steps only under its lease
+                guard.client().watch(self._job_key, token, proc.pid)
             try:
                 supervisor = _Supervisor(self, proc, token, step, log, cancel, start)
             except BaseException:
