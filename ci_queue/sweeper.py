@@ -25,6 +25,7 @@ sweeps.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -47,17 +48,6 @@ TRIM_INTERVAL = 600.0  # seconds between trims of the run indexes
 UNACKED_INTERVAL = 5.0  # seconds between looks at the broker's unacknowledged messages
 UNACKED_AGE = 15.0  # a message unacknowledged this long whose job still waits is put back
 
-# Take the lock if free, or extend it if we hold it; atomic.
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-
 class Sweeper:
     """One sweeper per process; only the lock holder does any work."""
 
@@ -65,7 +55,6 @@ class Sweeper:
         self.store, self.app, self.settings = store, app, settings
         self.interval = interval
         self.owner = uuid.uuid4().hex
-        self._acquire = store.r.register_script(_ACQUIRE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._trimmed = float("-inf")
@@ -77,7 +66,7 @@ class Sweeper:
         return f"{self.store.prefix}sweeper:lock"
 
     def holds_lock(self) -> bool:
-        return bool(self._acquire(keys=[self.lock_key], args=[self.owner, int(LOCK_SECONDS * 1000)]))
+        return self.store.hold(self.lock_key, self.owner, LOCK_SECONDS) == self.owner
 
     def start(self) -> Sweeper:
         self._thread = threading.Thread(target=self._loop, name="ciq-sweeper", daemon=True)
@@ -88,11 +77,8 @@ class Sweeper:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=LOCK_SECONDS)
-        try:
-            if self.store.r.get(self.lock_key) == self.owner:
-                self.store.r.delete(self.lock_key)
-        except Exception:  # stopping must not fail; the lock expires by itself
-            pass
+        with contextlib.suppress(Exception):  # stopping must not fail; the lock expires by itself
+            self.store.let_go(self.lock_key, self.owner)
 
     @property
     def redis_id_key(self) -> str:

@@ -23,22 +23,6 @@ from ci_queue.store import Store
 INSTANCE_VARIABLE = "CIQ_WORKER_INSTANCE"  # inherited by the pool processes
 NAME_TTL = 15  # seconds a name stays held after its worker stopped renewing it
 
-# Take the name if free or ours; renew it if ours. Answers the holder.
-_HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return ARGV[1]
-end
-return holder
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 class NameTaken(Exception):
     """Another live worker holds this name."""
 
@@ -57,8 +41,6 @@ class NameHold:
     def __init__(self, store: Store, name: str, instance: str) -> None:
         self.store, self.name, self.instance = store, name, instance
         self.key = f"{store.prefix}worker:{name}:instance"
-        self._hold = store.r.register_script(_HOLD)
-        self._release = store.r.register_script(_RELEASE)
         self._stop = threading.Event()
 
     def take(self, wait: float = NAME_TTL + 2) -> None:
@@ -66,7 +48,7 @@ class NameHold:
         raises NameTaken if a live worker keeps it."""
         deadline = time.monotonic() + wait
         while True:
-            holder = self._hold(keys=[self.key], args=[self.instance, NAME_TTL])
+            holder = self.store.hold(self.key, self.instance, NAME_TTL)
             if holder == self.instance:
                 break
             if time.monotonic() > deadline:
@@ -78,9 +60,9 @@ class NameHold:
     def _renew(self) -> None:
         while not self._stop.wait(NAME_TTL / 3):
             with contextlib.suppress(Exception):  # Redis away: the next renewal tries again
-                self._hold(keys=[self.key], args=[self.instance, NAME_TTL])
+                self.store.hold(self.key, self.instance, NAME_TTL)
 
     def release(self) -> None:
         self._stop.set()
         with contextlib.suppress(Exception):  # stopping must not fail; the hold lapses by itself
-            self._release(keys=[self.key], args=[self.instance])
+            self.store.let_go(self.key, self.instance)

@@ -158,7 +158,7 @@ class Store:
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
                          ("CREATE_RUN", "START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB",
                           "CANCEL_RUN", "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED",
-                          "CLAIM", "RELEASE")}
+                          "HOLD", "RELEASE")}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
@@ -197,6 +197,15 @@ class Store:
 
     def _keys(self, run_id: str) -> list[str]:
         return [self._run(run_id), self._state(run_id)]
+
+    def hold(self, key: str, owner: str, ttl: float) -> str:
+        """Take ``key`` for ``owner`` for ``ttl`` seconds if free, or renew it if ``owner`` holds
+        it; answers the holder (``owner`` when it worked)."""
+        return str(self._scripts["HOLD"](keys=[key], args=[owner, max(1, int(ttl * 1000))]))
+
+    def let_go(self, key: str, owner: str) -> None:
+        """Drop ``key`` if ``owner`` holds it (never someone else's)."""
+        self._scripts["RELEASE"](keys=[key], args=[owner])
 
     def now(self) -> float:
         """Now by Redis's clock (``TIME``): the one clock of every lease, queue and planning
@@ -324,11 +333,11 @@ class Store:
         """Only one planner plans a run. The claim is re-entrant: its ``owner`` (the Celery task
         id, which a retry keeps) takes it again and renews it; it expires so that a crashed
         planner is replaced."""
-        return bool(self._scripts["CLAIM"](keys=[f"{self._run(run_id)}:planning"], args=[owner, ttl]))
+        return self.hold(f"{self._run(run_id)}:planning", owner, ttl) == owner
 
     def release_planning(self, run_id: str, owner: str) -> None:
         """Drop the claim if ``owner`` still holds it (never someone else's)."""
-        self._scripts["RELEASE"](keys=[f"{self._run(run_id)}:planning"], args=[owner])
+        self.let_go(f"{self._run(run_id)}:planning", owner)
 
     def note_plan_attempt(self, run_id: str) -> int:
         """Count one more planner that took the run; returns the count (``plan_attempts``)."""

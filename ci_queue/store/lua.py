@@ -509,18 +509,19 @@ for _, i in ipairs(running) do table.insert(out, i) end
 return out
 """
 
-# KEYS: claim. ARGV: owner, ttl seconds. Take a free claim, or take again (and renew) one this
-# owner holds: a planner's retry keeps its claim, nobody else gets it meanwhile. 1 if held.
-CLAIM = r"""
+# KEYS: a key held by one owner at a time (a planning claim, the sweeper's lock, a worker's
+# name). ARGV: owner, ttl in milliseconds. Take it if free, or renew it if this owner holds it
+# (a planner's retry keeps its claim, nobody else gets it meanwhile). Answers the holder.
+HOLD = r"""
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
 end
-return 0
+return holder
 """
 
-# KEYS: claim. ARGV: owner. Drop the claim only if this owner holds it.
+# KEYS: a held key. ARGV: owner. Drop it only if this owner holds it.
 RELEASE = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])

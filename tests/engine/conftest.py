@@ -126,6 +126,24 @@ def make_repo(path: Path, files: dict[str, str]) -> str:
     return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def engine_env(redis_url: str, prefix: str, workdir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test's workers: its Redis and key prefix, its own workspaces and git
+    cache, the shell executor, short grace periods."""
+    return {
+        **os.environ,
+        "CIQ_REDIS_URL": redis_url,
+        "CIQ_KEY_PREFIX": prefix,
+        "CIQ_WORKSPACE_DIR": str(workdir / "workspaces"),
+        "CIQ_GIT_CACHE_DIR": str(workdir / "git-cache"),
+        "CIQ_EXECUTOR": "shell",
+        "CIQ_KILL_GRACE_SECONDS": "1",
+        "CIQ_LOG_FORMAT": "json",
+        "CIQ_SHUTDOWN_GRACE_SECONDS": "5",
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     require_redis()
@@ -133,18 +151,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
     db, token = reserve_database()
     prefix = f"ciq-e2e-{uuid.uuid4().hex[:8]}:"
-    env = {
-        **os.environ,
-        "CIQ_REDIS_URL": f"redis://127.0.0.1:6379/{db}",
-        "CIQ_KEY_PREFIX": prefix,
-        "CIQ_WORKSPACE_DIR": str(tmp_path / "workspaces"),
-        "CIQ_GIT_CACHE_DIR": str(tmp_path / "git-cache"),
-        "CIQ_EXECUTOR": "shell",
-        "CIQ_KILL_GRACE_SECONDS": "1",
-        "CIQ_LOG_FORMAT": "json",
-        "CIQ_SHUTDOWN_GRACE_SECONDS": "5",
-        "PYTHONPATH": str(REPO),
-    }
+    env = engine_env(f"redis://127.0.0.1:6379/{db}", prefix, tmp_path)
     settings = Settings.from_env(env)
     client = redis.Redis.from_url(env["CIQ_REDIS_URL"], decode_responses=True)
     engine = Engine(settings=settings, env=env, store=Store(client, prefix, 3600), workdir=tmp_path)

@@ -3,7 +3,6 @@ restarts: real ``ci-queue worker`` processes, the shell executor, short leases."
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,28 +11,17 @@ import pytest
 
 from ci_queue.settings import Settings
 from ci_queue.store import Store
-from tests.conftest import REPO, RedisServer
+from tests.conftest import RedisServer
 from tests.engine.conftest import Engine
+from tests.engine.conftest import engine_env as shared_env
 
 LEASE_SECONDS = 10
 
 
 def engine_env(redis_url: str, workdir: Path, **extra: str) -> dict[str, str]:
     """The environment of a fault test's workers: their own Redis, short leases."""
-    return {
-        **os.environ,
-        "CIQ_REDIS_URL": redis_url,
-        "CIQ_KEY_PREFIX": f"ciq-fault-{uuid.uuid4().hex[:8]}:",
-        "CIQ_WORKSPACE_DIR": str(workdir / "workspaces"),
-        "CIQ_GIT_CACHE_DIR": str(workdir / "git-cache"),
-        "CIQ_EXECUTOR": "shell",
-        "CIQ_KILL_GRACE_SECONDS": "1",
-        "CIQ_LOG_FORMAT": "json",
-        "CIQ_SHUTDOWN_GRACE_SECONDS": "5",
-        "CIQ_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
-        "PYTHONPATH": str(REPO),
-        **extra,
-    }
+    return shared_env(redis_url, f"ciq-fault-{uuid.uuid4().hex[:8]}:", workdir,
+                      CIQ_JOB_LEASE_SECONDS=str(LEASE_SECONDS), **extra)
 
 
 @pytest.fixture

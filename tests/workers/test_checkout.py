@@ -219,7 +219,7 @@ def test_missing_sha_is_a_permanent_infrastructure_error_naming_it(origin: Origi
     assert f"commit {missing} not found in {origin.url}" in message
     assert "\n" not in message
     assert isinstance(caught.value, InfrastructureError) and not caught.value.retryable
-    assert caught.value.failure_class == "runner_system_failure"
+    assert caught.value.failure_class == "checkout_failed"  # a job's checkout: failed once, never retried
     assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir()), "a retry can use the same dest"
 
 
