@@ -168,14 +168,14 @@ class LeaseKeeper:
         self.margin = fence_margin(lease_seconds)
         self.group = resource_group
         self.lines = ResourceGroups(store, lease_seconds) if resource_group else None
-        self.guard_key = guard_key
+        self.guard_key = guard_key or ""
         self.guard = guard.client(kill_after) if guard_key else None
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
-        if self.guard and self.guard_key:
+        if self.guard:
             guard.set_guarded(self.guard_key, True)
             self.guard.lease(self.guard_key, time.monotonic() + self.lease - self.margin)
         self._thread.start()
@@ -184,7 +184,7 @@ class LeaseKeeper:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        if self.guard and self.guard_key:
+        if self.guard:
             guard.set_guarded(self.guard_key, False)
             self.guard.done(self.guard_key)
 
@@ -194,10 +194,10 @@ class LeaseKeeper:
             try:
                 if not self.store.renew_lease(self.run_id, self.index, self.attempt, self.lease):
                     self.lost = True
-                    if self.guard and self.guard_key:
+                    if self.guard:
                         self.guard.kill(self.guard_key)
                     return
-                if self.guard and self.guard_key:
+                if self.guard:
                     self.guard.lease(self.guard_key, sent + self.lease - self.margin)
                 if self.lines and self.group:
                     self.lines.renew(self.group, self.run_id, self.index, self.attempt)
@@ -217,7 +217,7 @@ class CancelWatch:
     hands its jobs back."""
 
     def __init__(self, store: Store, run_id: str, index: int, lease: LeaseKeeper, instance: str) -> None:
-        self.store, self.run_id, self.index, self.lease, self.worker = store, run_id, index, lease, instance
+        self.store, self.run_id, self.index, self.lease, self.instance = store, run_id, index, lease, instance
         self.handing_back = False
         self._checked = 0.0
         self._canceled = False
@@ -229,7 +229,7 @@ class CancelWatch:
         if now - self._checked >= 0.5:
             self._checked = now
             try:
-                self._canceled, self.handing_back = self.store.stop_requested(self.run_id, self.index, self.worker)
+                self._canceled, self.handing_back = self.store.stop_requested(self.run_id, self.index, self.instance)
             except Exception:
                 return False
         return self._canceled or self.handing_back
