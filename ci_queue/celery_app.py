@@ -24,9 +24,11 @@ Why each setting (see docs/DESIGN.md, "Celery settings that matter"):
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
-from ci_queue import broker
+from ci_queue import broker, redis_urls
 from ci_queue.routing import CONTROL_QUEUE, DEFAULT_QUEUE
 from ci_queue.settings import Settings, get_settings
 
@@ -49,7 +51,9 @@ def make_celery(settings: Settings | None = None, broker_url: str | None = None,
     settings = settings or get_settings()
     broker = broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"
     app = Celery("ci_queue", broker=broker, set_as_current=False)
-    transport: dict[str, float] = {"visibility_timeout": visibility_timeout(settings)}
+    transport: dict[str, Any] = {"visibility_timeout": visibility_timeout(settings)}
+    if redis_urls.is_sentinel(broker):  # kombu asks the Sentinels for this primary, again after a failover
+        transport["master_name"] = settings.redis_sentinel_master
     if web:
         transport.update(socket_timeout=settings.redis_socket_timeout,
                          socket_connect_timeout=settings.redis_socket_timeout)

@@ -31,6 +31,7 @@ from typing import Any
 
 import click
 
+from ci_queue import redis_urls
 from ci_queue.settings import Settings, SettingsError, get_settings
 
 # -- gunicorn settings (read by `gunicorn -c python:ci_queue.serve`) ------------------------------------
@@ -129,18 +130,10 @@ def check_redis(settings: Settings) -> None:
 
     for url in dict.fromkeys(u for u in (settings.redis_url or "redis://127.0.0.1:6379/0", settings.state_url) if u):
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+            redis_urls.client(url, settings.redis_sentinel_master, socket_connect_timeout=3, socket_timeout=3).ping()
         except (redis.RedisError, ValueError) as exc:
-            raise click.ClickException(f"cannot reach Redis at {_redact(url)}: {exc} "
+            raise click.ClickException(f"cannot reach Redis at {redis_urls.redact(url)}: {exc} "
                                        "(CIQ_REDIS_URL / CIQ_STATE_URL say where it is)") from None
-
-
-def _redact(url: str) -> str:
-    """A Redis URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return url
 
 
 def run_server(host: str, port: int, workers: int, thread_count: int, dev: bool) -> None:

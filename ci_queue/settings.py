@@ -31,6 +31,8 @@ class Settings:
     redis_url: str = ""  # broker; empty: the standalone mode starts a local Redis
     state_url: str = ""  # run / job / log state; empty: the broker's Redis
     key_prefix: str = "ciq:"  # every state key starts with it (tests use their own)
+    redis_sentinel_master: str = "mymaster"  # the primary's name, for sentinel:// URLs
+    redis_wait_replicas: int = 0  # job starts and ends wait until this many replicas have them (WAIT)
     redis_socket_timeout: float = 5.0  # connect / read timeout of the state client and the web app's broker
     retention_days: float = 30.0  # finished runs and their logs expire after this
     job_lease_seconds: int = 60  # a running job's worker renews its lease; lapsed: re-queued

@@ -35,6 +35,8 @@ from typing import Any
 
 import click
 
+from ci_queue.redis_urls import redact
+
 READY_WORDS = "ci-queue is ready at"
 WORKER_RESTARTS = 3
 
@@ -301,7 +303,7 @@ class Standalone:
         self._wait_web(web)
         self._wait_workers(redis_url)
         self.say(f"Workers: {', '.join(c.name for c in self.children if not c.essential) or 'none'}; "
-                 f"Redis: {_redact(redis_url)}{' (started here, temporary: nothing is saved)' if self.redis else ''}")
+                 f"Redis: {redact(redis_url)}{' (started here, temporary: nothing is saved)' if self.redis else ''}")
         self.say(f"Try: ci-queue run --repo PATH{'' if self.port == 8080 else ' --server ' + self.url}; "
                  "stop: Ctrl-C" + (f" or kill {os.getpid()}" if self.pid_file else ""))
         self.say(f"{READY_WORDS} {self.url} (token {token_note})")  # the last line: what a script waits for
@@ -349,7 +351,7 @@ class Standalone:
         try:
             redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
         except (redis.RedisError, ValueError) as exc:
-            raise StandaloneError(f"cannot reach Redis at {_redact(url)} (CIQ_REDIS_URL): {exc}") from None
+            raise StandaloneError(f"cannot reach Redis at {redact(url)} (CIQ_REDIS_URL): {exc}") from None
 
     def _wait_web(self, web: Child, timeout: float = 60) -> None:
         import requests
@@ -440,12 +442,6 @@ class Standalone:
             shutil.rmtree(self.tempdir, ignore_errors=True)
 
     worker_grace = 15.0
-
-
-def _redact(url: str) -> str:
-    from ci_queue.serve import _redact as redact
-
-    return redact(url)
 
 
 @click.command("standalone")

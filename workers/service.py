@@ -77,16 +77,13 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
 
 def _remove_leftovers(settings) -> None:
     """Workspaces and step script folders of workers killed on this host (nobody holds them)."""
-    import tempfile
-    from pathlib import Path
-
     from workers.leftovers import sweep
-    from workers.runners.shell import SCRIPTS_PREFIX
+    from workers.runners.shell import SCRIPTS_PREFIX, scripts_root
     from workers.workspace import default_root
 
     if not settings.keep_workspaces:
         sweep(default_root(settings))
-    sweep(Path(tempfile.gettempdir()), f"{SCRIPTS_PREFIX}*")
+    sweep(scripts_root(), f"{SCRIPTS_PREFIX}*")
 
 
 def _hand_back_after_grace(store, instance: str, grace: float) -> None:

@@ -36,7 +36,7 @@ from types import TracebackType
 from loguru import logger
 
 from ci_queue.settings import Settings, get_settings
-from workers.leftovers import hold, release
+from workers.leftovers import made_held, release
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PART = 48  # characters of one slug (run id, job name); the whole name stays far below 255 bytes
@@ -108,12 +108,12 @@ class Workspace:
             return self._path
         self.root.mkdir(parents=True, exist_ok=True)
         root = self.root.resolve()
-        path = Path(tempfile.mkdtemp(prefix=self.name_prefix, dir=root))
+        path, self._held = made_held(root, self.name_prefix)  # held while in use: a worker starting later leaves it
         if path.parent != root or path.name in ("", ".", "..") or os.sep in path.name:
             shutil.rmtree(path, ignore_errors=True)  # cannot happen with slugs; never work outside the root
+            self._release()
             raise RuntimeError(f"workspace name {path.name!r} escapes {root}")
         self._path = path
-        self._held = hold(path)  # while it is in use: a worker starting later leaves it alone
         self.builds_dir.mkdir()
         self.tmp_dir.mkdir()
         logger.debug("workspace {} created", path)

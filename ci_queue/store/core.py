@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from loguru import logger
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ci_queue import redis_urls
 from ci_queue.clock import now_iso
 from ci_queue.graph import build_graph, dependents
 from ci_queue.pipeline.model import Job, Plan
@@ -24,6 +26,9 @@ TERMINAL_RUN = frozenset({"success", "failed", "canceled", "skipped", "error"})
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
 MAX_PLAN_ERROR = 2000  # characters of a planner's failure kept for the run's error
 _JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "finished", "allowed")
+
+
+WAIT_MILLISECONDS = 1000  # how long a durable write waits for its replicas
 
 
 class StoreError(Exception):
@@ -151,10 +156,13 @@ def _opt(value: str | None) -> str | None:
 class Store:
     """All reads and writes of run state. Thread-safe (redis-py pools connections)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "ciq:", retention_seconds: float = 30 * 86400) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
+                 wait_replicas: int = 0) -> None:
         self.r = client
         self.prefix = prefix
         self.retention = int(retention_seconds)
+        self.wait_replicas = wait_replicas
+        self._warned_replicas = float("-inf")
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
                          ("CREATE_RUN", "START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB",
                           "CANCEL_RUN", "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED",
@@ -162,14 +170,14 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
-                 socket_timeout: float = 5.0) -> Store:
+                 socket_timeout: float = 5.0, master: str = "mymaster", wait_replicas: int = 0) -> Store:
         """A store on the Redis at ``url``; every connect and read gives up after ``socket_timeout``
         seconds, so a frozen Redis costs a request that long, not forever. No blind retries: a
         write whose reply was lost may have run, and sending it again would run it twice (a log
         line, a counter); what must survive a lost reply is made safe to repeat instead."""
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
-                                      socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
-        return cls(client, prefix, retention_seconds)
+        client = redis_urls.client(url, master, decode_responses=True, socket_timeout=socket_timeout,
+                                   socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+        return cls(client, prefix, retention_seconds, wait_replicas)
 
     # -- key names -------------------------------------------------------------------------------
     def _run(self, run_id: str) -> str:
@@ -206,6 +214,25 @@ class Store:
     def let_go(self, key: str, owner: str) -> None:
         """Drop ``key`` if ``owner`` holds it (never someone else's)."""
         self._scripts["RELEASE"](keys=[key], args=[owner])
+
+    def _durable(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script whose effect must survive a failover (a job's start, end or retry): with
+        ``wait_replicas``, the answer comes once that many replicas have the write (``WAIT`` on the
+        same connection, in the same round trip), so a promoted replica does not forget a job end
+        the worker was told is stored. When the replicas do not answer within ``WAIT_MILLISECONDS``
+        (none is left to promote, e.g. right after a failover) it goes on, and says so."""
+        if not self.wait_replicas:
+            return self._scripts[script](keys=keys, args=args)
+        pipe = self.r.pipeline(transaction=False)
+        self._scripts[script](keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, WAIT_MILLISECONDS)
+        result, replicas = pipe.execute()
+        if int(replicas) < self.wait_replicas and time.monotonic() - self._warned_replicas > 60:
+            # no replica to fail over to either (after a failover, until one is back): go on
+            self._warned_replicas = time.monotonic()
+            logger.warning("only {} of {} Redis replicas acknowledged a job's start or end within {} ms",
+                           replicas, self.wait_replicas, WAIT_MILLISECONDS)
+        return result
 
     def now(self) -> float:
         """Now by Redis's clock (``TIME``): the one clock of every lease, queue and planning
@@ -470,7 +497,7 @@ class Store:
         connection) answers ``ok`` again."""
         token = token or uuid.uuid4().hex
         member = f"{run_id}|{index}|{attempt}"
-        result = self._scripts["BEGIN_JOB"](keys=[*self._keys(run_id), self.leases_key, self.queued_key],
+        result = self._durable("BEGIN_JOB", keys=[*self._keys(run_id), self.leases_key, self.queued_key],
                                             args=[index, attempt, worker, now_iso(), lease_seconds, token])
         if result[0] == "ok":
             return Transition("ok", [])
@@ -495,7 +522,7 @@ class Store:
                    fields: dict[str, Any] | None = None, attempt_record: dict[str, Any] | None = None) -> Transition:
         """Record the final result of an attempt and run the barrier; returns the jobs now ready."""
         old = self.r.hget(self._run(run_id), "status") or "running"
-        result = self._scripts["FINISH_JOB"](
+        result = self._durable("FINISH_JOB",
             keys=self._keys(run_id),
             args=[index, attempt, status, "1" if allowed else "0",
                   json.dumps({k: v for k, v in (fields or {}).items() if v is not None}),
@@ -512,7 +539,7 @@ class Store:
 
     def requeue_job(self, run_id: str, index: int, attempt: int, attempt_record: dict[str, Any]) -> int | None:
         """Start the next attempt of a job (retry); returns its number, None if not allowed."""
-        result = self._scripts["REQUEUE_JOB"](keys=self._keys(run_id),
+        result = self._durable("REQUEUE_JOB", keys=self._keys(run_id),
                                               args=[index, attempt, json.dumps(attempt_record), now_iso()])
         if result[0] != "ok":
             return None
@@ -723,4 +750,5 @@ def store_from_settings(settings: Any) -> Store:
     """The store the settings point at: ``CIQ_STATE_URL``, else the broker's Redis."""
     url = settings.state_url or settings.redis_url or "redis://127.0.0.1:6379/0"
     return Store.from_url(url, settings.key_prefix, settings.retention_days * 86400,
-                          socket_timeout=settings.redis_socket_timeout)
+                          socket_timeout=settings.redis_socket_timeout, master=settings.redis_sentinel_master,
+                          wait_replicas=settings.redis_wait_replicas)

@@ -24,7 +24,9 @@ from typing import Any
 
 import redis
 from flask import Blueprint, current_app, jsonify
+from redis.sentinel import SentinelConnectionPool
 
+from ci_queue import redis_urls
 from ci_queue.routing import CONTROL_QUEUE, DEFAULT_QUEUE
 
 health = Blueprint("health", __name__)
@@ -71,6 +73,9 @@ def quick_client(client: redis.Redis) -> redis.Redis:
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "socket_timeout": PING_TIMEOUT, "socket_connect_timeout": PING_TIMEOUT,
               "retry": _no_retry()}
+    if isinstance(pool, SentinelConnectionPool):  # the primary the Sentinels name now
+        kwargs.pop("connection_pool", None)
+        return pool.sentinel_manager.master_for(pool.service_name, **kwargs)
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, max_connections=4,
                                                             **kwargs))
 
@@ -91,7 +96,7 @@ def state_client() -> redis.Redis:
 def broker_url() -> str | None:
     """The Celery broker's URL when it is a Redis one (else None: no depth, no ping)."""
     url = str(current_app.config["CIQ_CELERY"].conf.broker_url or "")
-    return url if url.startswith(("redis://", "rediss://", "unix://")) else None
+    return url if url.startswith(("redis://", "rediss://", "unix://", redis_urls.SENTINEL_SCHEME)) else None
 
 
 def broker_client() -> redis.Redis | None:
@@ -99,8 +104,9 @@ def broker_client() -> redis.Redis | None:
     url = broker_url()
     if url is None:
         return None
-    return _cached_client("broker", lambda: redis.Redis.from_url(
-        url, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT, decode_responses=True,
+    master = current_app.config["CIQ_SETTINGS"].redis_sentinel_master
+    return _cached_client("broker", lambda: redis_urls.client(
+        url, master, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT, decode_responses=True,
         retry=_no_retry()))
 
 

@@ -56,7 +56,12 @@ from workers.runners.base import (
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_SIZE = 65536
-SCRIPTS_PREFIX = "ci-queue-shell-"  # the steps' script folders, in the temp directory
+SCRIPTS_PREFIX = "step-"  # the steps' script folders, under scripts_root()
+
+
+def scripts_root() -> Path:
+    """Where the steps' script folders are made: ``<temp dir>/ci-queue/scripts``."""
+    return Path(tempfile.gettempdir()) / "ci-queue" / "scripts"
 
 
 def find_shell() -> str:
@@ -113,11 +118,11 @@ class ShellRunner:
             raise InfrastructureError(f"no shell to run the job: {self.shell} is not executable")
         self.workspace = workspace
         self._job_key = guard.job_key(env.run_id, env.job_name, env.attempt)
-        try:
-            self._tmp = tempfile.mkdtemp(prefix=SCRIPTS_PREFIX)
+        try:  # held while in use: a worker starting later leaves it alone
+            path, self._held = leftovers.made_held(scripts_root(), SCRIPTS_PREFIX)
         except OSError as exc:
             raise InfrastructureError(f"cannot create a scratch directory for the job's scripts: {exc}") from exc
-        self._held = leftovers.hold(Path(self._tmp))  # a worker starting later leaves it alone
+        self._tmp = str(path)
         log.system("prepare", f"Using the shell executor: {self.shell} on {os.uname().nodename}")
         if not self.subreaper:
             log.system("prepare", "warning: this host cannot make the worker a child subreaper; a process that "

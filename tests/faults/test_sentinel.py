@@ -1,0 +1,136 @@
+"""Redis Sentinel: the broker and the state through ``sentinel://`` URLs, and a failover of the
+primary during a running pipeline (1 primary, 1 replica, 3 Sentinels, all real ``redis-server``
+processes on this machine): the run finishes, nothing lost, nothing run twice."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from ci_queue import redis_urls
+from ci_queue.settings import Settings
+from ci_queue.standalone import free_port
+from ci_queue.store import Store
+from tests.conftest import RedisServer
+from tests.engine.conftest import Engine, make_repo
+from tests.faults.conftest import engine_env
+
+MASTER = "mymaster"
+
+
+def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except redis.RedisError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.1)
+
+
+class Topology:
+    """One primary, one replica, three Sentinels (quorum 2), on free ports of 127.0.0.1."""
+
+    def __init__(self, directory: Path) -> None:
+        self.primary = RedisServer(directory / "primary")
+        self.replica = RedisServer(directory / "replica", ("--replicaof", "127.0.0.1", str(self.primary.port)))
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen] = []
+        self.directory = directory
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
+
+    def start(self) -> Topology:
+        self.primary.start()
+        self.replica.start()
+        _until(lambda: self.replica.client().info("replication")["master_link_status"] == "up", 30, "replication")
+        for port in self.sentinel_ports:
+            conf = self.directory / f"sentinel-{port}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary.port} 2\n"
+                            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                            f"sentinel failover-timeout {MASTER} 10000\n")
+            self.sentinels.append(subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.sentinel_ports:
+            sentinel = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+            _until(lambda s=sentinel: s.sentinel_master(MASTER)["num-other-sentinels"] == 2
+                   and s.sentinel_master(MASTER)["num-slaves"] == 1, 30, "the Sentinels finding each other")
+        return self
+
+    def current_primary_port(self) -> int:
+        sentinel = redis.Redis(port=self.sentinel_ports[0], decode_responses=True, socket_timeout=1)
+        return int(sentinel.sentinel_get_master_addr_by_name(MASTER)[1])
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.primary.kill()
+        self.replica.kill()
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    topology = Topology(tmp_path / "sentinel")
+    try:
+        yield topology.start()
+    finally:
+        topology.stop()
+
+
+def test_urls_through_sentinel_reach_the_primary(topology: Topology):
+    client = redis_urls.client(topology.url, MASTER, decode_responses=True)
+    client.set("ciq-test:probe", "1")
+    assert topology.primary.client().get("ciq-test:probe") == "1"
+    assert redis_urls.sentinel_parts("sentinel://:pw@h1:1/3;sentinel://h2:2") == ([("h1", 1), ("h2", 2)], "pw", 3)
+    assert redis_urls.redact("sentinel://:pw@h1:1;sentinel://:pw@h2:2/0") == "sentinel://***@h1:1;sentinel://***@h2:2/0"
+
+
+def test_a_failover_during_a_run_loses_nothing_and_runs_nothing_twice(topology: Topology, tmp_path: Path):
+    env = engine_env(topology.url, tmp_path, CIQ_REDIS_WAIT_REPLICAS="1")
+    settings = Settings.from_env(env)
+    store = Store(redis_urls.client(topology.url, MASTER, decode_responses=True), settings.key_prefix, 3600)
+    engine = Engine(settings=settings, env=env, store=store, workdir=tmp_path)
+    try:
+        workers = [engine.start_worker("w1", concurrency=2), engine.start_worker("w2", concurrency=2)]
+        make_repo(tmp_path / "repo", {".ci-queue.yml": """
+stages: [build, test]
+a:
+  stage: build
+  script:
+    - for i in $(seq 1 40); do echo "a $i"; sleep 0.1; done
+b:
+  stage: build
+  script:
+    - sleep 2
+c:
+  stage: test
+  script:
+    - echo c-done
+"""})
+        run_id = engine.trigger(tmp_path / "repo")
+        engine.wait(run_id, until=lambda r: len(r.jobs) == 3 and r.jobs[0].status == "running")
+        old = topology.primary.port
+        topology.primary.kill()
+        killed = time.monotonic()
+        _until(lambda: topology.current_primary_port() != old, 30, "the Sentinels promoting the replica")
+        failover = time.monotonic() - killed
+        run = engine.wait(run_id, timeout=120)
+        assert run.status == "success", run.to_dict()
+        assert [job.attempt for job in run.jobs] == [1, 1, 1], [job.attempts for job in run.jobs]
+        log = "\n".join(fields["text"] for _, fields in engine.store.read_log(run_id, 0)) + "\n"
+        assert all(f"a {i}\n" in log for i in range(1, 41)), "log lines were lost in the failover"
+        assert all(p.poll() is None for p in workers), "a worker exited in the failover"
+        assert failover < 30
+    finally:
+        engine.stop_workers()
