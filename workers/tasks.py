@@ -372,7 +372,9 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     if begun.status != "ok":
         return  # stale message (redelivered, or an older attempt) or the run was canceled
     report(store, rt.celery, run_id, "job_started", index)
-    state, run = until_stored(settings, lambda: (store.job(run_id, index), store.get_run(run_id, with_jobs=False)))
+    state, run, variables = until_stored(settings, lambda: (store.job(run_id, index),
+                                                             store.get_run(run_id, with_jobs=False),
+                                                             store.pipeline_variables(run_id)))
     if state is None or run is None:
         return
     job = Job.from_dict(state.spec)
@@ -383,7 +385,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
                      guard.job_key(run_id, job.name, attempt), settings.state_outage_seconds) as lease:
         watch = CancelWatch(store, run_id, index, lease, instance_id())
         try:
-            result = _execute(store, settings, run, job, index, attempt, sink, watch)
+            result = _execute(settings, run, variables, job, index, attempt, sink, watch)
         finally:
             sink.close()
         if watch.handing_back and result.status != "success":
@@ -423,11 +425,13 @@ def until_stored(settings: Settings, write: Callable[[], T], lease: LeaseKeeper 
             delay = min(delay * 2, 5.0)
 
 
-def _execute(store: Store, settings: Settings, run: RunRecord, job: Job, index: int, attempt: int,
-             sink: RedisLogSink, cancel: CancelWatch) -> JobResult:
+def _execute(settings: Settings, run: RunRecord, pipeline_variables: dict[str, str], job: Job, index: int,
+             attempt: int, sink: RedisLogSink, cancel: CancelWatch) -> JobResult:
+    """Check out and run the job; touches Redis only through ``sink`` and ``cancel``, which
+    outlive an outage."""
     request = JobRequest(job=job, run_id=run.id, job_id=f"{run.id}-{index}", pipeline_id=run.id, attempt=attempt,
                          sha=run.sha, ref=run.ref, project_path=run.repo,
-                         pipeline_variables=store.pipeline_variables(run.id), clone_url=run.clone_url)
+                         pipeline_variables=pipeline_variables, clone_url=run.clone_url)
     with Workspace(run.id, job.name, attempt, settings=settings) as workspace:
         try:
             if run.clone_url:

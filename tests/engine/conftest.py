@@ -60,7 +60,9 @@ class Engine:
     def start_worker(self, name: str, *, tags: str = "", concurrency: int = 2, untagged: bool = True,
                      extra_env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         """A ``ci-queue worker`` process (``prefix``: a command it runs under, e.g. ``faketime``)."""
-        log = (self.workdir / f"{name}.log").open("wb")
+        path = self.workdir / f"{name}.log"
+        start = path.stat().st_size if path.exists() else 0  # a worker started again under its name appends
+        log = path.open("ab")
         args = [*prefix, sys.executable, "-m", "ci_queue.cli", "worker", "--name", name, "--concurrency",
                 str(concurrency), "--loglevel", "INFO"]
         if tags:
@@ -71,7 +73,7 @@ class Engine:
                                 cwd=REPO, start_new_session=True)
         self.workers.append(proc)
         deadline = time.monotonic() + 60
-        while b"ready." not in (self.workdir / f"{name}.log").read_bytes():
+        while b"ready." not in path.read_bytes()[start:]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"worker {name} did not start:\n" + self.worker_log(name))
             time.sleep(0.1)
