@@ -11,6 +11,8 @@ pipe:
 
 - ``watch JOB TOKEN SID``: a step of JOB runs in session SID, its processes carry TOKEN in their
   environment (``workers.procs``);
+- ``container JOB ID``: a step of JOB runs in the Docker container ID (frozen with
+  ``docker pause``, thawed with ``docker unpause``, killed with ``docker kill``);
 - ``lease JOB T``: JOB's lease is confirmed until T on the host's monotonic clock (the moment
   of the last renewal that succeeded, plus the lease, minus a safety margin);
 - ``kill JOB``: JOB's attempt was taken over: kill its steps now;
@@ -47,10 +49,13 @@ class _Watched:
     valid_until: float
     steps: dict[str, int] = field(default_factory=dict)  # token -> session id
     seen: dict[int, int] = field(default_factory=dict)  # pid -> start time
+    containers: list[str] = field(default_factory=list)
     frozen_at: float | None = None
     dead: bool = False
 
     def processes(self) -> list[Proc]:
+        if not self.steps:
+            return []
         table = snapshot()
         entries = {f"{TOKEN_VARIABLE}={token}".encode() for token in self.steps}
         sessions = set(self.steps.values())
@@ -64,6 +69,11 @@ class _Watched:
         return found
 
     def signal(self, sig: int) -> int:
+        """SIGSTOP / SIGCONT / SIGKILL the job's processes, and pause / unpause / kill its containers."""
+        action = {signal.SIGSTOP: "pause", signal.SIGCONT: "unpause", signal.SIGKILL: "kill"}[sig]
+        return _docker(self.containers, action) + self.signal_processes(sig)
+
+    def signal_processes(self, sig: int) -> int:
         count = 0
         for proc in self.processes():
             if proc.state != "Z":
@@ -71,6 +81,16 @@ class _Watched:
                     os.kill(proc.pid, sig)
                     count += 1
         return count
+
+
+def _docker(containers: list[str], action: str) -> int:
+    """``docker pause|unpause|kill`` the containers; how many it did (best effort: a container
+    that ended meanwhile is fine)."""
+    done = 0
+    for container in containers:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done += subprocess.run(["docker", action, container], capture_output=True, timeout=30).returncode == 0
+    return done
 
 
 class Guard:
@@ -96,6 +116,11 @@ class Guard:
             watched.steps[rest[0]] = int(rest[1])
             if watched.frozen_at is not None or watched.dead:
                 watched.signal(signal.SIGKILL if watched.dead else signal.SIGSTOP)
+        elif verb == "container" and rest:
+            watched = self.jobs.setdefault(job, _Watched(now))
+            watched.containers.append(rest[0])
+            if watched.frozen_at is not None or watched.dead:
+                _docker([rest[0]], "kill" if watched.dead else "pause")
         elif verb == "kill" and job in self.jobs:
             self._kill(self.jobs[job])
         elif verb == "done":
@@ -104,12 +129,14 @@ class Guard:
     def tick(self, now: float) -> None:
         """Freeze what outlived its lease, kill what stayed frozen too long."""
         for watched in self.jobs.values():
-            if watched.dead or not watched.steps:
+            if watched.dead or not (watched.steps or watched.containers):
                 continue
             if now >= watched.valid_until:
                 if watched.frozen_at is None:
                     watched.frozen_at = now
-                watched.signal(signal.SIGSTOP)  # again each tick: what forked meanwhile stops too
+                    watched.signal(signal.SIGSTOP)
+                else:  # again each tick: what forked meanwhile stops too
+                    watched.signal_processes(signal.SIGSTOP)
                 if now - watched.frozen_at >= self.kill_after:
                     self._kill(watched)
 
@@ -172,6 +199,9 @@ class GuardClient:
 
     def kill(self, job: str) -> None:
         self.send(f"kill {job}")
+
+    def container(self, job: str, container_id: str) -> None:
+        self.send(f"container {job} {container_id}")
 
     def done(self, job: str) -> None:
         self.send(f"done {job}")

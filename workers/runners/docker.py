@@ -75,6 +75,7 @@ from docker.utils import parse_repository_tag
 
 from ci_queue.clock import now_iso
 from ci_queue.settings import get_settings
+from workers import guard
 from workers.logs import JobLog
 from workers.runners.base import (
     CancelCheck,
@@ -268,6 +269,10 @@ class DockerRunner:
         frames: queue.Queue[Any] = queue.Queue(maxsize=256)  # bounded: a flood waits in the daemon
         try:
             container_id = self._create(step, script.name)
+            if self._env is not None:  # a worker's job: the container runs only under its lease
+                key = guard.job_key(self._env.run_id, self._env.job_name, self._env.attempt)
+                if guard.guarded(key):
+                    guard.client().container(key, container_id)
             try:
                 attach = api.attach(container_id, stdout=True, stderr=True, stream=True, logs=False, demux=True)
                 reader = threading.Thread(

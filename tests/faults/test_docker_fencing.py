@@ -1,0 +1,55 @@
+"""The Docker executor under self-fencing: the container of a frozen worker's job is paused before
+the job runs elsewhere, and killed once its worker learns the job was taken over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.engine.conftest import Engine, make_repo
+from tests.integration.conftest import TEST_IMAGE, docker_client, docker_image  # noqa: F401  (fixtures)
+
+
+def _containers(client, run_id: str, attempt: int) -> list:
+    return client.containers.list(all=True, filters={"label": [f"ci-queue.run={run_id}",
+                                                              f"ci-queue.attempt={attempt}"]})
+
+
+def _until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.1)
+
+
+def test_a_frozen_workers_container_is_paused_then_killed(fault_engine: Engine, docker_client,  # noqa: F811
+                                                          docker_image, tmp_path: Path):  # noqa: F811
+    engine = fault_engine
+    engine.env.update(CIQ_EXECUTOR="docker", CIQ_DOCKER_NETWORK="none")
+    make_repo(tmp_path / "repo", {".ci-queue.yml": f"""
+deploy:
+  image: {TEST_IMAGE}
+  script:
+    - n=600; if [ "$CI_JOB_ATTEMPT" != 1 ]; then n=10; fi
+    - for i in $(seq 1 $n); do echo "attempt=$CI_JOB_ATTEMPT i=$i"; sleep 0.1; done
+"""})
+    frozen = engine.start_worker("frozen", concurrency=1)
+    run_id = engine.trigger(tmp_path / "repo")
+    first = _until(lambda: [c for c in _containers(docker_client, run_id, 1) if c.status == "running"], 120,
+                   "attempt 1's container running")[0]
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    try:
+        engine.start_worker("other", concurrency=1)
+        run = engine.wait(run_id, timeout=120)
+        first.reload()
+        assert first.attrs["State"]["Paused"], f"attempt 1's container ran on: {first.status}"
+        assert run.status == "success" and run.jobs[0].attempt == 2, run.jobs[0].attempts
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    _until(lambda: not [c for c in _containers(docker_client, run_id, 1) if c.status in ("running", "paused")],
+           60, "attempt 1's container stopping once its worker woke up")
