@@ -158,3 +158,27 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     finally:
         server.kill()
 
+
+def wait_until(predicate: Any, timeout: float, what: str, *, ignore: tuple[type[BaseException], ...] = ()) -> Any:
+    """Poll ``predicate`` until it returns something true (returned), failing with ``what`` after
+    ``timeout`` seconds; exceptions of the ``ignore`` kinds count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except ignore:
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.05)
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter (R, S, T when stopped...), or None once it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+    return None if state in ("Z", "X") else state

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
+from tests.conftest import wait_until
 from tests.engine.conftest import Engine, make_repo
 from tests.integration.conftest import TEST_IMAGE, docker_client, docker_image  # noqa: F401  (fixtures)
 
@@ -17,14 +17,6 @@ def _containers(client, run_id: str, attempt: int) -> list:
                                                               f"ci-queue.attempt={attempt}"]})
 
 
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        time.sleep(0.1)
 
 
 def test_a_frozen_workers_container_is_paused_then_killed(fault_engine: Engine, docker_client,  # noqa: F811
@@ -40,7 +32,7 @@ deploy:
 """})
     frozen = engine.start_worker("frozen", concurrency=1)
     run_id = engine.trigger(tmp_path / "repo")
-    first = _until(lambda: [c for c in _containers(docker_client, run_id, 1) if c.status == "running"], 120,
+    first = wait_until(lambda: [c for c in _containers(docker_client, run_id, 1) if c.status == "running"], 120,
                    "attempt 1's container running")[0]
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
@@ -51,5 +43,5 @@ deploy:
         assert run.status == "success" and run.jobs[0].attempt == 2, run.jobs[0].attempts
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
-    _until(lambda: not [c for c in _containers(docker_client, run_id, 1) if c.status in ("running", "paused")],
+    wait_until(lambda: not [c for c in _containers(docker_client, run_id, 1) if c.status in ("running", "paused")],
            60, "attempt 1's container stopping once its worker woke up")

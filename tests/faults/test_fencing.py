@@ -9,25 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+from tests.conftest import process_state, wait_until
 from tests.engine.conftest import Engine, make_repo
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_frozen_workers_step_stops_before_the_job_runs_elsewhere(fault_engine: Engine, tmp_path: Path):
@@ -44,7 +27,7 @@ deploy:
 """})
     frozen = engine.start_worker("frozen", concurrency=1)
     run_id = engine.trigger(tmp_path / "repo")
-    _wait_for(lambda: effects.exists() and "attempt=1" in effects.read_text(), 60, "attempt 1 starting")
+    wait_until(lambda: effects.exists() and "attempt=1" in effects.read_text(), 60, "attempt 1 starting")
     step = int((pids / "1").read_text())
     os.killpg(frozen.pid, signal.SIGSTOP)  # the worker and its pool, not the step's own session
     try:
@@ -54,10 +37,10 @@ deploy:
         first_of_2 = next(k for k, line in enumerate(lines) if line.startswith("attempt=2"))
         late = [line for line in lines[first_of_2:] if line.startswith("attempt=1")]
         assert not late, f"attempt 1 still wrote while attempt 2 ran: {late[:3]}"
-        assert _alive(step), "the frozen attempt's step is frozen, not yet killed"
+        assert process_state(step) is not None, "the frozen attempt's step is frozen, not yet killed"
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
-    _wait_for(lambda: not _alive(step), 30, "the old attempt's step dying once its worker woke up")
+    wait_until(lambda: process_state(step) is None, 30, "the old attempt's step dying once its worker woke up")
     assert run.status == "success" and run.jobs[0].attempt == 2, run.jobs[0].attempts
     assert run.jobs[0].attempts[0]["failure_reason"] == "runner_system_failure"
     assert effects.read_text().count("attempt=1 ") == len(lines[:first_of_2]), "the old attempt went on after it woke"
@@ -77,13 +60,13 @@ job:
 """})
     doomed = engine.start_worker("doomed", concurrency=1)
     run_id = engine.trigger(tmp_path / "repo")
-    step = int(_wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 60, "the step starting"))
+    step = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 60, "the step starting"))
     killed = time.monotonic()
     os.killpg(doomed.pid, signal.SIGKILL)  # kill -9 of the worker and its pool, as the OOM killer may
     doomed.wait(timeout=10)
-    escaped = int(_wait_for(lambda: escapee.exists() and escapee.read_text().strip(), 10, "the escapee starting"))
-    _wait_for(lambda: not _alive(step), 5, "the step dying with its worker")
-    _wait_for(lambda: not _alive(escaped), 5, "what the step started in a session of its own dying too")
+    escaped = int(wait_until(lambda: escapee.exists() and escapee.read_text().strip(), 10, "the escapee starting"))
+    wait_until(lambda: process_state(step) is None, 5, "the step dying with its worker")
+    wait_until(lambda: process_state(escaped) is None, 5, "what the step started in a session of its own dying too")
     gone_after = time.monotonic() - killed
     left = [Path(scripts.read_text().strip()), Path(workspace.read_text().strip()).parent]
     assert all(path.exists() for path in left), "the killed worker's folders are there until the next one starts"

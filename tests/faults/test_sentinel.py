@@ -16,23 +16,14 @@ from ci_queue import redis_urls
 from ci_queue.settings import Settings
 from ci_queue.standalone import free_port
 from ci_queue.store import Store
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, wait_until
 from tests.engine.conftest import Engine, make_repo
 from tests.faults.conftest import engine_env
 
 MASTER = "mymaster"
+REDIS_AWAY = (redis.RedisError,)  # the test's own reads meet the failover too
 
 
-def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except redis.RedisError:
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        time.sleep(0.1)
 
 
 class Topology:
@@ -52,7 +43,8 @@ class Topology:
     def start(self) -> Topology:
         self.primary.start()
         self.replica.start()
-        _until(lambda: self.replica.client().info("replication")["master_link_status"] == "up", 30, "replication")
+        wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up", 30,
+                   "replication", ignore=REDIS_AWAY)
         for port in self.sentinel_ports:
             conf = self.directory / f"sentinel-{port}.conf"
             conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
@@ -63,8 +55,9 @@ class Topology:
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.sentinel_ports:
             sentinel = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
-            _until(lambda s=sentinel: s.sentinel_master(MASTER)["num-other-sentinels"] == 2
-                   and s.sentinel_master(MASTER)["num-slaves"] == 1, 30, "the Sentinels finding each other")
+            wait_until(lambda s=sentinel: s.sentinel_master(MASTER)["num-other-sentinels"] == 2
+                       and s.sentinel_master(MASTER)["num-slaves"] == 1, 30, "the Sentinels finding each other",
+                       ignore=REDIS_AWAY)
         return self
 
     def current_primary_port(self) -> int:
@@ -119,16 +112,17 @@ c:
     - echo c-done
 """})
         run_id = engine.trigger(tmp_path / "repo")
-        _until(lambda: (r := engine.store.get_run(run_id)) is not None and len(r.jobs) == 3
-               and r.jobs[0].status == "running", 60, "job a running")
+        wait_until(lambda: (r := engine.store.get_run(run_id)) is not None and len(r.jobs) == 3
+                   and r.jobs[0].status == "running", 60, "job a running", ignore=REDIS_AWAY)
         old = topology.primary.port
         topology.primary.kill()
         killed = time.monotonic()
-        _until(lambda: topology.current_primary_port() != old, 30, "the Sentinels promoting the replica")
+        wait_until(lambda: topology.current_primary_port() != old, 30, "the Sentinels promoting the replica",
+                   ignore=REDIS_AWAY)
         failover = time.monotonic() - killed
         # the test's own client meets the failover too: read again until the new primary answers
-        _until(lambda: engine.store.get_run(run_id).status in ("success", "failed", "canceled", "error"), 120,
-               "the run finishing")
+        wait_until(lambda: engine.store.get_run(run_id).status in ("success", "failed", "canceled", "error"), 120,
+                   "the run finishing", ignore=REDIS_AWAY)
         run = engine.store.get_run(run_id)
         assert run.status == "success", run.to_dict()
         assert [job.attempt for job in run.jobs] == [1, 1, 1], [job.attempts for job in run.jobs]

@@ -9,30 +9,15 @@ from pathlib import Path
 from ci_queue.celery_app import make_celery
 from ci_queue.dispatch import trigger_run
 from ci_queue.store import RunRecord
+from tests.conftest import process_state, wait_until
 from tests.engine.conftest import make_repo
 from tests.multihost.conftest import LEASE_SECONDS, Bed
 
 TERMINAL = ("success", "failed", "canceled", "skipped", "error")
 
 
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        time.sleep(0.1)
 
 
-def _state(pid: int) -> str | None:
-    """The process's state letter (R, S, T: stopped, ...), or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
-    return None if state in ("Z", "X") else state
 
 
 def _trigger(bed: Bed, repo: Path) -> str:
@@ -41,7 +26,7 @@ def _trigger(bed: Bed, repo: Path) -> str:
 
 
 def _finished(bed: Bed, run_id: str, timeout: float = 120) -> RunRecord:
-    return _until(lambda: (run := bed.store().get_run(run_id)) is not None and run.status in TERMINAL and run,
+    return wait_until(lambda: (run := bed.store().get_run(run_id)) is not None and run.status in TERMINAL and run,
                   timeout, f"run {run_id} finishing")
 
 
@@ -58,7 +43,7 @@ deploy:
 """})
     cut_off = bed.start_worker(h1, "a")
     run_id = _trigger(bed, tmp_path / "repo")
-    _until(lambda: (pids / "1").exists() and effects.exists(), 60, "attempt 1 starting on h1")
+    wait_until(lambda: (pids / "1").exists() and effects.exists(), 60, "attempt 1 starting on h1")
     step = int((pids / "1").read_text())
     h1.cut()
     cut_at = time.monotonic()
@@ -69,13 +54,13 @@ deploy:
     first_of_2 = next(k for k, line in enumerate(lines) if line.startswith("attempt=2"))
     assert "host=h2" in lines[first_of_2] and "host=h1" in lines[0]
     assert not [line for line in lines[first_of_2:] if line.startswith("attempt=1")], "both attempts ran at once"
-    assert _state(step) in ("T", None), "the cut-off host's step still runs"
+    assert process_state(step) in ("T", None), "the cut-off host's step still runs"
     h1.mend()
-    _until(lambda: _state(step) is None, 30, "the old attempt's step dying once its host is back")
+    wait_until(lambda: process_state(step) is None, 30, "the old attempt's step dying once its host is back")
     assert run.status == "success" and run.jobs[0].attempt == 2, run.jobs[0].attempts
     assert run.jobs[0].attempts[0]["failure_reason"] == "runner_system_failure"
     written_by_1 = first_of_2
-    _until(lambda: len(bed.store().get_run(run_id).jobs[0].attempts) == 2, 5, "the record staying as it is")
+    wait_until(lambda: len(bed.store().get_run(run_id).jobs[0].attempts) == 2, 5, "the record staying as it is")
     assert effects.read_text().count("attempt=1 ") == written_by_1, "the old attempt wrote after its host came back"
     assert cut_off.poll() is None, "the partitioned worker exited"
     assert taken_over < 6 * LEASE_SECONDS
@@ -92,7 +77,7 @@ job:
 """})
     bed.start_worker(h1, "a")
     run_id = _trigger(bed, tmp_path / "repo")
-    workspace = Path(_until(lambda: marker.exists() and marker.read_text().strip(), 60, "attempt 1 starting"))
+    workspace = Path(wait_until(lambda: marker.exists() and marker.read_text().strip(), 60, "attempt 1 starting"))
     h1.reboot()
     assert not h1.pids(), "a process of the rebooted host survived"
     bed.start_worker(h2, "b")
@@ -115,7 +100,7 @@ two:
 """})
     workers = [bed.start_worker(h1, "a"), bed.start_worker(h2, "b")]
     run_id = _trigger(bed, tmp_path / "repo")
-    _until(lambda: (run := bed.store().get_run(run_id)) is not None and len(run.jobs) == 2
+    wait_until(lambda: (run := bed.store().get_run(run_id)) is not None and len(run.jobs) == 2
            and all(job.status == "running" for job in run.jobs), 60, "both jobs running")
     bed.kill_redis()
     down_until = time.monotonic() + LEASE_SECONDS + 2
