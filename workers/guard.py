@@ -11,6 +11,7 @@ pipe:
 
 - ``watch JOB TOKEN SID``: a step of JOB runs in session SID, its processes carry TOKEN in their
   environment (``workers.procs``);
+- ``unwatch JOB TOKEN``: that step ended;
 - ``container JOB ID``: a step of JOB runs in the Docker container ID (frozen with
   ``docker pause``, thawed with ``docker unpause``, killed with ``docker kill``);
 - ``lease JOB T``: JOB's lease is confirmed until T on the host's monotonic clock (the moment
@@ -116,6 +117,10 @@ class Guard:
             watched.steps[rest[0]] = int(rest[1])
             if watched.frozen_at is not None or watched.dead:
                 watched.signal(signal.SIGKILL if watched.dead else signal.SIGSTOP)
+        elif verb == "unwatch" and rest and job in self.jobs:
+            # the step ended: its session id may be a new, unrelated process's pid one day
+            self.jobs[job].steps.pop(rest[0], None)
+            self.jobs[job].seen.clear()
         elif verb == "container" and rest:
             watched = self.jobs.setdefault(job, _Watched(now))
             watched.containers.append(rest[0])
@@ -199,6 +204,9 @@ class GuardClient:
 
     def kill(self, job: str) -> None:
         self.send(f"kill {job}")
+
+    def unwatch(self, job: str, token: str) -> None:
+        self.send(f"unwatch {job} {token}")
 
     def container(self, job: str, container_id: str) -> None:
         self.send(f"container {job} {container_id}")

@@ -103,7 +103,7 @@ class ShellRunner:
         self.poll_interval = poll_interval
         self.subreaper = subreaper_supported()
         self.workspace: Path | None = None
-        self._job_key: str | None = None
+        self._job_key = ""  # the guard's name of the job attempt (workers.guard.job_key)
         self._tmp: str | None = None
         self._held: int | None = None
         self._steps = 0
@@ -170,7 +170,8 @@ class ShellRunner:
                 if exc.errno == errno.E2BIG:
                     raise EnvironmentTooLarge(_too_large(env)) from exc
                 raise InfrastructureError(f"cannot start {self.shell} in {self.workspace}: {exc}") from exc
-            if self._job_key and guard.guarded(self._job_key):  # a worker's job: steps only under its lease
+            guarded = bool(self._job_key) and guard.guarded(self._job_key)
+            if guarded:  # a worker's job: its steps run only under its lease
                 guard.client().watch(self._job_key, token, proc.pid)
             try:
                 supervisor = _Supervisor(self, proc, token, step, log, cancel, start)
@@ -183,6 +184,8 @@ class ShellRunner:
                 reason = supervisor.run()
             finally:
                 supervisor.finish()
+                if guarded:
+                    guard.client().unwatch(self._job_key, token)
         finished_at = now_iso()
         duration = round(time.monotonic() - start, 3)
         code = proc.returncode
