@@ -29,15 +29,14 @@ import contextlib
 import threading
 import time
 import uuid
+from collections import defaultdict
 
 from celery import Celery
 from loguru import logger
 
-from ci_queue.celery_app import PLAN_RUN
 from ci_queue.clock import now_iso
-from ci_queue.dispatch import grant_next, publish, report, report_job_end, send_jobs
+from ci_queue.dispatch import grant_next, publish, report, report_job_end, send_jobs, send_to_planning
 from ci_queue.resource_groups import ResourceGroups
-from ci_queue.routing import CONTROL_QUEUE
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.unacked import recover as recover_unacked
@@ -118,16 +117,16 @@ class Sweeper:
         after BRPOP returned it, so one in flight then is gone) would leave its job ``pending``
         for good: send every waiting attempt and every unplanned run again. The copies that were
         not lost are dropped by fencing (a stale attempt, a run already claimed)."""
-        store, count = self.store, 0
-        for run_id, index, attempt in store.expired(store.queued_key, float("inf"), limit=100_000):
-            job = store.job(run_id, index)
-            if job is not None and job.status == "pending" and job.attempt == attempt:
-                send_jobs(store, self.app, self.settings, run_id, [index])
-                count += 1
-        for run in store.unplanned(0.0, limit=100_000):
-            self.app.send_task(PLAN_RUN, args=[run.run_id], queue=CONTROL_QUEUE)
-            count += 1
-        return count
+        store = self.store
+        waiting: dict[str, list[int]] = defaultdict(list)
+        for run_id, index, _ in store.expired(store.queued_key, float("inf"), limit=100_000):
+            waiting[run_id].append(index)
+        for run_id, indexes in waiting.items():  # send_jobs sends only what is still pending, one wave a run
+            send_jobs(store, self.app, self.settings, run_id, sorted(indexes))
+        unplanned = store.unplanned(0.0, limit=100_000)
+        for run in unplanned:
+            send_to_planning(self.app, run.run_id)
+        return sum(map(len, waiting.values())) + len(unplanned)
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
         """One pass; returns what it did (for tests and metrics)."""
@@ -165,7 +164,7 @@ class Sweeper:
                 continue
             log.warning("run still queued after {}s: sending it to planning again", age)
             self.store.note_replan(run.run_id, now)
-            self.app.send_task(PLAN_RUN, args=[run.run_id], queue=CONTROL_QUEUE)
+            send_to_planning(self.app, run.run_id)
             resent += 1
         return resent, ended
 

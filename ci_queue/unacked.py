@@ -41,7 +41,6 @@ class Stranded:
     payload: dict[str, Any]
     exchange: str
     routing_key: str
-    delivered_at: float
 
     @property
     def task(self) -> str:
@@ -81,14 +80,14 @@ def recover(store: Store, app: Celery, min_age: float) -> dict[str, int]:
         client = channel.client
         cutoff = store.now() - min_age
         tags = client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", cutoff, start=0, num=BATCH, withscores=True)
-        for raw_tag, delivered_at in tags:
+        for raw_tag, _ in tags:
             tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
             raw = client.hget(UNACKED_KEY, tag)
             if raw is None:
                 client.zrem(UNACKED_INDEX_KEY, tag)  # acknowledged meanwhile
                 continue
             payload, exchange, routing_key = json.loads(raw)
-            message = Stranded(tag, payload, exchange, routing_key, delivered_at)
+            message = Stranded(tag, payload, exchange, routing_key)
             verdict = _verdict(store, message)
             if verdict == "keep":
                 continue

@@ -182,3 +182,24 @@ def process_state(pid: int) -> str | None:
     except FileNotFoundError:
         return None
     return None if state in ("Z", "X") else state
+
+
+def deploy_pipeline(effects: Path, pids: Path, first: int, later: int) -> str:
+    """A pipeline of one job, ``deploy``, whose side effects show who ran when: each attempt writes
+    its shell's pid to ``pids/<attempt>``, then appends ``attempt=N host=H i=K`` to ``effects``
+    every 100 ms, ``first`` lines in attempt 1 and ``later`` lines in the attempts after it."""
+    return f"""
+deploy:
+  script:
+    - echo $$ > {pids}/$CI_JOB_ATTEMPT
+    - n={first}; if [ "$CI_JOB_ATTEMPT" != 1 ]; then n={later}; fi
+    - for i in $(seq 1 $n); do echo "attempt=$CI_JOB_ATTEMPT host=$(hostname) i=$i" >> {effects}; sleep 0.1; done
+"""
+
+
+def after_takeover(effects: Path) -> tuple[list[str], int, list[str]]:
+    """The side-effect lines of ``deploy_pipeline``, the index of attempt 2's first line, and the
+    lines attempt 1 wrote after it (none, when the two never ran at once)."""
+    lines = effects.read_text().splitlines()
+    first_of_2 = next(k for k, line in enumerate(lines) if line.startswith("attempt=2"))
+    return lines, first_of_2, [line for line in lines[first_of_2:] if line.startswith("attempt=1")]

@@ -34,7 +34,7 @@ def retry_delay(retries: int, first_attempt_at: float, now: float | None = None)
     """Seconds to wait before the next attempt of a transient failure, or None: give up.
 
     ``retries`` is how many retries already happened (Celery's ``request.retries``);
-    ``first_attempt_at`` the wall-clock time the first attempt began.
+    ``first_attempt_at`` when the first attempt began, by Redis's clock (``Store.now``), as ``now``.
     """
     if retries >= PLAN_RETRIES:
         return None

@@ -273,11 +273,11 @@ def plan_run(self: Any, run_id: str, first_attempt_at: float | None = None) -> N
             # "queued" goes to the forge from here, not from the webhook request: that keeps the
             # request to a few Redis writes and one publish
             report(store, rt.celery, run_id, "run_queued")
-        first_attempt_at = first_attempt_at or time.time()
+        first_attempt_at = first_attempt_at or store.now()  # one clock whichever worker retries
         try:
             _plan(rt, run, claim)
         except CheckoutError as exc:
-            delay = retry_delay(self.request.retries, first_attempt_at) if exc.retryable else None
+            delay = retry_delay(self.request.retries, first_attempt_at, store.now()) if exc.retryable else None
             if delay is not None:
                 store.note_plan_error(run_id, f"checkout failed: {exc}")
                 logger.bind(run_id=run_id).info("checkout failed, trying again in {:.1f}s: {}", delay, exc)

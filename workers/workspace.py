@@ -80,6 +80,7 @@ class Workspace:
         self.root = Path(root) if root is not None else default_root(settings)
         self.keep = settings.keep_workspaces if keep is None else keep
         self._path: Path | None = None
+        self._held: int | None = None  # the lock that keeps a starting worker from removing it
 
     @property
     def name_prefix(self) -> str:
@@ -132,7 +133,7 @@ class Workspace:
         self._release()
 
     def _release(self) -> None:
-        release(getattr(self, "_held", None))
+        release(self._held)
         self._held = None
 
     def __enter__(self) -> Workspace:

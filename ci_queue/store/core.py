@@ -578,7 +578,7 @@ class Store:
         so the sweeper sends them (instead of their waiting for the stuck timeout)."""
         if not attempts:
             return
-        now = time.time()
+        now = self.now()  # the sweeper compares it with Redis's clock
         pipe = self.r.pipeline()
         for run_id, index, attempt, _ in attempts:
             member = f"{run_id}|{index}|{attempt}"

@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import process_state, wait_until
+from tests.conftest import after_takeover, deploy_pipeline, process_state, wait_until
 from tests.engine.conftest import Engine, make_repo
 
 
@@ -18,13 +18,7 @@ def test_a_frozen_workers_step_stops_before_the_job_runs_elsewhere(fault_engine:
     effects = tmp_path / "side-effects"
     pids = tmp_path / "pids"
     pids.mkdir()
-    make_repo(tmp_path / "repo", {".ci-queue.yml": f"""
-deploy:
-  script:
-    - echo $$ > {pids}/$CI_JOB_ATTEMPT
-    - n=400; if [ "$CI_JOB_ATTEMPT" != 1 ]; then n=20; fi
-    - for i in $(seq 1 $n); do echo "attempt=$CI_JOB_ATTEMPT i=$i" >> {effects}; sleep 0.1; done
-"""})
+    make_repo(tmp_path / "repo", {".ci-queue.yml": deploy_pipeline(effects, pids, first=400, later=20)})
     frozen = engine.start_worker("frozen", concurrency=1)
     run_id = engine.trigger(tmp_path / "repo")
     wait_until(lambda: effects.exists() and "attempt=1" in effects.read_text(), 60, "attempt 1 starting")
@@ -33,9 +27,7 @@ deploy:
     try:
         engine.start_worker("other", concurrency=1)
         run = engine.wait(run_id, timeout=90)  # attempt 2 runs to its end while the first worker is frozen
-        lines = effects.read_text().splitlines()
-        first_of_2 = next(k for k, line in enumerate(lines) if line.startswith("attempt=2"))
-        late = [line for line in lines[first_of_2:] if line.startswith("attempt=1")]
+        lines, first_of_2, late = after_takeover(effects)
         assert not late, f"attempt 1 still wrote while attempt 2 ran: {late[:3]}"
         assert process_state(step) is not None, "the frozen attempt's step is frozen, not yet killed"
     finally:

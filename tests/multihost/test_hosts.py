@@ -9,7 +9,7 @@ from pathlib import Path
 from ci_queue.celery_app import make_celery
 from ci_queue.dispatch import trigger_run
 from ci_queue.store import RunRecord
-from tests.conftest import process_state, wait_until
+from tests.conftest import after_takeover, deploy_pipeline, process_state, wait_until
 from tests.engine.conftest import make_repo
 from tests.multihost.conftest import LEASE_SECONDS, Bed
 
@@ -34,13 +34,7 @@ def test_a_partitioned_hosts_job_runs_elsewhere_and_its_step_is_stopped(bed: Bed
     h1, h2 = bed.add_host("h1"), bed.add_host("h2")
     effects, pids = tmp_path / "effects", tmp_path / "pids"
     pids.mkdir()
-    make_repo(tmp_path / "repo", {".ci-queue.yml": f"""
-deploy:
-  script:
-    - echo $$ > {pids}/$CI_JOB_ATTEMPT
-    - n=600; if [ "$CI_JOB_ATTEMPT" != 1 ]; then n=10; fi
-    - for i in $(seq 1 $n); do echo "attempt=$CI_JOB_ATTEMPT host=$(hostname) i=$i" >> {effects}; sleep 0.1; done
-"""})
+    make_repo(tmp_path / "repo", {".ci-queue.yml": deploy_pipeline(effects, pids, first=600, later=10)})
     cut_off = bed.start_worker(h1, "a")
     run_id = _trigger(bed, tmp_path / "repo")
     wait_until(lambda: (pids / "1").exists() and effects.exists(), 60, "attempt 1 starting on h1")
@@ -50,10 +44,9 @@ deploy:
     bed.start_worker(h2, "b")
     run = _finished(bed, run_id)
     taken_over = time.monotonic() - cut_at
-    lines = effects.read_text().splitlines()
-    first_of_2 = next(k for k, line in enumerate(lines) if line.startswith("attempt=2"))
+    lines, first_of_2, late = after_takeover(effects)
     assert "host=h2" in lines[first_of_2] and "host=h1" in lines[0]
-    assert not [line for line in lines[first_of_2:] if line.startswith("attempt=1")], "both attempts ran at once"
+    assert not late, f"both attempts ran at once: {late[:3]}"
     assert process_state(step) in ("T", None), "the cut-off host's step still runs"
     h1.mend()
     wait_until(lambda: process_state(step) is None, 30, "the old attempt's step dying once its host is back")
