@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
@@ -695,6 +695,68 @@ def retry_command(run_id: str, fmt: str, wait: bool, server: str | None, token: 
     else:
         _print_failures(client, final)
     sys.exit(0 if final.get("status") == "success" else 1)
+
+
+@cli.command("artifacts")
+@click.argument("run_id", metavar="RUN")
+@click.argument("job")
+@click.argument("path", required=False)
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Directory to unpack the artifacts (or to write PATH) into.")
+@click.option("--list", "listing", is_flag=True, help="Print the files of the artifacts (path, size) instead.")
+@client_options
+@client_errors
+def artifacts_command(run_id: str, job: str, path: str | None, output: Path, listing: bool, server: str | None,
+                      token: str | None) -> None:
+    """Download a job's artifacts and unpack them into -o DIR, or only the file PATH of them.
+
+    The archive is checked against its checksum and unpacked safely: an entry that would land
+    outside DIR (``../``, an absolute name, a link out of it) stops the download with its name."""
+    client = _client(server, token)
+    if listing:
+        answer = client.artifacts_listing(run_id, job)
+        for entry in answer.get("files") or []:
+            size = entry.get("size") if entry.get("type") == "file" else entry.get("type")
+            click.echo(f"{size}\t{entry.get('path')}" + (f" -> {entry['target']}" if entry.get("target") else ""))
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    if path:
+        target = output / PurePosixPath(path).name
+        with client.artifact_file(run_id, job, path) as response, target.open("wb") as out:
+            for chunk in response.iter_content(1 << 20):
+                out.write(chunk)
+        click.echo(f"{target} ({target.stat().st_size} bytes)")
+        return
+    _unpack_artifacts(client, run_id, job, output)
+
+
+def _unpack_artifacts(client: Any, run_id: str, job: str, output: Path) -> None:
+    import hashlib
+
+    from ci_queue.artifacts.archive import UnsafeArchive, safe_extract
+
+    with client.artifacts_archive(run_id, job) as response:
+        expected = response.headers.get("X-Checksum-Sha256", "")
+        digest = hashlib.sha256()
+
+        class Hashing:
+            def read(self, n: int = -1) -> bytes:
+                data = response.raw.read(n if n >= 0 else None)
+                digest.update(data)
+                return data
+
+        reader = Hashing()
+        try:
+            entries = safe_extract(reader, output)
+        except UnsafeArchive as exc:
+            raise CommandError(f"refused the artifacts of {job!r}: {exc}") from None
+        while reader.read(1 << 20):
+            pass
+    if expected and digest.hexdigest() != expected:
+        raise CommandError(f"the artifacts of {job!r} arrived damaged (checksum mismatch); what was unpacked into "
+                           f"{output} is incomplete: download them again")
+    files = sum(entry.type == "file" for entry in entries)
+    click.echo(f"unpacked {files} files of the artifacts of {job!r} into {output}")
 
 
 @cli.command("play")

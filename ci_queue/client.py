@@ -154,6 +154,20 @@ class Client:
     def play(self, run_id: str, job: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/play")
 
+    def artifacts_listing(self, run_id: str, job: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/artifacts.json")
+
+    def artifacts_archive(self, run_id: str, job: str) -> requests.Response:
+        """The job's artifacts archive (a tar), streamed: read it from ``.raw``; the checksum is
+        in the ``X-Checksum-Sha256`` header."""
+        return self._request("GET", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/artifacts", stream=True)
+
+    def artifact_file(self, run_id: str, job: str, path: str) -> requests.Response:
+        """One file of the job's artifacts, streamed."""
+        quoted = "/".join(_segment(part) for part in path.strip("/").split("/"))
+        return self._request("GET", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/artifacts/{quoted}",
+                             stream=True)
+
     def job_log(self, run_id: str, job: str, offset: str | None = None) -> tuple[str, str | None]:
         """The job's log text (after ``offset``) and the offset to continue from."""
         response = self._request("GET", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/log",

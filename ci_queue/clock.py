@@ -11,3 +11,8 @@ from datetime import UTC, datetime
 def now_iso() -> str:
     """Now, as ``2024-05-01T12:00:01.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_from_epoch(seconds: float) -> str:
+    """``seconds`` since the epoch in the same format (times computed on Redis's clock)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -33,6 +33,8 @@ RETRY_REASONS = {
     "runner_system_failure": "runner_system_failure",
     "image_missing": "runner_system_failure",
     "missing_secret": "unknown_failure",
+    "missing_dependency": "missing_dependency_failure",
+    "invalid_artifacts": "data_integrity_failure",
 }
 
 # Failures that no attempt can change, not even under `retry: when: always`.

@@ -63,6 +63,8 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     """In the master, once it listens: start the sweeper, say where the server is."""
+    from ci_queue.artifacts.janitor import ObjectJanitor
+    from ci_queue.artifacts.storage import objects_from_settings
     from ci_queue.celery_app import make_celery
     from ci_queue.logging import configure
     from ci_queue.store import store_from_settings
@@ -70,16 +72,22 @@ def when_ready(server: Any) -> None:
 
     settings = _settings()
     configure(settings)
-    _SWEEPER["sweeper"] = Sweeper(store_from_settings(settings), make_celery(settings), settings).start()
+    store = store_from_settings(settings)
+    _SWEEPER["sweeper"] = Sweeper(store, make_celery(settings), settings).start()
+    objects = objects_from_settings(settings)
+    _SWEEPER["janitor"] = ObjectJanitor(store, objects, settings).start()
     addresses = ", ".join(str(listener) for listener in server.LISTENERS)
     print(f"ci-queue serve: listening on {addresses} ({server.num_workers} worker"
           f"{'s' * (server.num_workers != 1)} x {server.cfg.threads} threads)", flush=True)
+    print(f"ci-queue serve: artifacts and caches in {objects.description}"
+          + ("" if settings.artifacts_url else " (CIQ_ARTIFACTS_URL is not set)"), flush=True)
 
 
 def on_exit(server: Any) -> None:
-    sweeper = _SWEEPER.pop("sweeper", None)
-    if sweeper is not None:
-        sweeper.stop()
+    for name in ("janitor", "sweeper"):
+        task = _SWEEPER.pop(name, None)
+        if task is not None:
+            task.stop()
 
 
 # -- `ci-queue serve` ------------------------------------------------------------------------------------

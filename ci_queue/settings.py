@@ -51,7 +51,7 @@ class Settings:
     # -- the web app and the API ----------------------------------------------------------------
     api_tokens: str = ""  # comma-separated bearer tokens for /api/v1
     public_url: str = ""  # how users reach the web app (links in statuses); empty: the request's
-    server_url: str = "http://127.0.0.1:8080"  # where the CLI client finds the API (CIQ_SERVER_URL)
+    server_url: str = "http://127.0.0.1:8080"  # where the CLI client and the workers find the web app
     api_token: str = ""  # the CLI client's token (CIQ_API_TOKEN); else the stored one
 
     # -- reporting back: commit statuses and chat (ci_queue/reporters) ---------------------------
@@ -72,6 +72,16 @@ class Settings:
     git_cache_dir: str = ""  # bare mirrors shared by the jobs of a host; empty: <temp dir>/ci-queue/git
     docker_network: str = "bridge"  # network mode of job containers (tests use none or host)
     secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need
+    cache_dir: str = ""  # a host's local copies of caches; empty: <temp dir>/ci-queue/cache
+    cache_local_bytes: int = 10 * 1024**3  # the local cache copies a host keeps at most (oldest go first)
+
+    # -- artifacts and caches: the object store (ci_queue/objects; only the web app uses it) -----
+    artifacts_url: str = ""  # file:///dir or s3://bucket/prefix; empty: `serve` names a directory at start
+    s3_endpoint_url: str = ""  # MinIO, Ceph RGW...; empty: AWS's (or AWS_ENDPOINT_URL)
+    s3_region: str = ""  # empty: boto3's default (AWS_DEFAULT_REGION, ~/.aws/config)
+    max_artifact_bytes: int = 1024**3  # per job; over it the job fails with `artifacts_too_large`
+    artifacts_expire_in: str = "30 days"  # `artifacts:expire_in` of jobs that do not say
+    cache_expire_in: str = "14 days"  # a cache nobody pushed or pulled for this long is removed
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,9 +105,17 @@ class Settings:
             raise SettingsError("CIQ_PIPELINE_MAX_BYTES must be positive")
         if self.executor not in ("auto", "shell", "docker"):
             raise SettingsError(f"CIQ_EXECUTOR must be auto, shell or docker, not {self.executor!r}")
-        for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes", "redis_socket_timeout"):
+        for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes", "redis_socket_timeout",
+                     "max_artifact_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        from ci_queue.pipeline.durations import parse_duration
+
+        for name in ("artifacts_expire_in", "cache_expire_in"):
+            try:
+                parse_duration(getattr(self, name))
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}{name.upper()}: {exc}") from None
 
 
 def _convert(name: str, raw: str, kind: type) -> object:

@@ -284,6 +284,9 @@ class Standalone:
             token_note = f"in {path}"
             self.say(f"API token ({'new, ' if created else ''}stored in {path}, mode 0600): {token}")
         env["CIQ_SERVER_URL"] = self.url
+        if not self.settings.artifacts_url and self.redis is not None and self.tempdir is not None:
+            # state that goes with the Redis started here: artifacts and caches go with it too
+            env["CIQ_ARTIFACTS_URL"] = (self.tempdir / "objects").as_uri()
         # a stopping worker lets running jobs finish this long, then hands them back; keep Ctrl-C snappy
         if not env.get("CIQ_SHUTDOWN_GRACE_SECONDS"):
             env["CIQ_SHUTDOWN_GRACE_SECONDS"] = str(self.grace)

@@ -33,10 +33,12 @@ The sink is closed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +48,11 @@ from ci_queue.limits import arg_max, environment_problem
 from ci_queue.logging import bind
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings, get_settings
+from workers.jobdata import DataFailure, JobData
 from workers.logs import JobLog, LogSink
 from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepRunner, StepSpec
 from workers.secrets import MissingSecrets, resolve_secrets
+from workers.transfer import JobChannel
 
 SCRIPT_STEP = "script"
 AFTER_SCRIPT_STEP = "after_script"
@@ -76,6 +80,9 @@ class JobRequest:
     pipeline_variables: dict[str, str] = field(default_factory=dict)  # the Plan's `variables`
     clone_url: str | None = None
     builds_dir: str | None = None  # CI_BUILDS_DIR on the host (default: the workspace's parent)
+    trigger_variables: frozenset[str] = frozenset()  # names given with the event: they win over dotenv
+    channel: JobChannel | None = None  # the web app, for artifacts and caches (None: `ci-queue exec`)
+    fetch_artifacts: bool = True  # False: no job of the run makes artifacts, nothing to ask for
 
 
 @dataclass
@@ -351,6 +358,15 @@ class _JobRun:
         if job.services:
             names = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in job.services)
             self.system(f"warning: `services:` ({names}) are not supported yet and are ignored")
+        data = None
+        if request.channel is not None:
+            data = JobData(request.channel, job, self.workspace, self.log, settings, self.canceled)
+        elif job.artifacts or job.cache:
+            self.system("warning: `artifacts:` and `cache:` need the web app; this job runs without one (ignored)")
+        sources: list[dict[str, object]] = []
+        if data is not None and request.fetch_artifacts:
+            with _data_errors():
+                sources = data.dependencies()
 
         timeout = int(job.timeout or settings.default_job_timeout)
         in_container = executor != "shell"
@@ -360,7 +376,7 @@ class _JobRun:
         else:
             project_dir = str(self.workspace)
             builds_dir = request.builds_dir or str(self.workspace.parent)
-        env = self._environment(project_dir, builds_dir, timeout, executor)
+        env = self._environment(project_dir, builds_dir, timeout, executor, JobData.dotenv(sources))
         too_large = environment_problem(env, arg_max() - ENVIRONMENT_RESERVE)
         if too_large:  # the kernel would refuse every step (E2BIG), on every host: no retry
             raise _Failed("environment_too_large", too_large)
@@ -373,20 +389,43 @@ class _JobRun:
                 runner.prepare(job_env, self.log)
             except InfrastructureError as exc:
                 raise _Failed(exc.failure_class, self.log.mask_text(str(exc) or type(exc).__name__)) from None
-            return self._steps(runner, env, timeout)
+            if data is not None:
+                with _data_errors():
+                    data.restore_caches(env, env.get("CI_COMMIT_REF_PROTECTED") == "true")
+                    data.download_artifacts(sources)
+            return self._steps(runner, env, timeout, data)
         finally:
             try:
                 runner.cleanup()
             except Exception as exc:  # cleanup must never raise; say so if it does
                 self.logger.opt(exception=exc).error("runner cleanup failed")
 
-    def _environment(self, project_dir: str, builds_dir: str, timeout: int, executor: str) -> dict[str, str]:
+    def _environment(self, project_dir: str, builds_dir: str, timeout: int, executor: str,
+                     dotenv: dict[str, str]) -> dict[str, str]:
+        """GitLab's precedence, lowest first: pipeline and predefined variables, the job's
+        variables, the dotenv variables of its dependencies, the variables given with the event,
+        the secrets."""
         request, job = self.request, self.job
         base = {**request.pipeline_variables,
                 **predefined_job_variables(request, project_dir, builds_dir, timeout, executor, self.started_at)}
         variables = expand_job_variables(dict(job.variables), {**base, **self.secrets},
                                          frozenset(job.raw_variables))
-        return {**base, **variables, **self.secrets}
+        given = {name: variables[name] for name in request.trigger_variables if name in variables}
+        return {**base, **variables, **dotenv, **given, **self.secrets}
+
+    def _keep_data(self, data: JobData, status: str, failure_class: str | None, reason: str | None,
+                   env: dict[str, str]) -> tuple[str, str | None, str | None]:
+        """Caches and artifacts after the steps; a failure to keep the artifacts fails a job that
+        succeeded (as GitLab), and is only a warning for a job that failed already."""
+        try:
+            with _data_errors():
+                data.save_caches(status)
+                data.upload_artifacts(status, env)
+        except _Failed as failed:
+            if status == "success":
+                return "failed", failed.failure_class, str(failed)
+            self.system(f"warning: {failed}", "upload_artifacts")
+        return status, failure_class, reason
 
     def _run_step(self, runner: StepRunner, spec: StepSpec) -> StepOutcome:
         logger = self.logger.bind(step=spec.name)
@@ -399,8 +438,8 @@ class _JobRun:
         logger.info("step ended: {} (exit code {}) in {}s", outcome.status, outcome.exit_code, outcome.duration)
         return outcome
 
-    def _steps(self, runner: StepRunner, env: dict[str, str], timeout: int) -> tuple[str, str | None, int | None,
-                                                                                      str | None]:
+    def _steps(self, runner: StepRunner, env: dict[str, str], timeout: int,
+               data: JobData | None) -> tuple[str, str | None, int | None, str | None]:
         job, settings = self.job, self.settings
         commands = [*job.before_script, *job.script]
         remaining = max(0.1, timeout - (time.monotonic() - self.start))
@@ -433,6 +472,9 @@ class _JobRun:
             if detail:
                 self.system(f"warning: after_script {detail}; the job's status does not change", AFTER_SCRIPT_STEP)
 
+        if data is not None:
+            status, failure_class, reason = self._keep_data(data, status, failure_class, reason, env)
+
         if status == "success":
             self.system("Job succeeded", SCRIPT_STEP if not job.after_script else AFTER_SCRIPT_STEP)
         elif status == "canceled":
@@ -440,3 +482,14 @@ class _JobRun:
         else:
             self.system(f"ERROR: Job failed: {reason}", AFTER_SCRIPT_STEP if job.after_script else SCRIPT_STEP)
         return status, failure_class, outcome.exit_code if failure_class == "script_failure" else None, reason
+
+
+@contextlib.contextmanager
+def _data_errors() -> Iterator[None]:
+    """Artifacts' and caches' failures as the job's (``_Failed``)."""
+    try:
+        yield
+    except DataFailure as exc:
+        raise _Failed(exc.failure_class, str(exc)) from None
+    except InfrastructureError as exc:
+        raise _Failed(exc.failure_class, str(exc) or type(exc).__name__) from None

@@ -40,6 +40,7 @@ from workers.job import JobRequest, JobResult, run_job
 from workers.logs import LogLine
 from workers.planning import PlanningClaim, attempts_text, retry_delay
 from workers.runners.base import InfrastructureError
+from workers.transfer import JobChannel
 from workers.workspace import Workspace
 
 INFRASTRUCTURE_FAILURES = frozenset({"runner_system_failure", "image_missing"})
@@ -385,7 +386,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
                      guard.job_key(run_id, job.name, attempt), settings.state_outage_seconds) as lease:
         watch = CancelWatch(store, run_id, index, lease, instance_id())
         try:
-            result = _execute(settings, run, variables, job, index, attempt, sink, watch)
+            result = _execute(settings, run, variables, job, index, attempt, sink, watch, token)
         finally:
             sink.close()
         if watch.handing_back and result.status != "success":
@@ -426,13 +427,16 @@ def until_stored(settings: Settings, write: Callable[[], T], lease: LeaseKeeper 
 
 
 def _execute(settings: Settings, run: RunRecord, pipeline_variables: dict[str, str], job: Job, index: int,
-             attempt: int, sink: RedisLogSink, cancel: CancelWatch) -> JobResult:
+             attempt: int, sink: RedisLogSink, cancel: CancelWatch, token: str) -> JobResult:
     """Check out and run the job; touches Redis only through ``sink`` and ``cancel``, which
-    outlive an outage."""
+    outlive an outage. Artifacts and caches go through the web app with the attempt's token."""
+    channel = JobChannel(settings.server_url, run.id, index, attempt, token)
     request = JobRequest(job=job, run_id=run.id, job_id=f"{run.id}-{index}", pipeline_id=run.id, attempt=attempt,
                          sha=run.sha, ref=run.ref, project_path=run.repo,
-                         pipeline_variables=pipeline_variables, clone_url=run.clone_url)
-    with Workspace(run.id, job.name, attempt, settings=settings) as workspace:
+                         pipeline_variables=pipeline_variables, clone_url=run.clone_url,
+                         trigger_variables=frozenset(run.variables), channel=channel,
+                         fetch_artifacts=run.uses_artifacts)
+    with channel, Workspace(run.id, job.name, attempt, settings=settings) as workspace:
         try:
             if run.clone_url:
                 checkout(run.clone_url, run.sha, workspace.builds_dir, ref=run.ref)

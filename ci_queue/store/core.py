@@ -54,15 +54,21 @@ class JobState:
     finished_at: str | None
     attempts: list[dict[str, Any]]
     spec: dict[str, Any]
+    artifacts: dict[str, Any] | None = None  # the newest artifacts record (``ci_queue.store.artifacts``)
+    test_summary: dict[str, Any] | None = None  # from the newest ``reports:junit`` upload
 
     def to_dict(self) -> dict[str, Any]:
         steps = self.attempts[-1].get("steps", []) if self.attempts else []
+        artifacts = None
+        if self.artifacts:
+            artifacts = {k: self.artifacts.get(k) for k in ("attempt", "name", "size", "files", "expire_at",
+                                                           "expired")}
         return {
             "name": self.name, "stage": self.stage, "status": self.status, "when": self.when,
             "allow_failure": self.allow_failure, "attempt": self.attempt, "worker": self.worker,
             "exit_code": self.exit_code, "failure_reason": self.failure_reason, "queue": self.queue,
             "started_at": self.started_at, "finished_at": self.finished_at, "attempts": self.attempts,
-            "steps": steps,
+            "steps": steps, "artifacts": artifacts, "test_summary": self.test_summary,
         }
 
 
@@ -84,6 +90,7 @@ class RunRecord:
     variables: dict[str, str] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     jobs: list[JobState] = field(default_factory=list)
+    uses_artifacts: bool = False  # a job of the plan has `artifacts:` (its workers talk to the web app)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +173,7 @@ class Store:
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
                          ("CREATE_RUN", "START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB",
                           "CANCEL_RUN", "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED",
-                          "HOLD", "RELEASE")}
+                          "HOLD", "RELEASE", "SET_IF_CURRENT")}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
@@ -322,7 +329,8 @@ class Store:
         if names:
             pipe.hset(self._names(run_id), mapping=names)
         fields = {"node_count": len(nodes), "job_count": len(plan.jobs), "stages": json.dumps(plan.stages),
-                  "pipeline_variables": json.dumps(plan.variables), "name": plan.name or ""}
+                  "pipeline_variables": json.dumps(plan.variables), "name": plan.name or "",
+                  "uses_artifacts": "1" if any(job.artifacts for job in plan.jobs) else "0"}
         if sha:
             fields["sha"] = sha
         pipe.hset(self._run(run_id), mapping=fields)
@@ -351,6 +359,10 @@ class Store:
             for i in range(count):
                 pipe.expire(self._log(run_id, i), self.retention)
         pipe.execute()
+
+    def stages(self, run_id: str) -> list[str]:
+        """The planned stages of the run, in order."""
+        return json.loads(self.r.hget(self._run(run_id), "stages") or "[]")
 
     def pipeline_variables(self, run_id: str) -> dict[str, str]:
         """The plan's predefined pipeline variables (``CI_PIPELINE_SOURCE``...), for the jobs."""
@@ -424,6 +436,7 @@ class Store:
             started_at=_opt(raw.get("started_at")), finished_at=_opt(raw.get("finished_at")),
             error=_opt(raw.get("error")), clone_url=_opt(raw.get("clone_url")),
             variables=json.loads(raw.get("variables") or "{}"), context=json.loads(raw.get("context") or "{}"),
+            uses_artifacts=raw.get("uses_artifacts") == "1",
         )
         if with_jobs:
             state = results[1]
@@ -444,6 +457,7 @@ class Store:
             attempt=int(f("att") or 1), worker=f("worker"), exit_code=int(exit_code) if exit_code else None,
             failure_reason=f("reason"), queue=f("queue"), started_at=f("started"), finished_at=f("finished"),
             attempts=json.loads(f("attempts") or "[]"), spec=spec,
+            artifacts=json.loads(f("artifacts") or "null"), test_summary=json.loads(f("tests") or "null"),
         )
 
     def job(self, run_id: str, index: int) -> JobState | None:
@@ -451,7 +465,7 @@ class Store:
 
     def jobs(self, run_id: str, indexes: list[int]) -> list[JobState | None]:
         """Several jobs of a run in one round trip (None for an index the run does not have)."""
-        props = ("name", "spec", "attempts", *_JOB_FIELDS)
+        props = ("name", "spec", "attempts", "artifacts", "tests", *_JOB_FIELDS)
         fields = [f"n{i}.{p}" for i in indexes for p in props]
         values = self.r.hmget(self._state(run_id), fields) if fields else []
         found: list[JobState | None] = []

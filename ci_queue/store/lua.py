@@ -528,3 +528,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: state. ARGV: i, attempt, token, then field/value pairs. Writes job fields only for the
+# attempt that runs now and holds ``token`` (the job token a worker got with BEGIN_JOB): an upload
+# of an attempt that was taken over, or that finished, records nothing. 1 when written.
+SET_IF_CURRENT = r"""
+local p = 'n' .. ARGV[1] .. '.'
+if redis.call('HGET', KEYS[1], p .. 'att') ~= ARGV[2] or redis.call('HGET', KEYS[1], p .. 'st') ~= 'running'
+   or redis.call('HGET', KEYS[1], p .. 'token') ~= ARGV[3] then return 0 end
+for k = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], p .. ARGV[k], ARGV[k + 1]) end
+return 1
+"""

@@ -15,16 +15,19 @@ from ci_queue.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, *, store: Any = None, celery: Any = None,
-               registry: Any = None) -> Flask:
-    """Build the app; ``store`` / ``celery`` / ``registry`` may be given (tests), else made from the
-    settings. An invalid repository registry stops here, with its FILE:LINE:COL errors."""
+               registry: Any = None, objects: Any = None) -> Flask:
+    """Build the app; ``store`` / ``celery`` / ``registry`` / ``objects`` may be given (tests), else
+    made from the settings. An invalid repository registry stops here, with its FILE:LINE:COL errors."""
+    from ci_queue.artifacts.storage import objects_from_settings
     from ci_queue.celery_app import make_celery
     from ci_queue.repos import load_registry
     from ci_queue.store import store_from_settings
     from ci_queue.web.api import api
+    from ci_queue.web.artifacts import artifacts_api
     from ci_queue.web.health import health
     from ci_queue.web.metrics import metrics_bp
     from ci_queue.web.openapi import openapi
+    from ci_queue.web.transfer import jobs
     from ci_queue.web.webhooks import webhooks
 
     settings = settings or get_settings()
@@ -36,10 +39,13 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
     app.config["CIQ_STORE"] = store or store_from_settings(settings)
     app.config["CIQ_CELERY"] = celery or make_celery(settings, web=True)
     app.config["CIQ_TOKENS"] = [t.strip() for t in settings.api_tokens.split(",") if t.strip()]
+    app.config["CIQ_OBJECTS"] = objects if objects is not None else objects_from_settings(settings)
     app.config["CIQ_REGISTRY"] = registry if registry is not None else load_registry(settings.repos_file or None)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False
     app.register_blueprint(api)
+    app.register_blueprint(artifacts_api)
+    app.register_blueprint(jobs)
     app.register_blueprint(health)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(openapi)

@@ -154,6 +154,50 @@ SCHEMAS: dict[str, Any] = {
             "finished_at": TIME_OR_NULL,
             "attempts": {"type": "array", "items": _ref("Attempt")},
             "steps": {"type": "array", "items": _ref("Step"), "description": "The steps of the latest attempt"},
+            "artifacts": {"oneOf": [{"type": "null"}, _ref("ArtifactsSummary")]},
+            "test_summary": {"oneOf": [{"type": "null"}, _ref("TestSummary")]},
+        },
+    },
+    "ArtifactsSummary": {
+        "type": "object", "required": ["attempt", "name", "size", "files", "expire_at", "expired"],
+        "description": "The newest artifacts of the job (`artifacts:`), kept in the object store",
+        "properties": {
+            "attempt": {"type": "integer", "minimum": 1, "description": "The attempt that made them"},
+            "name": {"type": "string", "description": "`artifacts:name` (the download's name, without .tar)"},
+            "size": {"type": "integer", "minimum": 0, "description": "Bytes of the archive"},
+            "files": {"type": "integer", "minimum": 0},
+            "expire_at": TIME_OR_NULL,
+            "expired": {"type": "boolean", "description": "The objects were removed (`expire_in` passed)"},
+        },
+    },
+    "TestSummary": {
+        "type": "object", "description": "The job's `artifacts:reports:junit`, parsed on upload; `error` "
+                                         "instead of the counts when the report could not be read",
+        "properties": {
+            "attempt": {"type": "integer", "minimum": 1},
+            "total": {"type": "integer", "minimum": 0},
+            "passed": {"type": "integer", "minimum": 0},
+            "failed": {"type": "integer", "minimum": 0},
+            "errors": {"type": "integer", "minimum": 0},
+            "skipped": {"type": "integer", "minimum": 0},
+            "duration": {"type": "number"},
+            "failing": {"type": "array", "items": {"type": "object"},
+                        "description": "The failing tests (at most 100): suite, classname, name, kind, message"},
+            "failing_truncated": {"type": "boolean"},
+            "error": {"type": "string"},
+        },
+    },
+    "ArtifactsListing": {
+        "type": "object", "required": ["name", "attempt", "size", "sha256", "expire_at", "files"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"}, "attempt": {"type": "integer"}, "size": {"type": "integer"},
+            "sha256": {"type": "string"}, "expire_at": TIME_OR_NULL,
+            "files": {"type": "array", "items": {
+                "type": "object", "required": ["path", "type"],
+                "properties": {"path": {"type": "string"}, "type": {"enum": ["file", "dir", "symlink"]},
+                               "size": {"type": "integer"}, "mode": {"type": "integer"},
+                               "target": {"type": "string", "description": "A symlink's target"}}}},
         },
     },
     "RunSummary": {
@@ -352,6 +396,33 @@ PATHS: dict[str, Any] = {
             "404": NOT_FOUND, "409": _error("The job is not manual (or not waiting to be played)"),
         }, [RUN_ID, JOB_NAME]),
     },
+    "/api/v1/runs/{run_id}/jobs/{name}": {
+        "get": _op("show_job", "One job: its attempts, steps, artifacts and test summary", {
+            "200": _json(_ref("Job"), "The job"), "404": NOT_FOUND}, [RUN_ID, JOB_NAME]),
+    },
+    "/api/v1/runs/{run_id}/jobs/{name}/artifacts": {
+        "get": _op("job_artifacts", "The job's artifacts: an uncompressed tar, streamed", {
+            "200": {"description": "The archive", "headers": {"X-Checksum-Sha256": {
+                "schema": {"type": "string"}, "description": "SHA-256 of the archive"}},
+                    "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+            "302": {"description": "A presigned URL of the S3 store to fetch it from"},
+            "404": _error("The run, the job or its artifacts do not exist, or they expired"),
+        }, [RUN_ID, JOB_NAME]),
+    },
+    "/api/v1/runs/{run_id}/jobs/{name}/artifacts.json": {
+        "get": _op("job_artifacts_listing", "The files of the job's artifacts, with sizes, and their expiry", {
+            "200": _json(_ref("ArtifactsListing"), "The listing"),
+            "404": _error("The run, the job or its artifacts do not exist, or they expired"),
+        }, [RUN_ID, JOB_NAME]),
+    },
+    "/api/v1/runs/{run_id}/jobs/{name}/artifacts/{path}": {
+        "get": _op("job_artifact_file", "One file of the job's artifacts, streamed (always as an attachment)", {
+            "200": {"description": "The file; its content type is guessed from its name",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "404": _error("No such file in the artifacts (or they expired)"),
+        }, [RUN_ID, JOB_NAME, {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+                               "description": "The file's path inside the artifacts"}]),
+    },
     "/api/v1/runs/{run_id}/jobs/{name}/log": {
         "get": _op("job_log", "A job's log: text (default) or JSON lines, read incrementally with `offset`", {
             "200": {"description": "The lines after `offset`",
@@ -377,6 +448,68 @@ PATHS: dict[str, Any] = {
 }
 
 
+JOB_PATH = "/api/v1/jobs/{run_id}/{index}/{attempt}"
+JOB_PARAMETERS = [
+    RUN_ID,
+    {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0},
+     "description": "The job's index in the run"},
+    {"name": "attempt", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+]
+TAR = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}
+STORED = {"type": "object", "required": ["sha256", "size"],
+          "properties": {"sha256": {"type": "string"}, "size": {"type": "integer"}}}
+
+
+def _job_op(operation_id: str, summary: str, responses: dict[str, Any], parameters: list[Any] | None = None,
+            **extra: Any) -> dict[str, Any]:
+    """An operation of the workers' API: the job token instead of a bearer token."""
+    responses = {**responses, "401": _error("No Job-Token header"),
+                 "403": _error("The token is not the running attempt's (it ended or was taken over)"),
+                 "503": UNAVAILABLE}
+    return {"operationId": operation_id, "summary": summary, "tags": ["workers"], "security": [{"jobToken": []}],
+            "parameters": [*JOB_PARAMETERS, *(parameters or [])], "responses": responses, **extra}
+
+
+CACHE_KEY = {"name": "key", "in": "query", "required": True, "schema": {"type": "string"},
+             "description": "The cache key (with its -protected / -non_protected suffix)"}
+WORKER_PATHS: dict[str, Any] = {
+    f"{JOB_PATH}/artifacts.tar": {"put": _job_op("upload_artifacts", "Upload the attempt's artifacts archive", {
+        "200": _json(STORED, "Stored; the worker compares the checksum with what it sent"),
+        "413": _error("Over the archive limit (CIQ_MAX_ARTIFACT_BYTES and tar's overhead)")},
+        requestBody={"required": True, "content": TAR})},
+    f"{JOB_PATH}/artifacts": {"post": _job_op("commit_artifacts", "Record the uploaded archive as the attempt's "
+                                              "artifacts, with its file list", {
+        "200": _json({"type": "object"}, "The artifacts record"),
+        "400": _error("Invalid body or expire_in"), "409": _error("No archive of that size was uploaded")},
+        requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})},
+    f"{JOB_PATH}/reports/junit": {"put": _job_op("upload_junit", "The job's `reports:junit`: a tar of JUnit XML "
+                                                 "files, summarized on the way in", {
+        "200": _json(_ref("TestSummary"), "The summary (or the reason it could not be read)")},
+        requestBody={"required": True, "content": TAR})},
+    f"{JOB_PATH}/reports/dotenv": {"put": _job_op("upload_dotenv", "The job's `reports:dotenv` file(s)", {
+        "200": _json({"type": "object", "required": ["variables"]}, "The names of its variables"),
+        "400": _error("Invalid (GitLab's rules: size, count, names, format)")},
+        requestBody={"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}})},
+    f"{JOB_PATH}/dependencies": {"get": _job_op("job_dependencies", "The jobs whose artifacts this job fetches, "
+                                                "their state and dotenv variables", {
+        "200": _json({"type": "object", "required": ["dependencies"]}, "In order"), "404": NOT_FOUND})},
+    f"{JOB_PATH}/dependencies/{{source}}/artifacts.tar": {"get": _job_op(
+        "dependency_artifacts", "The artifacts archive of a job of the same run", {
+            "200": {"description": "The archive", "content": TAR},
+            "302": {"description": "A presigned URL of the S3 store"}, "404": NOT_FOUND},
+        [{"name": "source", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}])},
+    f"{JOB_PATH}/caches": {
+        "get": _job_op("get_cache", "A cache of the run's repository", {
+            "200": {"description": "The cache archive", "content": TAR},
+            "302": {"description": "A presigned URL of the S3 store"},
+            "404": _error("A miss")}, [CACHE_KEY]),
+        "put": _job_op("put_cache", "Store a cache of the run's repository", {
+            "200": _json(STORED, "Stored"), "413": _error("Over the archive limit")}, [CACHE_KEY],
+            requestBody={"required": True, "content": TAR}),
+    },
+}
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -388,12 +521,15 @@ SPEC: dict[str, Any] = {
     },
     "servers": [{"url": "/"}],
     "security": [{"bearerAuth": []}],
-    "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"}],
-    "paths": {**PATHS, **WEBHOOKS},
+    "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"},
+             {"name": "workers", "description": "What workers use for a running job's artifacts and caches"}],
+    "paths": {**PATHS, **WORKER_PATHS, **WEBHOOKS},
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                           "description": "One of CIQ_API_TOKENS"}},
+                                           "description": "One of CIQ_API_TOKENS"},
+                            "jobToken": {"type": "apiKey", "in": "header", "name": "Job-Token",
+                                         "description": "The running attempt's job token (workers only)"}},
     },
 }
 

@@ -16,6 +16,8 @@ from flask import g, jsonify
 from kombu.exceptions import OperationalError
 from loguru import logger
 
+from ci_queue.objects import ObjectStoreError
+
 RETRY_AFTER_SECONDS = 5  # about one socket timeout: long enough for a restart to show, short for a client
 
 # (error class, what it means); the first that matches wins (BusyLoadingError is a ConnectionError).
@@ -28,6 +30,7 @@ _FAILURES: tuple[tuple[type[BaseException], str], ...] = (
     (redis.ConnectionError, "Redis is unreachable"),
     (redis.ReadOnlyError, "Redis is read-only (a replica?)"),
     (redis.OutOfMemoryError, "Redis is out of memory"),
+    (ObjectStoreError, "the artifact store is unreachable"),
 )
 
 
