@@ -245,7 +245,8 @@ def _files_digest(patterns: list[str], workspace: Path, warnings: list[str]) -> 
     tree = _git_tree(workspace)
     if tree is None:
         warnings.append("cache:key:files: the workspace is not a git checkout; hashing the files as they are")
-        tree = _workspace_tree(workspace)
+        tree = _workspace_tree(workspace) if any("*" in p for p in patterns) else {
+            p: blob for p in patterns if (blob := _workspace_blob(workspace, p)) is not None}
     paths: list[str] = []
     for pattern in patterns:
         if "*" in pattern:
@@ -345,6 +346,22 @@ def _workspace_tree(workspace: Path) -> dict[str, Any]:
             path = Path(directory, name)
             tree[path.relative_to(root).as_posix()] = _lazy_blob_id(path)
     return tree
+
+
+def _workspace_blob(workspace: Path, path: str):
+    """The lazy blob id of one file, found as git would find it in a tree: a normalized relative
+    path through real directories (not links, not .git) to a file or a link; else None. So
+    ``../x`` or a path through a link never reads outside the workspace."""
+    parts = path.split("/")
+    if any(part in ("", ".", "..", ".git") for part in parts):
+        return None
+    current = Path(workspace)
+    for part in parts[:-1]:
+        current = current / part
+        if current.is_symlink() or not current.is_dir():
+            return None
+    target = current / parts[-1]
+    return _lazy_blob_id(target) if target.is_symlink() or target.is_file() else None
 
 
 def _lazy_blob_id(path: Path):

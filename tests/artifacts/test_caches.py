@@ -397,6 +397,24 @@ def test_key_files_outside_git_hashes_contents_as_git_would(tmp_path: Path, repo
     assert any("not a git checkout" in w for w in warnings)
 
 
+def test_key_files_outside_git_finds_only_what_a_git_tree_could_hold(tmp_path: Path):
+    outside = tmp_path / "outside.lock"
+    outside.write_text("secret\n")
+    work = tmp_path / "work"
+    (work / "real").mkdir(parents=True)
+    (work / "real" / "a.lock").write_text("a\n")
+    (work / "via").symlink_to(tmp_path)  # a link to a directory: git stores the link, not a path through it
+    (work / "link.lock").symlink_to(outside)
+    for path in ("../outside.lock", "via/outside.lock", "./real/a.lock", "real//a.lock", "real"):
+        spec = one({"key": {"files": [path], "prefix": "p"}}, workspace=work)
+        assert spec.key == "p-default-non_protected", path
+    link = one({"key": {"files": ["link.lock"], "prefix": "p"}}, workspace=work).key
+    text = str(outside).encode()
+    link_blob = hashlib.sha1(b"blob %d" % len(text) + bytes(1) + text).hexdigest()  # a link's blob: its target
+    assert link == f"p-{sha1(link_blob)}-non_protected"
+    assert one({"key": {"files": ["real/a.lock"], "prefix": "p"}}, workspace=work).key != "p-default-non_protected"
+
+
 def test_a_directory_inside_some_other_repository_is_no_checkout(repo: Git):
     repo.commit({"inner/yarn.lock": "v1\n", "yarn.lock": "outer\n"})
     specs, warnings = resolve([{"key": {"files": ["yarn.lock"], "prefix": "p"}, "paths": ["a"]}],
