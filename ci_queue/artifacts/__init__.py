@@ -1,5 +1,7 @@
-"""Artifacts, reports and caches: GitLab's rules for what jobs pass on to each other.
+"""Artifacts, reports and caches: what jobs on different hosts pass to each other.
 
-Pure modules, no I/O beyond what each says: ``reports`` (what jobs upload: dotenv, JUnit),
-``dependencies`` (whose artifacts a job fetches), ``caches`` (cache keys and policies).
+``selection`` (which files, never outside the workspace), ``archive`` (the tar that carries them
+and its safe unpacking), ``reports`` (dotenv and JUnit, read on the control plane),
+``dependencies`` (whose artifacts a job fetches), ``caches`` (cache keys and policies),
+``storage`` (the farm's object store from the settings), ``janitor`` (what expired goes).
 """

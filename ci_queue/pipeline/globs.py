@@ -1,8 +1,13 @@
-"""Path globs as GitLab matches them in ``changes:`` and ``exists:``.
+"""Path globs as GitLab matches them in ``changes:`` and ``exists:``, and as its runner matches
+``artifacts:`` and ``cache:`` paths.
 
 GitLab uses Ruby's ``File.fnmatch?`` with ``FNM_PATHNAME | FNM_DOTMATCH | FNM_EXTGLOB``: ``*``
 and ``?`` stop at ``/``, ``**/`` crosses directories, ``{a,b}`` alternates, ``[...]`` is a
 class, and dot files are matched like any other.
+
+The runner matches artifact paths with Go's doublestar instead (``compile_path_glob``): the same
+except that ``**`` crosses directories only as a whole path component (``a/**`` also matches
+``a`` itself, ``a**`` is ``a*``).
 """
 
 from __future__ import annotations
@@ -18,17 +23,36 @@ MAX_TREE_FILES = 50_000  # bound the walk of a repository for `exists:`
 @lru_cache(maxsize=4096)
 def compile_glob(pattern: str) -> re.Pattern[str]:
     """A regular expression matching exactly the paths ``pattern`` matches."""
+    return re.compile(_translate(pattern.lstrip("/"), doublestar=False) + r"\Z")
+
+
+@lru_cache(maxsize=4096)
+def compile_path_glob(pattern: str) -> re.Pattern[str]:
+    """Like ``compile_glob`` with doublestar's ``**`` (GitLab runner's ``artifacts:`` and
+    ``cache:`` paths and ``exclude``): a whole component ``**`` is zero or more directories,
+    ``a/**`` matches ``a`` and everything below it, any other ``**`` is ``*``. ``pattern`` is
+    relative and already normalized (no ``./``)."""
+    return re.compile(_translate(pattern, doublestar=True) + r"\Z")
+
+
+def _translate(pattern: str, *, doublestar: bool) -> str:
     out: list[str] = []
-    pattern = pattern.lstrip("/")
     i, n, depth = 0, len(pattern), 0
     while i < n:
         c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
         if pattern.startswith("**", i):
-            out.append(".*")
+            starts = i == 0 or pattern[i - 1] == "/" or (depth > 0 and pattern[i - 1] in "{,")
+            after = pattern[i + 2] if i + 2 < n else ""
+            ends = after in ("", "/") or (depth > 0 and after in ",}")
+            if doublestar and not (starts and ends):
+                out.append("[^/]*")
+            elif after == "/":
+                out.append("(?:.*/)?")
+                i += 1
+            elif doublestar and out and out[-1] == "/":
+                out[-1] = "(?:/.*)?"
+            else:
+                out.append(".*")
             i += 2
             continue
         if c == "*":
@@ -57,7 +81,51 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
             out.append(re.escape(c))
         i += 1
     out.append(")" * depth)
-    return re.compile("".join(out) + r"\Z")
+    return "".join(out)
+
+
+MAX_BRACE_EXPANSIONS = 1024
+
+
+def expand_braces(pattern: str, limit: int = MAX_BRACE_EXPANSIONS) -> list[str]:
+    """``{a,b}/x`` as ``["a/x", "b/x"]`` (nested braces too), for walking a tree one path
+    component at a time. An unbalanced brace is literal. ValueError past ``limit`` patterns."""
+    done: list[str] = []
+    todo = [pattern]
+    while todo:
+        current = todo.pop()
+        group = _first_brace_group(current)
+        if group is None:
+            done.append(current)
+            if len(done) > limit:
+                raise ValueError(f"{pattern!r} expands to more than {limit} patterns")
+            continue
+        start, end, alternatives = group
+        todo.extend(current[:start] + alt + current[end + 1 :] for alt in reversed(alternatives))
+        if len(todo) > limit:
+            raise ValueError(f"{pattern!r} expands to more than {limit} patterns")
+    return done
+
+
+def _first_brace_group(pattern: str) -> tuple[int, int, list[str]] | None:
+    """The first ``{...}`` with its top-level alternatives, or None."""
+    start = pattern.find("{")
+    while start != -1:
+        depth, pieces, last = 0, [], start + 1
+        for j in range(start, len(pattern)):
+            c = pattern[j]
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    pieces.append(pattern[last:j])
+                    return start, j, pieces
+            elif c == "," and depth == 1:
+                pieces.append(pattern[last:j])
+                last = j + 1
+        start = pattern.find("{", start + 1)
+    return None
 
 
 def matches(pattern: str, path: str) -> bool:
