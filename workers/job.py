@@ -383,6 +383,8 @@ class _JobRun:
                 runner.prepare(job_env, self.log)
             except InfrastructureError as exc:
                 raise _Failed(exc.failure_class, self.log.mask_text(str(exc) or type(exc).__name__)) from None
+            if self.canceled():  # while the runner prepared (an image pull, the wait for services)
+                raise _Failed("canceled", "the job was canceled before its script started", status="canceled")
             return self._steps(runner, env, timeout)
         finally:
             try:
