@@ -324,11 +324,11 @@ class DockerRunner:
             self._pod_id = self._start_pod(api, env, [alias for plan in plans for alias in plan.aliases])
             for plan, image_id in zip(plans, images, strict=True):
                 self._services.append(self._start_service(api, env, plan, image_id, log))
+            self._wait_for_services(api, env, log)
         except docker_errors.ImageNotFound as exc:
             raise ImageMissing(f"an image of the job disappeared from this host: {exc}") from exc
         except (docker_errors.DockerException, requests.exceptions.RequestException) as exc:
             raise InfrastructureError(f"cannot start the services of the job: {exc}") from exc
-        self._wait_for_services(api, env, log)
 
     def _service_pull_policy(self, plan: ServicePlan, warn: Any) -> str:
         """The service's ``pull_policy`` (its first one, if a list), else the runner's."""
@@ -391,7 +391,7 @@ class DockerRunner:
             api.start(service.container_id)
             service.started = True
         except docker_errors.APIError as exc:  # a wrong entrypoint / command: the job's doing, not retried
-            self._not_ready(service, log, f"its container cannot start: {exc.explanation or exc}")
+            self._not_ready(service, log, f"its container cannot start: {exc.explanation or exc}", ended=True)
         return service
 
     def _wait_for_services(self, api: docker.APIClient, env: JobEnvironment, log: JobLog) -> None:
@@ -434,7 +434,8 @@ class DockerRunner:
                     continue
                 state = api.inspect_container(service.container_id)["State"]
                 if not state.get("Running"):
-                    self._not_ready(service, log, f"its container exited with code {state.get('ExitCode')}")
+                    self._not_ready(service, log, f"its container exited with code {state.get('ExitCode')}",
+                                    ended=True)
                 elif now >= deadline:
                     which = ", ".join(map(str, ports))
                     self._not_ready(service, log, f"no TCP port of {which} listened within {self.service_wait:g} s")
@@ -451,14 +452,15 @@ class DockerRunner:
         output = api.exec_start(exec_id)
         return listening_ports(output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output))
 
-    def _not_ready(self, service: _Service, log: JobLog, why: str) -> None:
-        """GitLab's warning for a service that did not get ready, with its last lines of output."""
+    def _not_ready(self, service: _Service, log: JobLog, why: str, *, ended: bool = False) -> None:
+        """GitLab's warning for a service that did not get ready, with its last lines of output
+        (of a service that ended: once its output is read to the end, at most 1 s)."""
         lines = [
             f"*** WARNING: Service {service.plan.name} (aliases {', '.join(service.plan.aliases)}) "
             "probably didn't start properly.",
             f"Health check error: {why}",
         ]
-        tail = service.tail.lines() if service.tail is not None else []
+        tail = service.tail.lines(settle=1.0 if ended else 0.0) if service.tail is not None else []
         if tail:
             lines.append(f"Service container logs (last {len(tail)} lines):")
             lines.extend(f"  {line}" for line in tail)
