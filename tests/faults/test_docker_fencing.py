@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+from docker.errors import NotFound  # a container removed between `docker ps` and its inspection
+
 from tests.conftest import wait_until
 from tests.engine.conftest import Engine, make_repo
 from tests.integration.conftest import TEST_IMAGE, docker_client, docker_image  # noqa: F401  (fixtures)
@@ -45,7 +47,7 @@ deploy:
         os.killpg(frozen.pid, signal.SIGCONT)
     # killed, then removed by its runner: nothing of attempt 1 is left on the daemon
     wait_until(lambda: not _containers(docker_client, run_id, 1), 60,
-               "attempt 1's container going once its worker woke up")
+               "attempt 1's container going once its worker woke up", ignore=(NotFound,))
 
 
 def test_a_frozen_workers_services_are_paused_with_its_step(fault_engine: Engine, docker_client,  # noqa: F811
@@ -68,7 +70,8 @@ deploy:
     frozen = engine.start_worker("frozen", concurrency=1)
     run_id = engine.trigger(tmp_path / "repo")
     first = wait_until(lambda: (found := [c for c in _containers(docker_client, run_id, 1) if c.status == "running"])
-                       and len(found) == 3 and found, 120, "attempt 1's pod, service and step running")
+                       and len(found) == 3 and found, 120, "attempt 1's pod, service and step running",
+                       ignore=(NotFound,))
     kinds = sorted("pod" if "ci-queue.pod" in c.labels else "service" if "ci-queue.service" in c.labels else "step"
                    for c in first)
     assert kinds == ["pod", "service", "step"]
@@ -84,4 +87,4 @@ deploy:
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
     wait_until(lambda: not _containers(docker_client, run_id, 1), 60,
-               "attempt 1's containers going once its worker woke up")
+               "attempt 1's containers going once its worker woke up", ignore=(NotFound,))

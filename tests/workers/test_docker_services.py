@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from docker.errors import NotFound  # a container removed between `docker ps` and its inspection
 
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings
@@ -79,7 +80,7 @@ def containers_of(client, run_id: str) -> list:
 
 
 def none_left(client, run_id: str) -> None:
-    wait_until(lambda: not containers_of(client, run_id), 30, f"no container of run {run_id} left")
+    wait_until(lambda: not containers_of(client, run_id), 30, f"no container of run {run_id} left", ignore=(NotFound,))
 
 
 def free_loopback_port() -> int:
@@ -313,7 +314,7 @@ def test_the_pod_and_services_are_removed_after_a_timeout(docker_client, service
     run_id = f"test-svc-{uuid.uuid4().hex[:12]}"
     watcher = threading.Thread(target=lambda: seen.append(wait_until(
         lambda: (found := containers_of(docker_client, run_id)) and len(found) >= 3 and found, 30,
-        "pod, service and step running")))
+        "pod, service and step running", ignore=(NotFound,))))
     watcher.start()
     result, sink, _ = run(the_job, workspace, run_id=run_id)
     watcher.join()
