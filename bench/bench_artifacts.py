@@ -41,7 +41,8 @@ WORKER_SIDE = r"""
 import json, resource, sys, time, os
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from ci_queue.artifacts.archive import TarWriter, safe_extract, select
+from ci_queue.artifacts.archive import TarWriter, safe_extract
+from ci_queue.artifacts.selection import select
 from workers.transfer import JobChannel
 
 def rss(kind):

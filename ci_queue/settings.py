@@ -71,6 +71,7 @@ class Settings:
     keep_workspaces: bool = False  # keep a job's workspace after it ends (debugging)
     git_cache_dir: str = ""  # bare mirrors shared by the jobs of a host; empty: <temp dir>/ci-queue/git
     docker_network: str = "bridge"  # network mode of job containers (tests use none or host)
+    service_wait_seconds: int = 30  # how long a job waits for each of its `services:` to listen (0: not at all)
     secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need
     cache_dir: str = ""  # a host's local copies of caches; empty: <temp dir>/ci-queue/cache
     cache_local_bytes: int = 10 * 1024**3  # the local cache copies a host keeps at most (oldest go first)

@@ -21,6 +21,10 @@ context, a checked-out workspace, a log sink and a cancel check. GitLab semantic
   defined before or among them, unknown names expand to nothing, ``$$`` is ``$``; names in
   ``raw_variables`` are kept as written), then the job's ``secrets``.
 - Secrets (``workers.secrets``) are masked in every log line and never appear in the result.
+- ``services:`` run with the docker executor (``workers.runners.docker``): each service gets the
+  job's environment *without* the secrets (and without any variable whose value holds one) plus
+  its own ``variables`` (expanded against that environment; they win). The shell executor
+  ignores them with a warning.
 
 Failure classes: ``script_failure``, ``timeout``, ``canceled``, ``missing_secret``,
 ``not_runnable`` (a ``trigger:`` job), ``environment_too_large`` (a variable over the kernel's
@@ -252,7 +256,8 @@ def _make_runner(job: Job, settings: Settings) -> tuple[StepRunner, str]:
     if settings.executor == "docker" or (settings.executor == "auto" and image):
         from workers.runners.docker import DockerRunner  # docker SDK only where it is needed
 
-        return DockerRunner(network_mode=settings.docker_network, kill_grace=settings.kill_grace_seconds), "docker"
+        return DockerRunner(network_mode=settings.docker_network, kill_grace=settings.kill_grace_seconds,
+                            service_wait=settings.service_wait_seconds), "docker"
     from workers.runners.shell import ShellRunner
 
     return ShellRunner(settings.kill_grace_seconds), "shell"
@@ -355,9 +360,10 @@ class _JobRun:
             why = "this worker runs every job with the shell executor (CIQ_EXECUTOR=shell)" \
                 if settings.executor == "shell" else "the job runs with the shell executor"
             self.system(f"warning: the job's image `{image}` is ignored: {why}")
-        if job.services:
+        if job.services and executor != "docker":
             names = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in job.services)
-            self.system(f"warning: `services:` ({names}) are not supported yet and are ignored")
+            self.system(f"warning: `services:` ({names}) are not supported by the {executor} executor and are "
+                        "ignored")
         data = None
         if request.channel is not None:
             data = JobData(request.channel, job, self.workspace, self.log, settings, self.canceled)
@@ -381,14 +387,20 @@ class _JobRun:
         if too_large:  # the kernel would refuse every step (E2BIG), on every host: no retry
             raise _Failed("environment_too_large", too_large)
 
+        service_env = self._service_environment(env) if job.services and in_container else {}
+        services = tuple(self._service(spec, service_env) for spec in job.services if isinstance(spec, dict)) \
+            if in_container else ()
         job_env = JobEnvironment(workspace=self.workspace, project_dir=project_dir,
                                  image=image if in_container else None, run_id=request.run_id, job_name=job.name,
-                                 attempt=request.attempt)
+                                 attempt=request.attempt, services=services, service_env=service_env,
+                                 cancel=self.canceled)
         try:
             try:
                 runner.prepare(job_env, self.log)
             except InfrastructureError as exc:
                 raise _Failed(exc.failure_class, self.log.mask_text(str(exc) or type(exc).__name__)) from None
+            if self.canceled():  # while the runner prepared (an image pull, the wait for services)
+                raise _Failed("canceled", "the job was canceled before its script started", status="canceled")
             if data is not None:
                 with _data_errors():
                     data.restore_caches(env, env.get("CI_COMMIT_REF_PROTECTED") == "true")
@@ -426,6 +438,22 @@ class _JobRun:
                 return "failed", failed.failure_class, str(failed)
             self.system(f"warning: {failed}", "upload_artifacts")
         return status, failure_class, reason
+
+    def _service_environment(self, env: dict[str, str]) -> dict[str, str]:
+        """What a service container gets of the job's environment: everything but the secrets, and
+        but any variable whose value holds a secret (``X: "$TOKEN"``). GitLab too passes only
+        public variables to services."""
+        values = [part for value in self.secrets.values() for part in str(value).split("\n") if part.strip()]
+        return {name: value for name, value in env.items()
+                if name not in self.secrets and not any(secret in value for secret in values)}
+
+    def _service(self, spec: dict[str, Any], service_env: dict[str, str]) -> dict[str, Any]:
+        """A planned service with its ``variables`` expanded against the job's (secret-less) ones."""
+        variables = spec.get("variables")
+        if not isinstance(variables, dict) or not variables:
+            return dict(spec)
+        plain = {str(k): "" if v is None else str(v) for k, v in variables.items()}
+        return {**spec, "variables": expand_job_variables(plain, service_env)}
 
     def _run_step(self, runner: StepRunner, spec: StepSpec) -> StepOutcome:
         logger = self.logger.bind(step=spec.name)

@@ -27,15 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ci_queue.artifacts.archive import (
-    SelectionTooLarge,
-    TarWriter,
-    UnsafeArchive,
-    human_bytes,
-    safe_extract,
-    select,
-    untracked,
-)
+from ci_queue.artifacts.archive import TarWriter, UnsafeArchive, safe_extract
+from ci_queue.artifacts.selection import SelectionTooLarge, UntrackedError, human_bytes, select, untracked
 from ci_queue.artifacts.caches import CacheSpec, resolve_caches
 from ci_queue.pipeline.model import Job
 from ci_queue.pipeline.variables import expand_text

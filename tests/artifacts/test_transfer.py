@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ci_queue.artifacts.archive import TarWriter, safe_extract, select
+from ci_queue.artifacts.archive import TarWriter, safe_extract
+from ci_queue.artifacts.selection import select
 from ci_queue.artifacts.janitor import ObjectJanitor
 from ci_queue.objects import open_store
 from ci_queue.store.artifacts import ArtifactIndex

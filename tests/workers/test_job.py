@@ -332,7 +332,7 @@ def test_shell_executor_ignores_the_image_and_services_with_a_warning(workspace:
     result, sink = run(job, workspace, settings=settings)
     assert result.status == "success"
     assert "image `python:3.12` is ignored" in system(sink)
-    assert "`services:` (postgres:16) are not supported yet and are ignored" in system(sink)
+    assert "`services:` (postgres:16) are not supported by the shell executor and are ignored" in system(sink)
     assert "ran here" in out(sink)
 
 

@@ -9,7 +9,7 @@ survive it). ``workers.job.run_job`` drives it and does not care which executor 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -73,6 +73,11 @@ class JobEnvironment:
     run_id: str
     job_name: str
     attempt: int
+    # `services:` as planned (dicts with `name` and optional `alias`, `entrypoint`, `command`,
+    # `variables` (already expanded), `pull_policy`); the docker runner starts them
+    services: tuple[Mapping[str, object], ...] = ()
+    service_env: Mapping[str, str] = field(default_factory=dict)  # the job's environment minus its secrets
+    cancel: CancelCheck | None = None  # polled while ``prepare`` waits (for services to get ready)
 
 
 class StepRunner(Protocol):

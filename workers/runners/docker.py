@@ -23,6 +23,23 @@ Life cycle (``workers.runners.base.StepRunner``):
   executor has the same limit); output further apart keeps its order.
 - ``cleanup``: removes any container of this runner still there and the scratch directory.
 
+Services (``services:``, GitLab's semantics; docs/DESIGN.md "Service containers: the pod"): when
+the job has any, ``prepare`` first starts a *pod*, a container of the job's image that only
+holds a network namespace (``sh -c 'read _'`` on an open stdin, ``--init``), in the configured
+network mode, with every service alias mapped to 127.0.0.1 in its ``/etc/hosts``
+(``extra_hosts``). Each service, then each step, runs with network mode ``container:<pod>``: they
+share the pod's namespace and its ``/etc/hosts`` (Docker hands a joined container the hosts file
+of the container it joins), so ``myalias:8080`` reaches the service with no DNS, no bridge and
+no published port. A service gets the job's environment without its secrets plus its own
+``variables``, keeps its image's entrypoint unless ``entrypoint`` is given, has log driver
+``none`` (its output is read by a thread that keeps the last lines, shown only when it does not
+get ready), the labels of the job's containers plus ``ci-queue.service=<alias>``, and is
+registered with the step guard like a step's container. ``prepare`` then waits, at most
+``service_wait`` s (``CIQ_SERVICE_WAIT_SECONDS``), until one of the TCP ports its image exposes
+(or ``HEALTHCHECK_TCP_PORT``) listens in the pod, read from ``/proc/net/tcp{,6}`` through ``docker
+exec`` in the pod with shell builtins; a service that does not get ready, or exits, is a
+warning in the job log and the job goes on. A job without services has no pod.
+
 Decisions:
 
 - *Script delivery*: a file on a read-only bind mount, run as ``sh -c <detect> sh FILE``, where
@@ -64,6 +81,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +103,14 @@ from workers.runners.base import (
     StepOutcome,
     StepSpec,
 )
+from workers.runners.services import (
+    LISTENING_SCRIPT,
+    OutputTail,
+    ServicePlan,
+    health_check_ports,
+    listening_ports,
+    plan_services,
+)
 
 LABEL_MANAGED = "ci-queue.managed"
 LABEL_RUN = "ci-queue.run"
@@ -92,6 +118,8 @@ LABEL_JOB = "ci-queue.job"
 LABEL_ATTEMPT = "ci-queue.attempt"
 LABEL_STEP = "ci-queue.step"
 LABEL_RUNNER = "ci-queue.runner"
+LABEL_SERVICE = "ci-queue.service"  # a service container: its primary alias
+LABEL_POD = "ci-queue.pod"  # the container holding the network namespace of a job with services
 PULL_POLICIES = ("if-not-present", "always", "never")
 SCRIPTS_MOUNT = "/ci-queue"  # where the step scripts appear in the container (read-only)
 PREPARE_STEP = "prepare"  # the step name of the system lines ``prepare`` writes
@@ -105,6 +133,20 @@ _SHELL_DETECT = (
 _POLL = 0.1  # seconds between cancel / deadline checks
 _AFTER_KILL = 30.0  # seconds a SIGKILLed container may take to end before it is the daemon's fault
 _EOF = object()
+# The pod's program: wait for a line on stdin, which stays open and silent (no client attaches),
+# so it waits for ever with nothing but a shell builtin.
+_POD_COMMAND = ["sh", "-c", "read _"]
+
+
+@dataclass
+class _Service:
+    """A started service container of the job."""
+
+    plan: ServicePlan
+    image_id: str
+    container_id: str
+    tail: OutputTail | None = None
+    started: bool = False
 
 
 class DockerRunner:
@@ -124,6 +166,7 @@ class DockerRunner:
         default_image: str | None = None,
         scratch_dir: str | os.PathLike[str] | None = None,
         api_timeout: float = 60.0,
+        service_wait: float | None = None,
     ) -> None:
         if pull_policy not in PULL_POLICIES:
             raise ValueError(f"pull_policy must be one of {', '.join(PULL_POLICIES)}, not {pull_policy!r}")
@@ -137,6 +180,8 @@ class DockerRunner:
         self.default_image = default_image
         self.scratch_dir = scratch_dir
         self.api_timeout = api_timeout
+        # seconds a service may take to listen (<= 0: services are not waited for)
+        self.service_wait = settings.service_wait_seconds if service_wait is None else service_wait
         self.runner_id = uuid.uuid4().hex
         self._base_url = base_url
         self._client = client
@@ -145,6 +190,8 @@ class DockerRunner:
         self._image_id: str | None = None
         self._scratch: Path | None = None
         self._steps = 0
+        self._pod_id: str | None = None  # the pod of a job with services
+        self._services: list[_Service] = []
 
     # -- prepare ---------------------------------------------------------------------------------
 
@@ -166,10 +213,14 @@ class DockerRunner:
         self._scratch = scratch
         self._env = env
         self._steps = 0
+        self._pod_id = None
+        self._services = []
         log.system(
             PREPARE_STEP,
             f"Using docker image {image} ({self._image_id[:19]}), network mode {self.network_mode}",
         )
+        if env.services:
+            self._start_services(client, env, log)
 
     def _connect(self) -> docker.DockerClient:
         if self._client is not None:
@@ -200,18 +251,19 @@ class DockerRunner:
         except (docker_errors.APIError, requests.exceptions.RequestException) as exc:
             raise InfrastructureError(f"cannot inspect the docker network {mode!r}: {exc}") from exc
 
-    def _resolve_image(self, client: docker.DockerClient, image: str, log: JobLog) -> str:
-        if self.pull_policy != "always":
+    def _resolve_image(self, client: docker.DockerClient, image: str, log: JobLog, policy: str | None = None) -> str:
+        policy = policy or self.pull_policy
+        if policy != "always":
             try:
                 return client.images.get(image).id
             except docker_errors.ImageNotFound:
-                if self.pull_policy == "never":
+                if policy == "never":
                     raise ImageMissing(
                         f"image {image} is not present on this host and the pull policy is 'never'"
                     ) from None
             except (docker_errors.APIError, requests.exceptions.RequestException) as exc:
                 raise InfrastructureError(f"cannot inspect image {image}: {exc}") from exc
-        log.system(PREPARE_STEP, f"Pulling docker image {image} (pull policy {self.pull_policy})")
+        log.system(PREPARE_STEP, f"Pulling docker image {image} (pull policy {policy})")
         self._pull(client, image)
         try:
             return client.images.get(image).id
@@ -247,6 +299,179 @@ class DockerRunner:
             raise ImageMissing(f"image {image} cannot be pulled: {reason}") from error
         raise ImageMissing(f"image {image} cannot be pulled: {error}") from error
 
+    # -- services --------------------------------------------------------------------------------
+
+    def _start_services(self, client: docker.DockerClient, env: JobEnvironment, log: JobLog) -> None:
+        """The pod, then each service in it; then wait until they listen (see the module docstring)."""
+        if self.network_mode.startswith("container:"):
+            raise InfrastructureError(
+                f"services need a network namespace of the job's own, and the network mode {self.network_mode!r} "
+                "(CIQ_DOCKER_NETWORK) joins another container's: use none, host, bridge or a network's name"
+            )
+
+        def warn(text: str) -> None:
+            log.system(PREPARE_STEP, text)
+
+        plans = plan_services(env.services, warn)
+        if not plans:
+            return
+        images: list[str] = []
+        for plan in plans:
+            log.system(PREPARE_STEP, f"Starting service {plan.name} (aliases {', '.join(plan.aliases)})")
+            images.append(self._resolve_image(client, plan.name, log, self._service_pull_policy(plan, warn)))
+        api = client.api
+        try:
+            self._pod_id = self._start_pod(api, env, [alias for plan in plans for alias in plan.aliases])
+            for plan, image_id in zip(plans, images, strict=True):
+                self._services.append(self._start_service(api, env, plan, image_id, log))
+            self._wait_for_services(api, env, log)
+        except docker_errors.ImageNotFound as exc:
+            raise ImageMissing(f"an image of the job disappeared from this host: {exc}") from exc
+        except (docker_errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise InfrastructureError(f"cannot start the services of the job: {exc}") from exc
+
+    def _service_pull_policy(self, plan: ServicePlan, warn: Any) -> str:
+        """The service's ``pull_policy`` (its first one, if a list), else the runner's."""
+        value = plan.spec.get("pull_policy")
+        if value is None:
+            return self.pull_policy
+        policy = str(value[0] if isinstance(value, list) and value else value)
+        if policy not in PULL_POLICIES:
+            warn(f"WARNING: Service {plan.name}: unknown pull_policy {policy!r}; using {self.pull_policy}")
+            return self.pull_policy
+        return policy
+
+    def _start_pod(self, api: docker.APIClient, env: JobEnvironment, aliases: list[str]) -> str:
+        assert self._image_id is not None
+        host_config = api.create_host_config(
+            network_mode=self.network_mode,
+            init=True,  # PID 1 forwards signals and reaps; the shell is not PID 1
+            extra_hosts={alias: "127.0.0.1" for alias in aliases},
+            log_config=LogConfig(type="none"),
+        )
+        created = api.create_container(
+            image=self._image_id,
+            command=_POD_COMMAND,
+            entrypoint=[""],
+            labels={**self._labels(env), LABEL_POD: "1"},
+            user=self.user or "",
+            tty=False,
+            stdin_open=True,  # nobody attaches: `read` waits for ever
+            host_config=host_config,
+            name=self._name(env, "pod"),
+        )
+        pod_id = created["Id"]
+        self._guard(pod_id)
+        api.start(pod_id)
+        return pod_id
+
+    def _start_service(self, api: docker.APIClient, env: JobEnvironment, plan: ServicePlan, image_id: str,
+                       log: JobLog) -> _Service:
+        host_config = api.create_host_config(
+            network_mode=f"container:{self._pod_id}",
+            log_config=LogConfig(type="none"),  # see the module docstring; the tail keeps the last lines
+        )
+        created = api.create_container(
+            image=image_id,
+            command=plan.command("command"),
+            entrypoint=plan.command("entrypoint"),
+            environment={**env.service_env, **plan.variables},
+            labels={**self._labels(env), LABEL_SERVICE: plan.alias},
+            tty=False,
+            stdin_open=False,
+            host_config=host_config,
+            name=self._name(env, f"svc-{plan.index}-{plan.alias}"),
+        )
+        service = _Service(plan=plan, image_id=image_id, container_id=created["Id"])
+        self._guard(service.container_id)
+        with contextlib.suppress(docker_errors.APIError, requests.exceptions.RequestException):
+            stream = api.attach(service.container_id, stdout=True, stderr=True, stream=True, logs=False, demux=True)
+            service.tail = OutputTail(stream, plan.alias)
+        try:
+            api.start(service.container_id)
+            service.started = True
+        except docker_errors.APIError as exc:  # a wrong entrypoint / command: the job's doing, not retried
+            self._not_ready(service, log, f"its container cannot start: {exc.explanation or exc}", ended=True)
+        return service
+
+    def _wait_for_services(self, api: docker.APIClient, env: JobEnvironment, log: JobLog) -> None:
+        """Poll until a port of each service listens in the pod, it exits, or the wait is over."""
+
+        def warn(text: str) -> None:
+            log.system(PREPARE_STEP, text)
+
+        waiting: list[tuple[_Service, list[int]]] = []
+        for service in self._services:
+            if not service.started:
+                continue
+            ports = health_check_ports(service.plan, api.inspect_image(service.image_id).get("Config"), warn)
+            if ports:
+                waiting.append((service, ports))
+            else:
+                warn(f"Service {service.plan.name} exposes no TCP port: not waiting for it")
+        if not waiting or self.service_wait <= 0:
+            return
+        log.system(PREPARE_STEP, f"Waiting for services to be up and running (timeout {self.service_wait:g} seconds)")
+        start = time.monotonic()
+        deadline = start + self.service_wait
+        while waiting:
+            if env.cancel is not None and env.cancel():
+                warn("Job canceled: no longer waiting for services")
+                return
+            try:
+                listening = self._listening(api)
+            except (docker_errors.DockerException, requests.exceptions.RequestException) as exc:
+                for service, _ports in waiting:
+                    self._not_ready(service, log, f"its ports cannot be read in the pod: {exc}")
+                return
+            now = time.monotonic()
+            still: list[tuple[_Service, list[int]]] = []
+            for service, ports in waiting:
+                ready = [port for port in ports if port in listening]
+                if ready:
+                    log.system(PREPARE_STEP, f"Service {service.plan.name} is ready: port {ready[0]} listens "
+                                             f"(after {now - start:.1f} s)")
+                    continue
+                state = api.inspect_container(service.container_id)["State"]
+                if not state.get("Running"):
+                    self._not_ready(service, log, f"its container exited with code {state.get('ExitCode')}",
+                                    ended=True)
+                elif now >= deadline:
+                    which = ", ".join(map(str, ports))
+                    self._not_ready(service, log, f"no TCP port of {which} listened within {self.service_wait:g} s")
+                else:
+                    still.append((service, ports))
+            waiting = still
+            if waiting:
+                time.sleep(_POLL)  # the polling interval
+
+    def _listening(self, api: docker.APIClient) -> set[int]:
+        """The TCP ports listening in the pod's network namespace."""
+        assert self._pod_id is not None
+        exec_id = api.exec_create(self._pod_id, ["sh", "-c", LISTENING_SCRIPT], stdout=True, stderr=False)["Id"]
+        output = api.exec_start(exec_id)
+        return listening_ports(output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output))
+
+    def _not_ready(self, service: _Service, log: JobLog, why: str, *, ended: bool = False) -> None:
+        """GitLab's warning for a service that did not get ready, with its last lines of output
+        (of a service that ended: once its output is read to the end, at most 1 s)."""
+        lines = [
+            f"*** WARNING: Service {service.plan.name} (aliases {', '.join(service.plan.aliases)}) "
+            "probably didn't start properly.",
+            f"Health check error: {why}",
+        ]
+        tail = service.tail.lines(settle=1.0 if ended else 0.0) if service.tail is not None else []
+        if tail:
+            lines.append(f"Service container logs (last {len(tail)} lines):")
+            lines.extend(f"  {line}" for line in tail)
+        elif service.tail is None:
+            lines.append("Service container logs: not available")
+        else:
+            lines.append("Service container logs: (none)")
+        lines.append("*********")
+        for line in lines:
+            log.system(PREPARE_STEP, line)
+
     # -- run -------------------------------------------------------------------------------------
 
     def run(self, step: StepSpec, log: JobLog, cancel: CancelCheck) -> StepOutcome:
@@ -269,10 +494,7 @@ class DockerRunner:
         frames: queue.Queue[Any] = queue.Queue(maxsize=256)  # bounded: a flood waits in the daemon
         try:
             container_id = self._create(step, script.name)
-            if self._env is not None:  # a worker's job: the container runs only under its lease
-                key = guard.job_key(self._env.run_id, self._env.job_name, self._env.attempt)
-                if guard.guarded(key):
-                    guard.client().container(key, container_id)
+            self._guard(container_id)
             try:
                 attach = api.attach(container_id, stdout=True, stderr=True, stream=True, logs=False, demux=True)
                 reader = threading.Thread(
@@ -312,25 +534,15 @@ class DockerRunner:
         assert self._env is not None and self._client is not None and self._scratch is not None
         env = self._env
         api = self._client.api
-        labels = {
-            LABEL_MANAGED: "1",
-            LABEL_RUN: env.run_id,
-            LABEL_JOB: env.job_name,
-            LABEL_ATTEMPT: str(env.attempt),
-            LABEL_STEP: step.name,
-            LABEL_RUNNER: self.runner_id,
-        }
+        labels = {**self._labels(env), LABEL_STEP: step.name}
         host_config = api.create_host_config(
             mounts=[
                 Mount(target=env.project_dir, source=str(env.workspace), type="bind", read_only=False),
                 Mount(target=SCRIPTS_MOUNT, source=str(self._scratch), type="bind", read_only=True),
             ],
-            network_mode=self.network_mode,
+            network_mode=f"container:{self._pod_id}" if self._pod_id else self.network_mode,
             init=self.init,
             log_config=LogConfig(type="none"),  # the job log is ours; see the module docstring
-        )
-        name = "-".join(
-            ["ciq", _slug(env.run_id)[:24], _slug(env.job_name)[:40], str(env.attempt), _slug(step.name)[:20]]
         )
         created = api.create_container(
             image=self._image_id,
@@ -343,9 +555,31 @@ class DockerRunner:
             tty=False,
             stdin_open=False,
             host_config=host_config,
-            name=f"{name}-{uuid.uuid4().hex[:8]}",
+            name=self._name(env, step.name),
         )
         return created["Id"]
+
+    def _labels(self, env: JobEnvironment) -> dict[str, str]:
+        """The labels of every container of the job (``cleanup``, ``reap`` and the reaper find them)."""
+        return {
+            LABEL_MANAGED: "1",
+            LABEL_RUN: env.run_id,
+            LABEL_JOB: env.job_name,
+            LABEL_ATTEMPT: str(env.attempt),
+            LABEL_RUNNER: self.runner_id,
+        }
+
+    @staticmethod
+    def _name(env: JobEnvironment, what: str) -> str:
+        name = "-".join(["ciq", _slug(env.run_id)[:24], _slug(env.job_name)[:40], str(env.attempt), _slug(what)[:30]])
+        return f"{name}-{uuid.uuid4().hex[:8]}"
+
+    def _guard(self, container_id: str) -> None:
+        """A worker's job: the container runs only under its lease (the step guard pauses / kills it)."""
+        if self._env is not None:
+            key = guard.job_key(self._env.run_id, self._env.job_name, self._env.attempt)
+            if guard.guarded(key):
+                guard.client().container(key, container_id)
 
     def _supervise(
         self,
@@ -435,9 +669,14 @@ class DockerRunner:
         if client is not None:
             with contextlib.suppress(Exception):
                 _remove_labelled(client.api, [f"{LABEL_RUNNER}={self.runner_id}"])
-            if self._own_client:
-                with contextlib.suppress(Exception):
-                    client.close()
+        for service in self._services:  # their output streams ended with their containers
+            if service.tail is not None:
+                service.tail.close()
+        self._services = []
+        self._pod_id = None
+        if client is not None and self._own_client:
+            with contextlib.suppress(Exception):
+                client.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
@@ -474,7 +713,9 @@ def _remove_labelled(api: docker.APIClient, labels: list[str], *, older_than: fl
     filters = {"label": [f"{LABEL_MANAGED}=1", *labels]}
     cutoff = time.time() - older_than if older_than is not None else None
     removed = 0
-    for summary in api.containers(all=True, filters=filters):
+    # services and steps before their pod (removing a pod under them works too, but reads oddly)
+    found = sorted(api.containers(all=True, filters=filters), key=lambda c: LABEL_POD in (c.get("Labels") or {}))
+    for summary in found:
         if cutoff is not None and summary.get("Created", 0) > cutoff:
             continue
         with contextlib.suppress(docker_errors.NotFound):
@@ -548,4 +789,4 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-") or "x"
 
 
-__all__: list[str] = ["LABEL_MANAGED", "PULL_POLICIES", "DockerRunner", "reap"]
+__all__: list[str] = ["LABEL_MANAGED", "LABEL_POD", "LABEL_SERVICE", "PULL_POLICIES", "DockerRunner", "reap"]
