@@ -13,6 +13,7 @@ Failures, GitLab's where it has them:
 - artifacts over ``CIQ_MAX_ARTIFACT_BYTES``: ``artifacts_too_large``, saying how much was found;
 - an invalid dotenv report: ``invalid_report`` (GitLab refuses the upload, and the job fails);
 - a hostile archive from a dependency: ``invalid_artifacts``, naming the entry;
+- a cache GitLab refuses (an unknown ``policy``): ``invalid_cache``;
 - the web app or the store unreachable, a checksum mismatch: ``runner_system_failure``
   (retried on another attempt, on a fresh workspace);
 - nothing matched ``artifacts:paths``, a cache miss, a cache that cannot be saved, a JUnit report
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ci_queue.artifacts.archive import TarWriter, UnsafeArchive, safe_extract
+from ci_queue.artifacts.caches import CacheKeyError, CacheSpec, resolve_caches
 from ci_queue.artifacts.selection import SelectionTooLarge, UntrackedError, human_bytes, select, untracked
-from ci_queue.artifacts.caches import CacheSpec, resolve_caches
 from ci_queue.pipeline.model import Job
 from ci_queue.pipeline.variables import expand_text
 from ci_queue.settings import Settings
@@ -105,8 +106,11 @@ class JobData:
         or an unreachable store is a warning, never a failure."""
         if not self.job.cache:
             return
-        self.caches, warnings = resolve_caches(self.job.cache, env, self.workspace, protected=protected,
-                                               ref_name=env.get("CI_COMMIT_REF_NAME", ""))
+        try:
+            self.caches, warnings = resolve_caches(self.job.cache, env, self.workspace, protected=protected,
+                                                   ref_name=env.get("CI_COMMIT_REF_NAME", ""))
+        except CacheKeyError as exc:  # GitLab refuses these (an unknown policy fails the job)
+            raise DataFailure("invalid_cache", f"cache: {exc}") from None
         for warning in warnings:
             self.say(RESTORE_CACHE, f"WARNING: {warning}")
         for spec in self.caches:
@@ -177,7 +181,7 @@ class JobData:
                 continue
             try:
                 self._save(spec)
-            except (TransferError, Rejected, SelectionTooLarge, OSError) as exc:
+            except (TransferError, Rejected, SelectionTooLarge, UntrackedError, OSError) as exc:
                 self.say(ARCHIVE_CACHE, f"WARNING: could not save cache {spec.key!r}: {exc}")
 
     def _save(self, spec: CacheSpec) -> None:
@@ -235,6 +239,8 @@ class JobData:
                                limit=self.settings.max_artifact_bytes)
         except SelectionTooLarge as exc:
             raise DataFailure("artifacts_too_large", str(exc)) from None
+        except UntrackedError as exc:
+            raise DataFailure("runner_system_failure", f"could not list the untracked files: {exc}") from None
         for warning in selection.warnings:
             self.say(UPLOAD_ARTIFACTS, f"WARNING: {warning}")
         if selection.matched_nothing:

@@ -21,6 +21,7 @@ from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.web import create_app
 from tests.engine.test_store import make_plan
+from tests.objects.test_object_store import aws_env, make_s3_backend, moto_server  # noqa: F401 (fixtures)
 from tests.web.conftest import TOKENS, broker_url  # noqa: F401 (broker_url: a fixture)
 from workers.transfer import JobChannel
 
@@ -71,13 +72,6 @@ class LiveApp:
         return JobChannel(self.url, job.run_id, job.index, job.attempt, job.token)
 
 
-def _s3_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
-    from tests.objects.conftest import s3_endpoint
-
-    endpoint, bucket = s3_endpoint(monkeypatch)
-    return open_store(f"s3://{bucket}/t-{uuid.uuid4().hex[:8]}", s3_endpoint_url=endpoint, s3_region="us-east-1")
-
-
 def serve(app: Any) -> tuple[str, Any]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-app", daemon=True)
@@ -100,9 +94,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def objects(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
+def objects(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> ObjectStore:
     if backend == "s3":
-        return _s3_store(tmp_path, monkeypatch)
+        request.getfixturevalue("aws_env")
+        return make_s3_backend(request.getfixturevalue("moto_server")).store
     return open_store((tmp_path / "objects").as_uri())
 
 

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from ci_queue.artifacts.archive import TarWriter, safe_extract
-from ci_queue.artifacts.selection import select
 from ci_queue.artifacts.janitor import ObjectJanitor
+from ci_queue.artifacts.selection import select
 from ci_queue.objects import open_store
 from ci_queue.store.artifacts import ArtifactIndex
 from tests.artifacts.conftest import LiveApp, RunningJob, live_app
@@ -59,6 +59,16 @@ def upload(live: LiveApp, job: RunningJob, root: Path, paths: list[str], expire_
         uploaded = channel.upload_archive(chunks)
         return channel.commit_artifacts(name="dist-files", expire_in=expire_in, uploaded=uploaded,
                                         manifest=[e.to_dict() for e in writers[-1].manifest])
+
+
+def next_job(live: LiveApp, build: RunningJob, name: str) -> RunningJob:
+    """End the build stage (``build`` and ``gen``) and start ``name`` of the test stage."""
+    live.finish(build.run_id, build.index)
+    gen = build.indexes["gen"]
+    live.begin(build.run_id, gen)
+    live.finish(build.run_id, gen)
+    index = build.indexes[name]
+    return RunningJob(build.run_id, index, 1, live.begin(build.run_id, index), build.indexes)
 
 
 def api(live: LiveApp, path: str, **kwargs) -> requests.Response:
@@ -111,9 +121,7 @@ def test_artifacts_go_up_and_come_back_byte_for_byte(live: LiveApp, tmp_path: Pa
         assert tar.extractfile("dist/app").read() == b"#!/bin/sh\necho app\n"
 
     # a later job of the run gets them through its own token
-    live.finish(build.run_id, build.index)
-    test_token = live.begin(build.run_id, build.indexes["test"])
-    test = RunningJob(build.run_id, build.indexes["test"], 1, test_token, build.indexes)
+    test = next_job(live, build, "test")
     with live.channel(test) as channel:
         sources = {s["job"]: s for s in channel.dependencies()}
         assert sources["build"]["status"] == "ok" and sources["gen"]["status"] == "none"
@@ -130,9 +138,7 @@ def test_artifacts_go_up_and_come_back_byte_for_byte(live: LiveApp, tmp_path: Pa
 def test_lint_with_no_dependencies_is_told_of_none(live: LiveApp, tmp_path: Path):
     build = live.running(PIPELINE, "build")
     upload(live, build, tree(tmp_path / "ws"), ["dist/"])
-    live.finish(build.run_id, build.index)
-    lint = RunningJob(build.run_id, build.indexes["lint"], 1, live.begin(build.run_id, build.indexes["lint"]),
-                      build.indexes)
+    lint = next_job(live, build, "lint")
     with live.channel(lint) as channel:
         assert channel.dependencies() == []
 
@@ -144,9 +150,7 @@ def test_a_damaged_download_is_a_checksum_mismatch(live: LiveApp, tmp_path: Path
     with live.objects.open(key) as reader:
         good = b"".join(reader.iter_chunks(1 << 20))
     live.objects.put(key, io.BytesIO(good[:-1] + bytes([good[-1] ^ 1])))  # one bit flipped, same size
-    live.finish(build.run_id, build.index)
-    test = RunningJob(build.run_id, build.indexes["test"], 1, live.begin(build.run_id, build.indexes["test"]),
-                      build.indexes)
+    test = next_job(live, build, "test")
     with live.channel(test) as channel, channel.dependency_archive(build.index, record["sha256"], "build") as reader:
         safe_extract(reader, tmp_path)
         with pytest.raises(ChecksumMismatch, match="checksum mismatch downloading build"):
@@ -173,9 +177,7 @@ def test_dotenv_and_junit_reports_are_read_on_the_control_plane(live: LiveApp):
                                                                                                       "VERSION"]
     shown = api(live, f"/api/v1/runs/{build.run_id}/jobs/build").json()["test_summary"]
     assert shown["failed"] == 1 and shown["failing"][0]["name"] == "bad"
-    live.finish(build.run_id, build.index)
-    test = RunningJob(build.run_id, build.indexes["test"], 1, live.begin(build.run_id, build.indexes["test"]),
-                      build.indexes)
+    test = next_job(live, build, "test")
     with live.channel(test) as channel:
         build_source = next(s for s in channel.dependencies() if s["job"] == "build")
     # no archive, but its dotenv variables still reach the jobs that fetch its artifacts
@@ -185,7 +187,7 @@ def test_dotenv_and_junit_reports_are_read_on_the_control_plane(live: LiveApp):
 def test_expired_artifacts_are_removed_and_dependents_are_told(live: LiveApp, tmp_path: Path):
     build = live.running(PIPELINE, "build")
     record = upload(live, build, tree(tmp_path / "ws"), ["dist/"], expire_in="1 hour")
-    live.finish(build.run_id, build.index)
+    test = next_job(live, build, "test")
     janitor = ObjectJanitor(live.store, live.objects, live.settings)
     assert janitor.sweep()["artifacts"] == 0
     assert live.objects.stat(record["key"]) is not None
@@ -194,8 +196,6 @@ def test_expired_artifacts_are_removed_and_dependents_are_told(live: LiveApp, tm
     answer = api(live, f"/api/v1/runs/{build.run_id}/jobs/build/artifacts")
     assert answer.status_code == 404 and "expired" in answer.json()["error"]
     assert api(live, f"/api/v1/runs/{build.run_id}/jobs/build").json()["artifacts"]["expired"] is True
-    test = RunningJob(build.run_id, build.indexes["test"], 1, live.begin(build.run_id, build.indexes["test"]),
-                      build.indexes)
     with live.channel(test) as channel:
         assert next(s for s in channel.dependencies() if s["job"] == "build")["status"] == "expired"
 
