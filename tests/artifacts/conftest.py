@@ -20,6 +20,7 @@ from ci_queue.objects import ObjectStore, open_store
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.web import create_app
+from tests.engine.conftest import engine  # noqa: F401 (a fixture)
 from tests.engine.test_store import make_plan
 from tests.objects.test_object_store import aws_env, make_s3_backend, moto_server  # noqa: F401 (fixtures)
 from tests.web.conftest import TOKENS, broker_url  # noqa: F401 (broker_url: a fixture)

@@ -22,7 +22,7 @@ build:
   tags: [host-a]
   script:
     - mkdir -p dist vendor
-    - echo "app built on $(cat "$CIQ_HOST_MARK")" > dist/app
+    - echo "app built by $CI_JOB_NAME $CI_JOB_ID" > dist/app
     - echo 'BUILD_VERSION=1.2.3' > build.env
     - echo 'vendored once' > vendor/lib
   artifacts:
@@ -51,15 +51,11 @@ def test_build_on_one_host_test_and_lint_on_another(engine, tmp_path, broker_url
     app, server = live_app(engine.store, engine.env["CIQ_REDIS_URL"], tmp_path, objects)
     try:
         for host in ("a", "b"):
-            mark = tmp_path / f"host-{host}" / "mark"
-            mark.parent.mkdir()
-            mark.write_text(f"host-{host}")
             engine.start_worker(f"w-{host}", tags=f"host-{host}", untagged=False, concurrency=1, extra_env={
                 "CIQ_SERVER_URL": app.url,
                 "CIQ_WORKSPACE_DIR": str(tmp_path / f"host-{host}" / "workspaces"),
                 "CIQ_CACHE_DIR": str(tmp_path / f"host-{host}" / "cache"),
-                "CIQ_GIT_CACHE_DIR": str(tmp_path / f"host-{host}" / "git"),
-                "CIQ_HOST_MARK": str(mark)})
+                "CIQ_GIT_CACHE_DIR": str(tmp_path / f"host-{host}" / "git")})
         repo = tmp_path / "repo"
         make_repo(repo, {".gitlab-ci.yml": PIPELINE})
         run_id = engine.trigger(repo)
@@ -70,7 +66,7 @@ def test_build_on_one_host_test_and_lint_on_another(engine, tmp_path, broker_url
         assert {n: j.status for n, j in jobs.items()} == {"build": "success", "test": "success",
                                                          "lint": "success"}, logs
         assert jobs["build"].worker.startswith("w-a@") and jobs["test"].worker.startswith("w-b@")
-        assert "app built on host-a" in logs["test"]
+        assert f"app built by build {run_id}-{jobs['build'].index}" in logs["test"]
         assert "vendored once" in logs["test"] and "Successfully extracted cache vendor-main-protected" in logs["test"]
         assert "Downloading artifacts" not in logs["lint"]
         # each host keeps its own copy of the cache: one pushed it, the other downloaded it from the store

@@ -36,7 +36,7 @@ def run(live: LiveApp, run_id: str, name: str, tmp_path: Path, *, host: str = "h
     state = live.store.job(run_id, index)
     job = Job.from_dict(state.spec)
     token = live.begin(run_id, index, attempt)
-    workspace = tmp_path / host / "ws" / f"{name}-{attempt}"
+    workspace = tmp_path / host / "ws" / f"{run_id}-{name}-{attempt}"
     workspace.mkdir(parents=True)
     config = settings or live.settings
     config = dataclasses.replace(config, cache_dir=str(tmp_path / host / "cache"))
@@ -114,7 +114,7 @@ def test_a_later_job_gets_the_files_and_dotenv_variables_and_dependencies_none_g
 def test_artifacts_when(live, tmp_path, when, script, kept):
     run_id = planned(live, f"""
 job:
-  script: [echo x > out.txt, {script}]
+  script: [echo x > out.txt, "{script}"]
   artifacts: {{paths: [out.txt], when: {when}}}
 """)
     result, sink, _ = run(live, run_id, "job", tmp_path)
@@ -123,7 +123,7 @@ job:
 
 
 def test_no_matching_files_is_a_warning_not_a_failure(live, tmp_path):
-    run_id = planned(live, "job:\n  script: [true]\n  artifacts: {paths: [nothing/]}\n")
+    run_id = planned(live, "job:\n  script: ['true']\n  artifacts: {paths: [nothing/]}\n")
     result, sink, _ = run(live, run_id, "job", tmp_path)
     assert result.status == "success"
     assert "WARNING: no files matched `artifacts:paths` (nothing/)" in log(sink)
@@ -218,6 +218,7 @@ one:
   script: [mkdir -p vendor, echo v1 > vendor/lib]
 two:
   stage: two
+  needs: []  # ready at once: a run of its own can start here
   script: [cat vendor/lib]
 """
 
@@ -244,14 +245,14 @@ def test_protected_and_unprotected_refs_never_share_a_cache(live, tmp_path):
 
 
 def test_a_cache_miss_or_an_unreachable_web_app_is_never_a_failure_for_caches(live, tmp_path):
-    run_id = planned(live, "job:\n  cache: {key: nothing-yet, paths: [x/]}\n  script: [true]\n")
+    run_id = planned(live, "job:\n  cache: {key: nothing-yet, paths: [x/]}\n  script: ['true']\n")
     result, sink, _ = run(live, run_id, "job", tmp_path)
     assert result.status == "success", log(sink)
     assert "No cache for nothing-yet" in log(sink) and "no files to cache" in log(sink)
 
 
 def test_exec_without_a_web_app_says_artifacts_are_ignored(tmp_path):
-    plan = make_plan(tmp_path, "job:\n  script: [true]\n  artifacts: {paths: [x]}\n")
+    plan = make_plan(tmp_path, "job:\n  script: ['true']\n  artifacts: {paths: [x]}\n")
     request = JobRequest(job=plan.jobs[0], run_id="r", job_id="1", pipeline_id="r", sha=SHA, ref="main",
                          project_path="g/p")
     workspace = tmp_path / "ws"
