@@ -31,7 +31,15 @@ Failure classes: ``script_failure``, ``timeout``, ``canceled``, ``missing_secret
 MAX_ARG_STRLEN, or all of them over ARG_MAX: no step could ever start, so it is checked before
 the runner prepares and never retried; see ``ci_queue.limits``), the runner's
 ``InfrastructureError.failure_class`` (``runner_system_failure``, ``image_missing``...), and
-``runner_system_failure`` for any unexpected error of the runner (with the message in the log).
+``runner_system_failure`` for any unexpected error of the runner (with the message in the log),
+and those of the job's artifacts and caches (``workers.jobdata``): ``missing_dependency``,
+``artifacts_too_large``, ``invalid_report``, ``invalid_artifacts``, ``invalid_cache``.
+
+Artifacts and caches (``request.channel``, the web app with the attempt's job token): the
+dependencies' dotenv variables join the environment (above the job's variables, below the
+event's), caches are restored and dependencies' artifacts unpacked after the runner prepared,
+and after ``after_script`` caches are saved and artifacts uploaded; a failure to keep the
+artifacts fails a job that had succeeded.
 The sink is closed at the end.
 """
 
