@@ -183,9 +183,7 @@ class ArtifactIndex:
         return True
 
     def forget_run(self, run_id: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.zrem(self.runs_key, run_id)
-        pipe.execute()
+        self.r.zrem(self.runs_key, run_id)
 
     def stale_caches(self, cutoff: float, limit: int = 100) -> list[str]:
         return list(self.r.zrangebyscore(self.caches_key, "-inf", cutoff, start=0, num=limit))

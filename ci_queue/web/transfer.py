@@ -36,24 +36,15 @@ from ci_queue.objects import ObjectMissing, ObjectStore, ObjectTooLarge
 from ci_queue.pipeline.durations import parse_duration
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings
-from ci_queue.store import Store
 from ci_queue.store.artifacts import ArtifactIndex, attempt_prefix
+from ci_queue.web.api import RUN_ID, _settings, _store
 
 jobs = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs/<run_id>/<int:index>/<int:attempt>")
-RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # the commit's JSON: about a million entries
 MAX_JUNIT_BYTES = 30 * 1024 * 1024  # the XML of one job's reports:junit, uncompressed
 MAX_CACHE_KEY = 1024
 PRESIGNED_SECONDS = 600
-
-
-def _store() -> Store:
-    return current_app.config["CIQ_STORE"]
-
-
-def _settings() -> Settings:
-    return current_app.config["CIQ_SETTINGS"]
 
 
 def objects() -> ObjectStore:
