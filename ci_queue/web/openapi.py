@@ -492,7 +492,7 @@ WORKER_PATHS: dict[str, Any] = {
         requestBody={"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}})},
     f"{JOB_PATH}/dependencies": {"get": _job_op("job_dependencies", "The jobs whose artifacts this job fetches, "
                                                 "their state and dotenv variables", {
-        "200": _json({"type": "object", "required": ["dependencies"]}, "In order"), "404": NOT_FOUND})},
+        "200": _json({"type": "object", "required": ["dependencies"]}, "In order")})},
     f"{JOB_PATH}/dependencies/{{source}}/artifacts.tar": {"get": _job_op(
         "dependency_artifacts", "The artifacts archive of a job of the same run", {
             "200": {"description": "The archive", "content": TAR},

@@ -78,12 +78,13 @@ class Api:
         return run_id, {job.name: i for i, job in enumerate(plan.jobs)}, ready
 
 
-def make_api(store: Store, broker_url: str, tmp_path: Path, **settings: Any) -> Api:
+def make_api(store: Store, broker_url: str, tmp_path: Path, objects: Any = None, **settings: Any) -> Api:
+    """The app (its object store: ``objects``, else a directory of the test's own)."""
     import redis
 
     config = Settings(**{"api_tokens": f" {TOKENS[0]} , {TOKENS[1]},", "redis_url": broker_url,
-                         "key_prefix": store.prefix, **settings})
-    app = create_app(config, store=store, celery=make_celery(config, web=True))
+                         "key_prefix": store.prefix, "artifacts_url": (tmp_path / "objects").as_uri(), **settings})
+    app = create_app(config, store=store, celery=make_celery(config, web=True), objects=objects)
     app.testing = True
     return Api(app, app.test_client(), store, redis.Redis.from_url(broker_url, decode_responses=True), tmp_path)
 
