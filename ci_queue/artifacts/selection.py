@@ -265,6 +265,8 @@ class _Collector:
 
     # -- taking entries --------------------------------------------------------------------------
     def _excluded(self, rel: str) -> bool:
+        if not self.exclude:
+            return False
         return any(rx.match(rel) for rx in self.exclude)
 
     def _take(self, rel: str, info: os.stat_result) -> None:
