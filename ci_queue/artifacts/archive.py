@@ -49,12 +49,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ci_queue.artifacts.selection import (
+    MAX_SYMLINK_HOPS,
     Selection,
     SelectionTooLarge,
     UntrackedError,
     display,
     human_bytes,
+    inside,
     link_target,
+    resolve,
     select,
     split_relative,
     untracked,
@@ -516,6 +519,7 @@ class _TarReader:
         self.unread = 0
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
+        meta = 0  # bytes of extended headers for this member: all held in memory, so bounded together
         while True:
             at = self.position
             where = f"(header at byte {at})"
@@ -534,8 +538,10 @@ class _TarReader:
             typeflag = block[156:157]
             size = _number(block[124:136], where)
             if typeflag in (b"x", b"g", b"L", b"K"):
-                if size > MAX_META_BYTES:
-                    raise UnsafeArchive(where, f"an extended header of {size} bytes (at most {MAX_META_BYTES})")
+                meta += size
+                if meta > MAX_META_BYTES:
+                    raise UnsafeArchive(where, f"extended headers of {meta} bytes for one member (at most "
+                                               f"{MAX_META_BYTES})")
                 data = self._take(size)
                 self._take(-size % BLOCK)
                 if typeflag == b"x":
@@ -672,8 +678,10 @@ def _check_target(member: _Member, parts: list[str], dest: str, dest_real: str) 
 
 
 def _check_resolved(name: str, path: str, dest_real: str) -> None:
-    real = os.path.realpath(path)
-    if real != dest_real and not real.startswith(dest_real.rstrip("/") + "/"):
+    real = resolve(path)
+    if real is None:
+        raise UnsafeArchive(name, f"a symlink that goes through more than {MAX_SYMLINK_HOPS} symlinks")
+    if not inside(real, dest_real):
         raise UnsafeArchive(name, f"a symlink that resolves to {display(real)}, outside the destination")
 
 
