@@ -22,13 +22,14 @@ path-escape bugs fixed only after Python 3.11.7) and writes every file itself:
   unlinked and the file created with ``O_EXCL`` (so a hard link planted in ``dest`` is not
   written through either);
 - a symlink member whose target is absolute or leaves ``dest`` (lexically, or resolved through
-  the links in ``dest``, checked again after the last member for chains built in several steps)
-  is refused;
+  the links in ``dest``, at most 40 of them as the kernel, checked again after the last member
+  for chains built in several steps) is refused;
 - hard links are refused, all of them (the writer never makes any: a file with several links
   is stored as a regular file each time); devices, fifos, sparse files and other types too;
 - permission bits are kept (``& 0o777``: no setuid, setgid or sticky bit), owners are not,
-  mtimes are; member data is copied in chunks of at most 1 MiB; a truncated or corrupt stream
-  is refused.
+  mtimes are; member data is copied in chunks of at most 1 MiB and one member's extended headers
+  (pax, GNU long names) may hold 1 MiB; a truncated or corrupt stream is refused, and so is one
+  that ends without tar's end-of-archive blocks.
 
 ``UnsafeArchive`` names the member and the reason. What was unpacked before it stays in
 ``dest``: the caller fails the job and discards the workspace, it does not use a half-unpacked
