@@ -22,13 +22,14 @@ path-escape bugs fixed only after Python 3.11.7) and writes every file itself:
   unlinked and the file created with ``O_EXCL`` (so a hard link planted in ``dest`` is not
   written through either);
 - a symlink member whose target is absolute or leaves ``dest`` (lexically, or resolved through
-  the links in ``dest``, checked again after the last member for chains built in several steps)
-  is refused;
+  the links in ``dest``, at most 40 of them as the kernel, checked again after the last member
+  for chains built in several steps) is refused;
 - hard links are refused, all of them (the writer never makes any: a file with several links
   is stored as a regular file each time); devices, fifos, sparse files and other types too;
 - permission bits are kept (``& 0o777``: no setuid, setgid or sticky bit), owners are not,
-  mtimes are; member data is copied in chunks of at most 1 MiB; a truncated or corrupt stream
-  is refused.
+  mtimes are; member data is copied in chunks of at most 1 MiB and one member's extended headers
+  (pax, GNU long names) may hold 1 MiB; a truncated or corrupt stream is refused, and so is one
+  that ends without tar's end-of-archive blocks.
 
 ``UnsafeArchive`` names the member and the reason. What was unpacked before it stays in
 ``dest``: the caller fails the job and discards the workspace, it does not use a half-unpacked
@@ -49,12 +50,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ci_queue.artifacts.selection import (
+    MAX_SYMLINK_HOPS,
     Selection,
     SelectionTooLarge,
     UntrackedError,
     display,
     human_bytes,
+    inside,
     link_target,
+    resolve,
     select,
     split_relative,
     untracked,
@@ -84,7 +88,7 @@ MAX_NAME_BYTES = 4095  # PATH_MAX - 1
 MAX_COMPONENT_BYTES = 255  # NAME_MAX
 _ZERO_BLOCK = bytes(BLOCK)
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _OPEN_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_OCTAL = 8**11  # what fits a 12-byte ustar number field
 _MAX_NS = 2**62
@@ -217,27 +221,27 @@ class _DirFds:
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12s")
 _TYPEFLAG = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE}
+_ID = b"0000000\0"  # uid, gid, devmajor, devminor
+# the checksum of the fields every header shares: uid, gid, magic, version, devmajor, devminor
+_CONSTANT_SUM = 4 * sum(_ID) + sum(b"ustar\0") + sum(b"00")
 
 
-def _header(path: str, kind: str, mode: int, mtime: int, size: int, target: str) -> bytes:
+def _header(path: str, kind: str, mode: int, mtime: int, size: int, target: str = "") -> bytes:
     """The tar header (blocks) of one entry: a plain ustar block when everything fits, built here
     (this is the per-file cost of many small files); tarfile's pax header sequence otherwise."""
     name = path + "/" if kind == DIR else path
-    if name.isascii() and target.isascii() and len(name) <= 100 and len(target) <= 100 and size < _MAX_OCTAL \
+    if name.isascii() and len(name) <= 100 and target.isascii() and len(target) <= 100 and size < _MAX_OCTAL \
             and 0 <= mtime < _MAX_OCTAL:
-        block = _USTAR.pack(name.encode(), b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
-                            b"%011o\0" % mtime, b"        ", _TYPEFLAG[kind], target.encode(), b"ustar\0", b"00",
-                            b"", b"", b"0000000\0", b"0000000\0", b"", b"")
-        return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+        fields = (name.encode(), b"%07o\0" % mode, b"%011o\0" % size, b"%011o\0" % mtime, _TYPEFLAG[kind],
+                  target.encode())
+        checksum = _CONSTANT_SUM + 8 * 32 + sum(map(sum, fields))
+        return _USTAR.pack(fields[0], fields[1], _ID, _ID, fields[2], fields[3], b"%06o\0 " % checksum, fields[4],
+                           fields[5], b"ustar\0", b"00", b"", b"", _ID, _ID, b"", b"")
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.mtime, info.size, info.linkname = _TYPEFLAG[kind], mode, mtime, size, target
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def _padding(size: int) -> bytes:
-    return bytes(-size % BLOCK)
 
 
 class TarWriter:
@@ -275,22 +279,22 @@ class TarWriter:
             os.close(root_fd)
 
     def _stream(self, dirs: _DirFds) -> Iterator[bytes]:
+        # One pass per entry with as few calls as can be: this loop is the cost of many small files.
         pending = bytearray()
         position = 0  # bytes of the stream so far, pending included
         chunk_size = self.chunk_size
-        warn = self.warnings.append
+        warn, add = self.warnings.append, self.manifest.append
+        lstat, open_, fstat, read, close = os.lstat, os.open, os.fstat, os.read, os.close
+        is_reg, is_dir, is_link = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK
         for rel in self.entries:
-            try:
-                parts, _ = split_relative(rel)
-            except ValueError as exc:
-                warn(f"{display(rel)} not archived: {exc}")
+            parts = rel.split("/")
+            if not rel or rel[0] == "/" or "\0" in rel or "" in parts or "." in parts or ".." in parts:
+                warn(f"{display(rel)} not archived: not a normalized relative path under the project directory")
                 continue
-            if not parts or "/".join(parts) != rel:
-                warn(f"{display(rel)} not archived: not a normalized relative path")
-                continue
+            leaf = parts.pop()
             try:
-                parent = dirs.open(parts[:-1])
-                info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+                parent = dirs.fds[-1] if parts == dirs.names and parts else dirs.open(parts)
+                info = lstat(leaf, dir_fd=parent)
             except _Blocked as exc:
                 warn(f"{display(rel)} not archived: {display(exc.prefix)} {exc.what}")
                 continue
@@ -298,42 +302,53 @@ class TarWriter:
                 warn(f"{display(rel)} not archived: {exc.strerror or exc}")
                 continue
             mode = info.st_mode
-            if stat.S_ISREG(mode):
+            if is_reg(mode):
                 try:
-                    fd = os.open(parts[-1], _OPEN_READ, dir_fd=parent)
+                    fd = open_(leaf, _OPEN_READ, dir_fd=parent)
                 except OSError as exc:
                     warn(f"{display(rel)} not archived: {exc.strerror or exc}")
                     continue
                 try:
-                    info = os.fstat(fd)
-                    if not stat.S_ISREG(info.st_mode):
+                    # What was opened is checked before a byte is read: a name swapped since the
+                    # lstat for a device would otherwise be read (a block device: the host's disk).
+                    info = fstat(fd)
+                    if not is_reg(info.st_mode):
                         warn(f"{display(rel)} not archived: it is no longer a regular file")
                         continue
                     size, perms, mtime = info.st_size, info.st_mode & 0o777, int(info.st_mtime)
-                    header = _header(rel, FILE, perms, mtime, size, "")
+                    data = b""
+                    if size <= chunk_size:
+                        try:
+                            data = read(fd, size + 1)
+                            if len(data) != size:
+                                data = self._read_small(fd, rel, size, data)
+                        except OSError as exc:  # nothing of it is in the stream yet
+                            warn(f"{display(rel)} not archived: {exc.strerror or exc}")
+                            continue
+                    header = _header(rel, FILE, perms, mtime, size)
                     pending += header
                     position += len(header)
-                    self.manifest.append(Entry(rel, FILE, size, perms, float(mtime), offset=position))
+                    add(Entry(rel, FILE, size, perms, float(mtime), position))
                     if size <= chunk_size:
-                        pending += self._read_small(fd, rel, size)
+                        pending += data
                     else:
                         if pending:
                             yield bytes(pending)
                             pending.clear()
                         yield from self._read_large(fd, rel, size)
-                    pending += _padding(size)
+                    pending += bytes(-size % BLOCK)
                     position += size + (-size % BLOCK)
                 finally:
-                    os.close(fd)
-            elif stat.S_ISDIR(mode):
+                    close(fd)
+            elif is_dir(mode):
                 perms, mtime = mode & 0o777, int(info.st_mtime)
-                header = _header(rel, DIR, perms, mtime, 0, "")
+                header = _header(rel, DIR, perms, mtime, 0)
                 pending += header
                 position += len(header)
-                self.manifest.append(Entry(rel, DIR, 0, perms, float(mtime)))
-            elif stat.S_ISLNK(mode):
+                add(Entry(rel, DIR, 0, perms, float(mtime)))
+            elif is_link(mode):
                 try:
-                    text = os.readlink(parts[-1], dir_fd=parent)
+                    text = os.readlink(leaf, dir_fd=parent)
                 except OSError as exc:
                     warn(f"{display(rel)} not archived: {exc.strerror or exc}")
                     continue
@@ -345,7 +360,7 @@ class TarWriter:
                 header = _header(rel, SYMLINK, 0o777, mtime, 0, target)
                 pending += header
                 position += len(header)
-                self.manifest.append(Entry(rel, SYMLINK, 0, 0o777, float(mtime), target=target))
+                add(Entry(rel, SYMLINK, 0, 0o777, float(mtime), target=target))
             else:
                 warn(f"{display(rel)} not archived: it is not a regular file, directory or symlink")
                 continue
@@ -359,8 +374,8 @@ class TarWriter:
         yield bytes(pending)
         self.size = position
 
-    def _read_small(self, fd: int, rel: str, size: int) -> bytes:
-        data = os.read(fd, size + 1)
+    def _read_small(self, fd: int, rel: str, size: int, data: bytes = b"") -> bytes:
+        """Exactly ``size`` bytes of the file (``data``: what a first read gave)."""
         while len(data) < size:
             more = os.read(fd, size + 1 - len(data))
             if not more:
@@ -505,6 +520,7 @@ class _TarReader:
         self.unread = 0
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
+        meta = 0  # bytes of extended headers for this member: all held in memory, so bounded together
         while True:
             at = self.position
             where = f"(header at byte {at})"
@@ -523,8 +539,10 @@ class _TarReader:
             typeflag = block[156:157]
             size = _number(block[124:136], where)
             if typeflag in (b"x", b"g", b"L", b"K"):
-                if size > MAX_META_BYTES:
-                    raise UnsafeArchive(where, f"an extended header of {size} bytes (at most {MAX_META_BYTES})")
+                meta += size
+                if meta > MAX_META_BYTES:
+                    raise UnsafeArchive(where, f"extended headers of {meta} bytes for one member (at most "
+                                               f"{MAX_META_BYTES})")
                 data = self._take(size)
                 self._take(-size % BLOCK)
                 if typeflag == b"x":
@@ -661,8 +679,10 @@ def _check_target(member: _Member, parts: list[str], dest: str, dest_real: str) 
 
 
 def _check_resolved(name: str, path: str, dest_real: str) -> None:
-    real = os.path.realpath(path)
-    if real != dest_real and not real.startswith(dest_real.rstrip("/") + "/"):
+    real = resolve(path)
+    if real is None:
+        raise UnsafeArchive(name, f"a symlink that goes through more than {MAX_SYMLINK_HOPS} symlinks")
+    if not inside(real, dest_real):
         raise UnsafeArchive(name, f"a symlink that resolves to {display(real)}, outside the destination")
 
 

@@ -156,6 +156,41 @@ def split_relative(path: str) -> tuple[list[str], bool]:
     return parts, path.endswith("/")
 
 
+MAX_SYMLINK_HOPS = 40  # Linux's MAXSYMLINKS
+
+
+def resolve(path: str) -> str | None:
+    """``os.path.realpath`` of the absolute ``path`` (missing components taken as they are) that
+    follows at most ``MAX_SYMLINK_HOPS`` symlinks, None past that: a chain of thousands of links
+    from a hostile tree must cost neither quadratic time nor a RecursionError."""
+    todo = [part for part in reversed(path.split("/")) if part]
+    current, hops = "/", 0
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = posixpath.dirname(current)
+            continue
+        candidate = posixpath.join(current, part)
+        try:
+            target = os.readlink(candidate)
+        except OSError:  # not a symlink, or missing
+            current = candidate
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            return None
+        if target.startswith("/"):
+            current = "/"
+        todo.extend(part for part in reversed(target.split("/")) if part)
+    return current
+
+
+def inside(path: str | None, top: str) -> bool:
+    return path is not None and (path == top or path.startswith(top.rstrip("/") + "/"))
+
+
 def link_target(root: str, root_real: str, rel: str, target: str) -> tuple[str | None, str]:
     """The target to archive for the symlink ``rel`` (relative to ``root``) whose text is
     ``target``, or ``(None, reason)`` if it leaves ``root``: lexically at any step (a target that
@@ -181,8 +216,10 @@ def link_target(root: str, root_real: str, rel: str, target: str) -> tuple[str |
                 return None, "it points outside the project directory"
         elif part not in ("", "."):
             depth += 1
-    real = os.path.realpath(os.path.join(root, rel))
-    if real != root_real and not real.startswith(root_real.rstrip("/") + "/"):
+    real = resolve(os.path.join(root, rel))
+    if real is None:
+        return None, f"it goes through more than {MAX_SYMLINK_HOPS} symlinks"
+    if not inside(real, root_real):
         return None, "it resolves outside the project directory"
     return target, ""
 
@@ -265,6 +302,8 @@ class _Collector:
 
     # -- taking entries --------------------------------------------------------------------------
     def _excluded(self, rel: str) -> bool:
+        if not self.exclude:
+            return False
         return any(rx.match(rel) for rx in self.exclude)
 
     def _take(self, rel: str, info: os.stat_result) -> None:

@@ -436,6 +436,12 @@ def test_refuses_a_chain_whose_second_step_comes_later(site: tuple[Path, Path]) 
     assert not (dest / "esc").is_symlink()
 
 
+def test_refuses_a_long_symlink_chain(site: tuple[Path, Path]) -> None:
+    # resolving each new link walks the chain: bounded as the kernel bounds it (40 links)
+    links = [member(f"l{i}", tarfile.SYMTYPE, linkname=f"l{i - 1}" if i else "f") for i in range(2000)]
+    refuse(build(member("f", data=b"f"), *links), site[0], "l41", "more than 40 symlinks")
+
+
 def test_refuses_writing_through_a_symlink_from_the_archive(site: tuple[Path, Path]) -> None:
     dest, _ = site
     # even a link that stays inside is never a parent: the archive must not steer writes
@@ -488,7 +494,15 @@ def test_refuses_a_corrupt_header(site: tuple[Path, Path]) -> None:
 
 def test_refuses_an_oversized_extended_header(site: tuple[Path, Path]) -> None:
     refuse(build(member("f", data=b"x", pax={"comment": "x" * (2 << 20)})), site[0], "(header at byte 0)",
-           "extended header of")
+           "extended headers of")
+
+
+def test_refuses_many_extended_headers_for_one_member(site: tuple[Path, Path]) -> None:
+    # each one small, together unbounded: they are all held in memory
+    headers = b"".join(tarfile.TarInfo._create_pax_generic_header({f"key{i}": "v" * 600_000}, tarfile.XHDTYPE,
+                                                                  "utf-8") for i in range(4))
+    data = headers + build(member("f", data=b"x"))
+    refuse(data, site[0], f"(header at byte {len(headers) // 4})", "extended headers of")  # the second
 
 
 def test_refuses_data_after_a_lone_end_block(site: tuple[Path, Path]) -> None:

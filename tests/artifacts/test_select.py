@@ -226,6 +226,17 @@ def test_untracked_paths_get_the_same_checks(linked: Path) -> None:
     assert len(selection.warnings) == 4
 
 
+def test_a_symlink_chain_longer_than_the_kernel_follows_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"f")
+    previous = "f"
+    for i in range(60):
+        os.symlink(previous, tmp_path / f"l{i:02}")
+        previous = f"l{i:02}"
+    selection = select(tmp_path, ["l*"])
+    assert selection.entries == [f"l{i:02}" for i in range(40)]
+    assert len(selection.warnings) == 20 and "more than 40 symlinks" in selection.warnings[0]
+
+
 def test_special_files_are_skipped_with_a_warning(project: Path) -> None:
     os.mkfifo(project / "dist" / "pipe")
     server = socket.socket(socket.AF_UNIX)
