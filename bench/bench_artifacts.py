@@ -4,7 +4,8 @@
 
 For each tree (one big file of random bytes; many 4 KiB files), in the same run:
 
-- floor: ``tar -cf`` of the tree to a local file, and ``tar -xf`` of that file;
+- floor: ``tar -cf`` of the tree to a local file then ``sync`` (the store fsyncs what it keeps),
+  and ``tar -xf`` of that file (a workspace is not synced); every phase starts after a ``sync``;
 - upload: a worker process chooses the files, streams the tar to ``ci-queue serve`` (gunicorn, a
   real process) with its job token, and commits the artifacts; the web app streams them into a
   directory store;
@@ -104,12 +105,14 @@ def make_small(root: Path, count: int) -> None:
 
 def floor(root: Path, scratch: Path) -> tuple[float, float]:
     archive = scratch / "floor.tar"
+    os.sync()
     start = time.perf_counter()
     subprocess.run(["tar", "-cf", str(archive), "-C", str(root), "tree"], check=True)
     os.sync()
     packed = time.perf_counter() - start
     out = scratch / "floor-out"
     out.mkdir()
+    os.sync()
     start = time.perf_counter()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
     unpacked = time.perf_counter() - start
@@ -153,11 +156,14 @@ class Server:
 
 
 def transfer(mode: str, server: Server, job: tuple[str, int, str], root: Path, source: int = 0) -> dict:
+    os.sync()  # what the previous phase wrote is not flushed on this one's time
     web = server.worker_pid()
     web_before = vm(web, "VmRSS")
     Path(f"/proc/{web}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     out = subprocess.run([sys.executable, "-c", WORKER_SIDE, str(REPO), mode, server.url, job[0], str(job[1]),
-                          job[2], str(root), str(source)], capture_output=True, text=True, check=True)
+                          job[2], str(root), str(source)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the worker side failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["web_rss_growth"] = vm(web, "VmHWM") - web_before
     return result
@@ -167,7 +173,7 @@ def bench_tree(name: str, build: Callable[[Path], None], server: Server, store, 
     from ci_queue.pipeline.model import PlanContext
     from ci_queue.pipeline.planner import load_spec, plan_spec
 
-    source = scratch / f"{name}-src"
+    source = scratch / f"{name.replace(' ', '-')}-src"
     build(source)
     size = tree_bytes(source)
     packed, unpacked = floor(source, scratch)
@@ -183,7 +189,7 @@ def bench_tree(name: str, build: Callable[[Path], None], server: Server, store, 
     store.finish_job(run_id, 0, 1, "success")
     token = uuid.uuid4().hex
     store.begin_job(run_id, 1, 1, "bench", 600, token)
-    target = scratch / f"{name}-dst"
+    target = scratch / f"{name.replace(' ', '-')}-dst"
     target.mkdir()
     down = transfer("download", server, (run_id, 1, token), target, source=0)
     mb = size / 1e6

@@ -86,7 +86,7 @@ def _attempt_gone(run_id: str, index: int, attempt: int) -> Any:
 
 @jobs.put("/artifacts.tar")
 def put_archive(run_id: str, index: int, attempt: int) -> Any:
-    request.max_content_length = None  # streamed; the store counts and stops at the limit
+    request.max_content_length = archive_limit(_settings()) + 1  # streamed; the store counts and stops first
     _index().note_objects(run_id)
     key = attempt_prefix(run_id, index, attempt) + "artifacts.tar"
     try:
@@ -274,7 +274,7 @@ def get_cache(run_id: str, index: int, attempt: int) -> Any:
 
 @jobs.put("/caches")
 def put_cache(run_id: str, index: int, attempt: int) -> Any:
-    request.max_content_length = None
+    request.max_content_length = archive_limit(_settings()) + 1
     name = _cache_name(run_id)
     try:
         stored = objects().put(name, request.stream, max_bytes=archive_limit(_settings()))

@@ -262,7 +262,7 @@ def test_an_archive_over_the_limit_is_refused_with_413(store, broker_url, tmp_pa
         limit = 1024 + 1024 // 8 + 64 * 1024 * 1024
         with app.channel(job) as channel, pytest.raises(Rejected) as refused:
             channel.upload_archive(lambda: (b"\0" * (1 << 20) for _ in range(limit // (1 << 20) + 2)))
-        assert refused.value.status == 413
+        assert refused.value.status == 413 and "the artifacts archive is over" in refused.value.reason
         assert objects.stat(f"runs/{job.run_id}/jobs/{job.index}/a1/artifacts.tar") is None
     finally:
         server.shutdown()
