@@ -24,7 +24,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from flask import Blueprint, Response, abort, current_app, g, jsonify, redirect, request, stream_with_context
 
@@ -61,6 +61,16 @@ def archive_limit(settings: Settings) -> int:
     return settings.max_artifact_bytes + settings.max_artifact_bytes // 8 + 64 * 1024 * 1024
 
 
+def _body() -> BinaryIO:
+    """The request body as a stream. gunicorn (and werkzeug's server, for a chunked body) end the
+    input at the body's end themselves (``wsgi.input_terminated``): read it directly, which spares
+    every chunk the two copies of werkzeug's ``LimitedStream`` (measured: half the throughput of a
+    bare endpoint); the store counts the bytes and stops at its own limit."""
+    if request.environ.get("wsgi.input_terminated"):
+        return request.environ["wsgi.input"]
+    return request.stream
+
+
 @jobs.before_request
 def require_job_token() -> Any:
     args = request.view_args or {}
@@ -90,7 +100,7 @@ def put_archive(run_id: str, index: int, attempt: int) -> Any:
     _index().note_objects(run_id)
     key = attempt_prefix(run_id, index, attempt) + "artifacts.tar"
     try:
-        stored = objects().put(key, request.stream, max_bytes=archive_limit(_settings()))
+        stored = objects().put(key, _body(), max_bytes=archive_limit(_settings()))
     except ObjectTooLarge as exc:
         abort(413, f"the artifacts archive is over {exc.limit} bytes")
     return jsonify(sha256=stored.sha256, size=stored.size)
@@ -277,7 +287,7 @@ def put_cache(run_id: str, index: int, attempt: int) -> Any:
     request.max_content_length = archive_limit(_settings()) + 1
     name = _cache_name(run_id)
     try:
-        stored = objects().put(name, request.stream, max_bytes=archive_limit(_settings()))
+        stored = objects().put(name, _body(), max_bytes=archive_limit(_settings()))
     except ObjectTooLarge as exc:
         abort(413, f"the cache archive is over {exc.limit} bytes")
     _index().record_cache(name, stored.sha256, stored.size)
