@@ -89,10 +89,15 @@ class Host:
         return [int(pid) for pid in out.split()]
 
     def reboot(self) -> None:
-        """Every process of the host killed at once, as a power cut or a reboot does."""
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """Every process of the host killed, as a power cut or a reboot does. One pass can miss a
+        process forked between the listing and the kills (a pool child replaced, a step's
+        command), so the kills repeat until the namespace holds none."""
+        deadline = time.monotonic() + 30
+        while pids := self.pids():
+            assert time.monotonic() < deadline, f"processes of {self.name} survive SIGKILL: {pids}"
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
