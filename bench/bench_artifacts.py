@@ -1,6 +1,7 @@
 """Artifacts through the web app on loopback, beside ``tar`` of the same tree (a script, not a test).
 
-    python3 bench/bench_artifacts.py [--big-mib 1024] [--small-files 10000] [--redis redis://127.0.0.1:6379/0]
+    python3 bench/bench_artifacts.py [--big-mib 1024] [--small-files 10000] [--repeat 3]
+                                     [--redis redis://127.0.0.1:6379/0]
 
 For each tree (one big file of random bytes; many 4 KiB files), in the same run:
 
@@ -13,8 +14,10 @@ For each tree (one big file of random bytes; many 4 KiB files), in the same run:
   safely into a fresh directory.
 
 Speeds are MB/s of the tree's bytes; the ratio to the floor is what compares across runs (this
-machine is noisy). RSS growth: peak RSS (VmHWM) minus RSS before the transfer, for the worker
-process and for the gunicorn worker that served it. Goal: ratio >= 0.5, growth < 64 MiB for both.
+machine is noisy). Each tree makes ``--repeat`` rounds, floor and transfers interleaved; medians
+are compared, and the largest RSS growth is shown. RSS growth: peak RSS (VmHWM) minus RSS before
+the transfer, for the worker process and for the gunicorn worker that served it.
+Goal: ratio >= 0.5, growth < 64 MiB for both.
 Needs Redis (its own key prefix; removed after).
 """
 
@@ -25,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,18 +173,15 @@ def transfer(mode: str, server: Server, job: tuple[str, int, str], root: Path, s
     return result
 
 
-def bench_tree(name: str, build: Callable[[Path], None], server: Server, store, scratch: Path) -> None:
+def one_round(server: Server, store, source: Path, target: Path) -> tuple[dict, dict]:
+    """One upload by a job and one download by the next job of a new run."""
     from ci_queue.pipeline.model import PlanContext
     from ci_queue.pipeline.planner import load_spec, plan_spec
 
-    source = scratch / f"{name.replace(' ', '-')}-src"
-    build(source)
-    size = tree_bytes(source)
-    packed, unpacked = floor(source, scratch)
-    pipeline = scratch / "pipeline.yml"
+    pipeline = target.parent / "pipeline.yml"
     pipeline.write_text("stages: [a, b]\nmake: {stage: a, script: [x], artifacts: {paths: [tree/]}}\n"
                         "use: {stage: b, script: [y]}\n")
-    plan = plan_spec(load_spec(pipeline, scratch)[0], PlanContext(branch="main"))
+    plan = plan_spec(load_spec(pipeline, target.parent)[0], PlanContext(branch="main"))
     run_id = store.create_run(repo="bench/repo", ref="main")
     store.set_plan(run_id, plan, sha="a" * 40)
     token = uuid.uuid4().hex
@@ -189,23 +190,42 @@ def bench_tree(name: str, build: Callable[[Path], None], server: Server, store, 
     store.finish_job(run_id, 0, 1, "success")
     token = uuid.uuid4().hex
     store.begin_job(run_id, 1, 1, "bench", 600, token)
-    target = scratch / f"{name.replace(' ', '-')}-dst"
     target.mkdir()
     down = transfer("download", server, (run_id, 1, token), target, source=0)
-    mb = size / 1e6
-    print(f"\n{name}: {mb:.0f} MB in {sum(1 for _ in source.rglob('*'))} entries")
-    print(f"  {'':10} {'MB/s':>8} {'floor MB/s':>11} {'ratio':>6} {'worker RSS +MiB':>16} {'web RSS +MiB':>13}")
-    for label, result, base in (("upload", up, packed), ("download", down, unpacked)):
-        print(f"  {label:10} {mb / result['seconds']:8.0f} {mb / base:11.0f} {base / result['seconds']:6.2f} "
-              f"{result['rss_growth'] / 2**20:16.1f} {result['web_rss_growth'] / 2**20:13.1f}")
-    shutil.rmtree(source)
     shutil.rmtree(target)
+    return up, down
+
+
+def bench_tree(name: str, build: Callable[[Path], None], server: Server, store, scratch: Path,
+               repeat: int) -> None:
+    """``repeat`` rounds of floor, upload and download, interleaved so that the disk's moods (a
+    first write after many deletions can be ten times slower) fall on both; medians compared."""
+    source = scratch / f"{name.replace(' ', '-')}-src"
+    build(source)
+    size = tree_bytes(source)
+    floors, ups, downs = [], [], []
+    for _ in range(repeat):
+        floors.append(floor(source, scratch))
+        up, down = one_round(server, store, source, scratch / f"{name.replace(' ', '-')}-dst")
+        ups.append(up)
+        downs.append(down)
+    mb = size / 1e6
+    print(f"\n{name}: {mb:.0f} MB in {sum(1 for _ in source.rglob('*'))} entries, median of {repeat}")
+    print(f"  {'':10} {'MB/s':>8} {'floor MB/s':>11} {'ratio':>6} {'worker RSS +MiB':>16} {'web RSS +MiB':>13}")
+    for label, results, bases in (("upload", ups, [f[0] for f in floors]),
+                                  ("download", downs, [f[1] for f in floors])):
+        ours, base = statistics.median(r["seconds"] for r in results), statistics.median(bases)
+        worker_rss = max(r["rss_growth"] for r in results) / 2**20
+        web_rss = max(r["web_rss_growth"] for r in results) / 2**20
+        print(f"  {label:10} {mb / ours:8.0f} {mb / base:11.0f} {base / ours:6.2f} {worker_rss:16.1f} {web_rss:13.1f}")
+    shutil.rmtree(source)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--small-files", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per tree; medians are compared")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     import redis
@@ -219,9 +239,9 @@ def main() -> None:
     server = Server(args.redis, prefix, scratch / "objects", scratch / "serve.log")
     try:
         bench_tree(f"one file of {args.big_mib} MiB", lambda root: make_big(root, args.big_mib), server, store,
-                   scratch)
+                   scratch, args.repeat)
         bench_tree(f"{args.small_files} files of 4 KiB", lambda root: make_small(root, args.small_files), server,
-                   store, scratch)
+                   store, scratch, args.repeat)
     finally:
         server.stop()
         for key in client.scan_iter(f"{prefix}*", count=1000):

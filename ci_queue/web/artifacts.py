@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Blueprint, abort, jsonify
 
+from ci_queue.artifacts.archive import Entry
 from ci_queue.objects import ObjectMissing
 from ci_queue.store.artifacts import ArtifactIndex
 from ci_queue.web.api import _job_index_or_404, _store, require_token
@@ -54,11 +55,24 @@ def archive(run_id: str, name: str) -> Any:
 
 
 def _manifest(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The archive's file list, checked here: the worker stored it as it sent it (``PUT
+    .../manifest.json``). An entry it could not have written makes the list unusable (500 with
+    the reason), never a read outside the archive: every offset and size is bounded by it."""
     try:
         with objects().open(record["manifest"]) as reader:
-            return json.loads(b"".join(reader.iter_chunks(1 << 20)))
+            items = json.loads(b"".join(reader.iter_chunks(1 << 20)))
     except ObjectMissing:
         abort(404, "the artifacts are gone (expired or removed)")
+    except ValueError:
+        abort(500, "the stored file list of these artifacts is not JSON")
+    try:
+        entries = [Entry.from_dict(item).to_dict() for item in items]
+    except (KeyError, TypeError, ValueError) as exc:
+        abort(500, f"the stored file list of these artifacts is damaged: {exc}")
+    size = int(record.get("size") or 0)
+    if any(e.get("offset") is not None and e["offset"] + e.get("size", 0) > size for e in entries):
+        abort(500, "the stored file list of these artifacts points past the end of the archive")
+    return entries
 
 
 @artifacts_api.get("/<path:name>/artifacts.json")

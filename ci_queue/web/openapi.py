@@ -477,11 +477,20 @@ WORKER_PATHS: dict[str, Any] = {
         "200": _json(STORED, "Stored; the worker compares the checksum with what it sent"),
         "413": _error("Over the archive limit (CIQ_MAX_ARTIFACT_BYTES and tar's overhead)")},
         requestBody={"required": True, "content": TAR})},
-    f"{JOB_PATH}/artifacts": {"post": _job_op("commit_artifacts", "Record the uploaded archive as the attempt's "
-                                              "artifacts, with its file list", {
+    f"{JOB_PATH}/manifest.json": {"put": _job_op("upload_manifest", "Upload the archive's file list (entries: "
+                                                 "path, type, size, mode, mtime, offset, target), kept as sent", {
+        "200": _json(STORED, "Stored"), "413": _error("Over 256 MiB")},
+        requestBody={"required": True, "content": {"application/json": {"schema": {"type": "array"}}}})},
+    f"{JOB_PATH}/artifacts": {"post": _job_op("commit_artifacts", "Record the uploaded archive and file list as "
+                                              "the attempt's artifacts", {
         "200": _json({"type": "object"}, "The artifacts record"),
-        "400": _error("Invalid body or expire_in"), "409": _error("No archive of that size was uploaded")},
-        requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})},
+        "400": _error("Invalid body or expire_in"),
+        "409": _error("No archive or file list of the given size was uploaded")},
+        requestBody={"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["name", "sha256", "size", "files", "manifest_size"],
+            "properties": {"name": {"type": "string"}, "expire_in": {"type": ["string", "null"]},
+                           "sha256": {"type": "string"}, "size": {"type": "integer"},
+                           "files": {"type": "integer"}, "manifest_size": {"type": "integer"}}}}}})},
     f"{JOB_PATH}/reports/junit": {"put": _job_op("upload_junit", "The job's `reports:junit`: a tar of JUnit XML "
                                                  "files, summarized on the way in", {
         "200": _json(_ref("TestSummary"), "The summary (or the reason it could not be read)")},

@@ -8,7 +8,8 @@ and a worker whose attempt was taken over can record nothing (403). Bodies are s
 in bounded chunks (``ci_queue.objects``); for S3 a download may be a redirect to a presigned URL.
 
 - ``PUT  .../artifacts.tar``            the archive (a tar stream) -> ``{sha256, size}``
-- ``POST .../artifacts``                commit it: ``{name, expire_in, sha256, size, manifest}``
+- ``PUT  .../manifest.json``            its file list (JSON, kept as sent) -> ``{sha256, size}``
+- ``POST .../artifacts``                commit both: ``{name, expire_in, sha256, size, files, manifest_size}``
 - ``PUT  .../reports/junit``            a tar of JUnit XML files, summarized here
 - ``PUT  .../reports/dotenv``           the dotenv file(s), parsed here (GitLab's rules)
 - ``GET  .../dependencies``             whose artifacts the job gets (GitLab's rules), their state
@@ -18,8 +19,6 @@ in bounded chunks (``ci_queue.objects``); for S3 a download may be a redirect to
 
 from __future__ import annotations
 
-import io
-import json
 import re
 import tarfile
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from typing import IO, Any, BinaryIO
 
 from flask import Blueprint, Response, abort, current_app, g, jsonify, redirect, request, stream_with_context
 
-from ci_queue.artifacts.archive import Entry
 from ci_queue.artifacts.caches import cache_object_name
 from ci_queue.artifacts.dependencies import artifact_sources
 from ci_queue.artifacts.reports import DOTENV_MAX_BYTES, ReportError, parse_dotenv, summarize_junit
@@ -41,7 +39,7 @@ from ci_queue.web.api import RUN_ID, _settings, _store
 
 jobs = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs/<run_id>/<int:index>/<int:attempt>")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # the commit's JSON: about a million entries
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # an archive's file list: about a million entries
 MAX_JUNIT_BYTES = 30 * 1024 * 1024  # the XML of one job's reports:junit, uncompressed
 MAX_CACHE_KEY = 1024
 PRESIGNED_SECONDS = 600
@@ -106,35 +104,46 @@ def put_archive(run_id: str, index: int, attempt: int) -> Any:
     return jsonify(sha256=stored.sha256, size=stored.size)
 
 
+@jobs.put("/manifest.json")
+def put_manifest(run_id: str, index: int, attempt: int) -> Any:
+    """The archive's file list, stored as it comes: it is checked where it is read
+    (``ci_queue.web.artifacts``), so a commit costs the same for ten files or a million."""
+    request.max_content_length = MAX_MANIFEST_BYTES + 1
+    try:
+        stored = objects().put(attempt_prefix(run_id, index, attempt) + "manifest.json", _body(),
+                               max_bytes=MAX_MANIFEST_BYTES)
+    except ObjectTooLarge as exc:
+        abort(413, f"the file list is over {exc.limit} bytes")
+    return jsonify(sha256=stored.sha256, size=stored.size)
+
+
+def _non_negative(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        abort(400, f"`{name}` must be a non-negative integer")
+    return value
+
+
 @jobs.post("/artifacts")
 def commit_artifacts(run_id: str, index: int, attempt: int) -> Any:
-    """Record the archive uploaded before as the attempt's artifacts, with its file list."""
-    request.max_content_length = MAX_MANIFEST_BYTES
+    """Record the archive and file list uploaded before as the attempt's artifacts."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         abort(400, "the body must be a JSON object")
-    name, sha256, size, manifest = data.get("name"), data.get("sha256"), data.get("size"), data.get("manifest")
+    name, sha256 = data.get("name"), data.get("sha256")
     if not isinstance(name, str) or not name or len(name) > 255:
         abort(400, "`name` must be a string of 1 to 255 characters")
     if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
         abort(400, "`sha256` must be 64 lowercase hex digits")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        abort(400, "`size` must be a non-negative integer")
-    try:
-        entries = [Entry.from_dict(item) for item in manifest] if isinstance(manifest, list) else None
-    except (KeyError, TypeError, ValueError):
-        entries = None
-    if entries is None:
-        abort(400, "`manifest` must be a list of entries (path, type, size, mode, mtime, offset, target)")
+    size, files, manifest_size = (_non_negative(data, key) for key in ("size", "files", "manifest_size"))
     expire_in = _expire_in(data.get("expire_in"))
     prefix = attempt_prefix(run_id, index, attempt)
-    info = objects().stat(prefix + "artifacts.tar")
-    if info is None or info.size != size:
-        abort(409, f"no archive of {size} bytes was uploaded for this attempt (found "
-                   f"{'none' if info is None else f'{info.size} bytes'}); upload it again")
-    listing = json.dumps([entry.to_dict() for entry in entries]).encode()
-    objects().put(prefix + "manifest.json", io.BytesIO(listing))
-    record = {"name": name, "size": size, "sha256": sha256, "files": sum(e.type == "file" for e in entries),
+    for key, what, wanted in (("artifacts.tar", "archive", size), ("manifest.json", "file list", manifest_size)):
+        info = objects().stat(prefix + key)
+        if info is None or info.size != wanted:
+            abort(409, f"no {what} of {wanted} bytes was uploaded for this attempt (found "
+                       f"{'none' if info is None else f'{info.size} bytes'}); upload it again")
+    record = {"name": name, "size": size, "sha256": sha256, "files": files,
               "key": prefix + "artifacts.tar", "manifest": prefix + "manifest.json"}
     recorded = _index().record_artifacts(run_id, index, attempt, g.job_token, record, expire_in)
     if recorded is None:

@@ -135,6 +135,32 @@ def test_artifacts_go_up_and_come_back_byte_for_byte(live: LiveApp, tmp_path: Pa
     assert (target / "dist" / "link").readlink() == Path("app")
 
 
+@pytest.mark.parametrize(("listing", "reason"), [
+    (b"not json", "not JSON"),
+    (b'[{"path": "../etc/passwd", "type": "file", "size": 1, "offset": 0}]', "damaged"),
+    (b'[{"path": "dist/app", "type": "file", "size": 4096, "offset": 1048576}]', "past the end"),
+])
+def test_a_forged_file_list_is_refused_where_it_is_read(live: LiveApp, tmp_path: Path, listing: bytes, reason: str):
+    """The worker stores the file list as it sends it; the web app checks it when it is used, so
+    a job that forged it can read nothing outside its own archive, and says why."""
+    build = live.running(PIPELINE, "build")
+    upload(live, build, tree(tmp_path / "ws"), ["dist/"])
+    live.objects.put(ArtifactIndex(live.store).artifacts(build.run_id, build.index)["manifest"], io.BytesIO(listing))
+    for suffix in ("artifacts.json", "artifacts/dist/app"):
+        answer = api(live, f"/api/v1/runs/{build.run_id}/jobs/build/{suffix}")
+        assert answer.status_code == 500 and reason in answer.json()["error"], answer.text
+
+
+def test_a_commit_without_its_file_list_is_409(live: LiveApp, tmp_path: Path):
+    build = live.running(PIPELINE, "build")
+    with live.channel(build) as channel:
+        uploaded = channel.upload_archive(lambda: [bytes(1024)])
+        body = {"name": "x", "expire_in": None, "sha256": uploaded.sha256, "size": uploaded.size, "files": 0,
+                "manifest_size": 2}
+        with pytest.raises(Rejected, match="no file list of 2 bytes was uploaded"):
+            channel._request("POST", "/artifacts", json=body)
+
+
 def test_lint_with_no_dependencies_is_told_of_none(live: LiveApp, tmp_path: Path):
     build = live.running(PIPELINE, "build")
     upload(live, build, tree(tmp_path / "ws"), ["dist/"])

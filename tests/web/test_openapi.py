@@ -164,9 +164,14 @@ def check_artifact_routes(check: Checker, api, s3api, tmp_path) -> None:
     check(put(f"{base}/artifacts.tar", data=data, headers=auth), "PUT", jp("/artifacts.tar"))
     check(put(f"{base}/artifacts.tar", data=data, headers={"Job-Token": "wrong"}), "PUT", jp("/artifacts.tar"))
     check(put(f"{base}/artifacts.tar", data=data), "PUT", jp("/artifacts.tar"))
+    listing = json.dumps(manifest).encode()
+    check(put(f"{base}/manifest.json", data=listing, headers=auth), "PUT", jp("/manifest.json"))
     commit = {"name": "dist", "expire_in": "1 day", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-              "manifest": manifest}
+              "files": 1, "manifest_size": len(listing)}
     check(api.client.post(f"{base}/artifacts", json={**commit, "size": 1}, headers=auth), "POST", jp("/artifacts"))
+    check(api.client.post(f"{base}/artifacts", json={**commit, "manifest_size": 1}, headers=auth), "POST",
+          jp("/artifacts"))
+    check(api.client.post(f"{base}/artifacts", json={**commit, "files": -1}, headers=auth), "POST", jp("/artifacts"))
     check(api.client.post(f"{base}/artifacts", json={**commit, "expire_in": "soon"}, headers=auth), "POST",
           jp("/artifacts"))
     check(api.client.post(f"{base}/artifacts", json=commit, headers=auth), "POST", jp("/artifacts"))
@@ -195,6 +200,12 @@ def check_artifact_routes(check: Checker, api, s3api, tmp_path) -> None:
     big = b"\0" * (64 * 1024 * 1024 + 2)
     check(small.client.put(f"{base}/artifacts.tar", data=big, headers=auth), "PUT", jp("/artifacts.tar"))
     check(small.client.put(f"{base}/caches?key=big", data=big, headers=auth), "PUT", jp("/caches"))
+    from unittest.mock import patch
+
+    import ci_queue.web.transfer as transfer
+
+    with patch.object(transfer, "MAX_MANIFEST_BYTES", len(listing) - 1):  # the real limit is 256 MiB
+        check(put(f"{base}/manifest.json", data=listing, headers=auth), "PUT", jp("/manifest.json"))
 
     # a token that is not the running attempt's: 403 on every workers' route
     for path, method in spec_operations(SPEC, "/api/v1/jobs"):
@@ -216,6 +227,7 @@ def check_artifact_routes(check: Checker, api, s3api, tmp_path) -> None:
     assert s3api.store.begin_job(s3_run, s3_index["build"], 1, "w1@host", 60, token).status == "ok"
     base, auth = f"/api/v1/jobs/{s3_run}/{s3_index['build']}/1", {"Job-Token": token}
     s3api.client.put(f"{base}/artifacts.tar", data=data, headers=auth)
+    s3api.client.put(f"{base}/manifest.json", data=listing, headers=auth)
     assert s3api.client.post(f"{base}/artifacts", json=commit, headers=auth).status_code == 200
     s3api.client.put(f"{base}/caches?key=k", data=data, headers=auth)
     check(s3api.client.get(f"{base}/caches?key=k", headers=auth), "GET", jp("/caches"))
