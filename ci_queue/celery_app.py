@@ -49,11 +49,13 @@ def make_celery(settings: Settings | None = None, broker_url: str | None = None,
     to wait forever, so a publish to a frozen broker would hold a request thread for good) and a
     publish is retried once."""
     settings = settings or get_settings()
-    broker = broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"
+    access = redis_urls.Access.from_settings(settings)
+    # rediss://: the TLS settings go into the URL, which kombu reads as redis-py does
+    broker = redis_urls.resolve(broker_url or settings.redis_url or "redis://127.0.0.1:6379/0", access)
     app = Celery("ci_queue", broker=broker, set_as_current=False)
     transport: dict[str, Any] = {"visibility_timeout": visibility_timeout(settings)}
-    if redis_urls.is_sentinel(broker):  # kombu asks the Sentinels for this primary, again after a failover
-        transport["master_name"] = settings.redis_sentinel_master
+    # sentinel://: kombu asks the Sentinels for this primary (again after a failover)
+    transport.update(redis_urls.broker_transport_options(broker, access, settings.redis_socket_timeout))
     if web:
         transport.update(socket_timeout=settings.redis_socket_timeout,
                          socket_connect_timeout=settings.redis_socket_timeout)

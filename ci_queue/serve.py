@@ -134,14 +134,12 @@ def check_redis(settings: Settings) -> None:
     """Refuse to start (exit 1, one line naming the URL without its password) when the broker or
     the state Redis does not answer a ping within a few seconds: a wrong URL said at once, not
     after minutes of a client library retrying. ``serve`` and ``worker`` call it before anything."""
-    import redis
-
+    access = redis_urls.Access.from_settings(settings)
     for url in dict.fromkeys(u for u in (settings.redis_url or "redis://127.0.0.1:6379/0", settings.state_url) if u):
-        try:
-            redis_urls.client(url, settings.redis_sentinel_master, socket_connect_timeout=3, socket_timeout=3).ping()
-        except (redis.RedisError, ValueError) as exc:
-            raise click.ClickException(f"cannot reach Redis at {redis_urls.redact(url)}: {exc} "
-                                       "(CIQ_REDIS_URL / CIQ_STATE_URL say where it is)") from None
+        why = redis_urls.unreachable(url, access)
+        if why is not None:
+            raise click.ClickException(f"cannot reach Redis at {redis_urls.redact(url)}: {why} "
+                                       "(CIQ_REDIS_URL / CIQ_STATE_URL say where it is)")
 
 
 def run_server(host: str, port: int, workers: int, thread_count: int, dev: bool) -> None:

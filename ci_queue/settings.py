@@ -32,6 +32,10 @@ class Settings:
     state_url: str = ""  # run / job / log state; empty: the broker's Redis
     key_prefix: str = "ciq:"  # every state key starts with it (tests use their own)
     redis_sentinel_master: str = "mymaster"  # the primary's name, for sentinel:// URLs
+    redis_sentinel_password: str = ""  # the Sentinels' own password (the primary's is the URL's)
+    redis_tls_ca: str = ""  # rediss://: CA file (PEM) the server's certificate is checked against; empty: the system's
+    redis_tls_cert: str = ""  # rediss://: client certificate (PEM), when the server asks for one
+    redis_tls_key: str = ""  # rediss://: its private key (PEM); empty: in CIQ_REDIS_TLS_CERT
     redis_wait_replicas: int = 0  # job starts and ends wait until this many replicas have them (WAIT)
     redis_socket_timeout: float = 5.0  # connect / read timeout of the state client and the web app's broker
     retention_days: float = 30.0  # finished runs and their logs expire after this
@@ -110,6 +114,12 @@ class Settings:
                      "max_artifact_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):  # else every connection fails with a vaguer OSError
+                raise SettingsError(f"{PREFIX}{name.upper()}: no such file: {path}")
+        if self.redis_tls_key and not self.redis_tls_cert:
+            raise SettingsError("CIQ_REDIS_TLS_KEY is the key of CIQ_REDIS_TLS_CERT, which is not set")
         from ci_queue.pipeline.durations import parse_duration
 
         for name in ("artifacts_expire_in", "cache_expire_in"):

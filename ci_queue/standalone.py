@@ -35,7 +35,7 @@ from typing import Any
 
 import click
 
-from ci_queue.redis_urls import redact
+from ci_queue import redis_urls
 
 READY_WORDS = "ci-queue is ready at"
 WORKER_RESTARTS = 3
@@ -305,8 +305,9 @@ class Standalone:
             child.start()
         self._wait_web(web)
         self._wait_workers(redis_url)
+        started = " (started here, temporary: nothing is saved)" if self.redis else ""
         self.say(f"Workers: {', '.join(c.name for c in self.children if not c.essential) or 'none'}; "
-                 f"Redis: {redact(redis_url)}{' (started here, temporary: nothing is saved)' if self.redis else ''}")
+                 f"Redis: {redis_urls.redact(redis_url)}{started}")
         self.say(f"Try: ci-queue run --repo PATH{'' if self.port == 8080 else ' --server ' + self.url}; "
                  "stop: Ctrl-C" + (f" or kill {os.getpid()}" if self.pid_file else ""))
         self.say(f"{READY_WORDS} {self.url} (token {token_note})")  # the last line: what a script waits for
@@ -349,12 +350,9 @@ class Standalone:
         return False
 
     def _wait_redis(self, url: str) -> None:
-        import redis
-
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
-        except (redis.RedisError, ValueError) as exc:
-            raise StandaloneError(f"cannot reach Redis at {redact(url)} (CIQ_REDIS_URL): {exc}") from None
+        why = redis_urls.unreachable(url, redis_urls.Access.from_settings(self.settings))
+        if why is not None:
+            raise StandaloneError(f"cannot reach Redis at {redis_urls.redact(url)} (CIQ_REDIS_URL): {why}")
 
     def _wait_web(self, web: Child, timeout: float = 60) -> None:
         import requests

@@ -51,3 +51,11 @@ def test_json_logs_carry_run_job_and_step():
 def test_human_logs_show_the_context():
     line = _log("human").strip().splitlines()[-1]
     assert "[run_id=r1 job=build step=script] hello world" in line
+
+
+def test_tls_files_must_exist(tmp_path):
+    with pytest.raises(SettingsError, match="CIQ_REDIS_TLS_CA: no such file"):
+        Settings.from_env({"CIQ_REDIS_TLS_CA": str(tmp_path / "missing.pem")})
+    (tmp_path / "key.pem").write_text("key")
+    with pytest.raises(SettingsError, match="CIQ_REDIS_TLS_KEY is the key of CIQ_REDIS_TLS_CERT"):
+        Settings.from_env({"CIQ_REDIS_TLS_KEY": str(tmp_path / "key.pem")})

@@ -177,12 +177,13 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
-                 socket_timeout: float = 5.0, master: str = "mymaster", wait_replicas: int = 0) -> Store:
+                 socket_timeout: float = 5.0, access: redis_urls.Access | None = None, wait_replicas: int = 0
+                 ) -> Store:
         """A store on the Redis at ``url``; every connect and read gives up after ``socket_timeout``
         seconds, so a frozen Redis costs a request that long, not forever. No blind retries: a
         write whose reply was lost may have run, and sending it again would run it twice (a log
         line, a counter); what must survive a lost reply is made safe to repeat instead."""
-        client = redis_urls.client(url, master, decode_responses=True, socket_timeout=socket_timeout,
+        client = redis_urls.client(url, access, decode_responses=True, socket_timeout=socket_timeout,
                                    socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
         return cls(client, prefix, retention_seconds, wait_replicas)
 
@@ -764,5 +765,6 @@ def store_from_settings(settings: Any) -> Store:
     """The store the settings point at: ``CIQ_STATE_URL``, else the broker's Redis."""
     url = settings.state_url or settings.redis_url or "redis://127.0.0.1:6379/0"
     return Store.from_url(url, settings.key_prefix, settings.retention_days * 86400,
-                          socket_timeout=settings.redis_socket_timeout, master=settings.redis_sentinel_master,
+                          socket_timeout=settings.redis_socket_timeout,
+                          access=redis_urls.Access.from_settings(settings),
                           wait_replicas=settings.redis_wait_replicas)

@@ -104,10 +104,16 @@ def broker_client() -> redis.Redis | None:
     url = broker_url()
     if url is None:
         return None
-    master = current_app.config["CIQ_SETTINGS"].redis_sentinel_master
+    access = redis_urls.Access.from_settings(current_app.config["CIQ_SETTINGS"])
     return _cached_client("broker", lambda: redis_urls.client(
-        url, master, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT, decode_responses=True,
+        url, access, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT, decode_responses=True,
         retry=_no_retry()))
+
+
+def shown(exc: BaseException) -> str:
+    """An error for the answer: in words, with the settings' Redis passwords masked (this page
+    is open to anyone who reaches the server)."""
+    return redis_urls.failure(exc, redis_urls.settings_secrets(current_app.config["CIQ_SETTINGS"]))
 
 
 def _no_retry() -> Any:
@@ -128,7 +134,7 @@ def ping(client: redis.Redis) -> str:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        return f"error: {exc}"
+        return f"error: {shown(exc)}"
     return "ok"
 
 
@@ -150,7 +156,7 @@ def inspect_workers(max_age: float | None = None) -> WorkerView:
             workers = {name: sorted(q["name"] for q in queues or []) for name, queues in replies.items()}
             view = WorkerView(workers, time.monotonic())
         except Exception as exc:  # the broker vanished between the ping and the broadcast
-            view = WorkerView({}, time.monotonic(), f"{type(exc).__name__}: {exc}")
+            view = WorkerView({}, time.monotonic(), f"{type(exc).__name__}: {shown(exc)}")
         probe.view = view
         return view
 
@@ -197,7 +203,7 @@ def readyz():
     try:
         queues = known_queues(state, store)
     except (redis.RedisError, OSError) as exc:
-        body.update(status="not ready", redis=f"error: {exc}", problems=["Redis (state) unreachable"])
+        body.update(status="not ready", redis=f"error: {shown(exc)}", problems=["Redis (state) unreachable"])
         return jsonify(body), 503
     view = inspect_workers()
     by_queue = view.queues()

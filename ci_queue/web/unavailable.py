@@ -1,5 +1,5 @@
 """503 when a dependency is away: the state Redis or the broker unreachable, too slow, loading,
-read-only or out of memory.
+read-only, out of memory, or refusing our credentials (a password rotated under a running server).
 
 These are routine faults of a farm (a Redis restart, a failover, a full disk), not bugs: the
 client is told to come back (``Retry-After``) with the reason in JSON, never a 500 and a
@@ -20,6 +20,13 @@ from ci_queue.objects import ObjectStoreError
 
 RETRY_AFTER_SECONDS = 5  # about one socket timeout: long enough for a restart to show, short for a client
 
+# Credentials refused, found anywhere in the exception's chain (kombu reports a broker that
+# refuses them as its own OperationalError). Not a bug of ours and not the client's: a password
+# rotated in Redis before the servers were given the new one; they work again once they are.
+_REFUSALS: tuple[tuple[type[BaseException], str], ...] = (
+    (redis.AuthenticationError, "Redis refused our credentials"),
+    (redis.exceptions.NoPermissionError, "Redis refused a command to our user (ACL permissions)"),
+)
 # (error class, what it means); the first that matches wins (BusyLoadingError is a ConnectionError).
 # redis-py raises these for a reply inside a Lua script or a MULTI too ("OOM command not allowed
 # ... script: ...", "Command # 1 ... of pipeline caused error: ...").
@@ -37,7 +44,21 @@ _FAILURES: tuple[tuple[type[BaseException], str], ...] = (
 def dependency_failure(exc: BaseException) -> str | None:
     """What is wrong, in words, when ``exc`` means a dependency is unavailable; else None. The
     words are for the client: no host, port or password of ours (the log has the details)."""
+    for cause in _chain(exc):
+        refused = next((meaning for kind, meaning in _REFUSALS if isinstance(cause, kind)), None)
+        if refused is not None:
+            return refused
     return next((meaning for kind, meaning in _FAILURES if isinstance(exc, kind)), None)
+
+
+def _chain(exc: BaseException, limit: int = 5) -> list[BaseException]:
+    """``exc`` and what caused it (``raise ... from`` or during the handling of), nearest first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < limit:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def unavailable(reason: str, exc: BaseException) -> Any:

@@ -146,12 +146,13 @@ class Standalone:
         return ci_queue(*args, "--server", self.url, env={**self.env, **extra}, timeout=timeout)
 
 
-def start_standalone(tmp: Path, workers: int = 2) -> Standalone:
+def start_standalone(tmp: Path, workers: int = 2, **extra: str) -> Standalone:
+    """``extra``: more ``CIQ_*`` settings (a ``CIQ_REDIS_URL`` of the test's own...)."""
     require_redis_server()
     config_home = tmp / "config"
     port = free_port()
     env = base_env(config_home, CIQ_EXECUTOR="shell", CIQ_WORKSPACE_DIR=str(tmp / "workspaces"),
-                   CIQ_GIT_CACHE_DIR=str(tmp / "git-cache"), CIQ_KILL_GRACE_SECONDS="1")
+                   CIQ_GIT_CACHE_DIR=str(tmp / "git-cache"), CIQ_KILL_GRACE_SECONDS="1", **extra)
     service = Service.start(["standalone", "--port", str(port), "--workers", str(workers), "--concurrency", "3",
                              "--grace", "1"], env, tmp / "standalone.log")
     try:
