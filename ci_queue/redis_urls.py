@@ -18,7 +18,8 @@ the settings into the URL, so one string configures both libraries alike (kombu,
 ``rediss://`` URL without options, would not verify the certificate at all).
 
 Printing: :func:`redact` for a URL (the password becomes ``***``, the user name stays: it says
-which ACL user), :func:`scrub` for free text such as an exception's message.
+which ACL user), :func:`scrub` for free text such as an exception's message; the log sinks of
+every process scrub the passwords of the configured URLs (``ci_queue.logging``).
 """
 
 from __future__ import annotations

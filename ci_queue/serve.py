@@ -54,11 +54,18 @@ def api_tokens(settings: Settings) -> list[str]:
 
 
 def on_starting(server: Any) -> None:
-    """Refuse to serve an API nobody can use (or everybody could, were the check ever loosened)."""
+    """Refuse to serve an API nobody can use (or everybody could, were the check ever loosened);
+    mask the Redis passwords in gunicorn's own log lines as in ours."""
+    import logging
+
+    from ci_queue.logging import scrub_handlers
+
     if not api_tokens(_settings()):
         print("ci-queue serve: no API tokens: set CIQ_API_TOKENS (comma-separated bearer tokens); "
               "`ci-queue serve --dev` makes a throwaway one", file=sys.stderr)
         sys.exit(2)
+    for name in ("gunicorn.error", "gunicorn.access"):
+        scrub_handlers(logging.getLogger(name), _settings())
 
 
 def when_ready(server: Any) -> None:

@@ -53,6 +53,42 @@ def test_human_logs_show_the_context():
     assert "[run_id=r1 job=build step=script] hello world" in line
 
 
+PASSWORD = 'Secr3t/"pw@x'  # a quote and a slash: JSON and URLs write it otherwise
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_log_lines_never_carry_a_redis_password(fmt):
+    """Whatever a message or an exception holds, the passwords of the Redis settings are masked in
+    loguru's lines and in the standard-library handlers Celery's worker sets up (as `ci-queue
+    worker` does: the hook first, then Celery's own logging set-up)."""
+    from urllib.parse import quote
+
+    url = f"redis://ciq:{quote(PASSWORD, safe='')}@127.0.0.1:1/0"
+    code = ("import logging, sys\n"
+            "from loguru import logger\n"
+            "from ci_queue.logging import configure, scrub_celery_logs\n"
+            "from ci_queue.celery_app import make_celery\n"
+            "from ci_queue.settings import get_settings\n"
+            "configure()\n"
+            "scrub_celery_logs(get_settings())\n"
+            "pw, url = sys.argv[1], sys.argv[2]\n"
+            "logger.info('connecting to {} with {}', url, pw)\n"
+            "try:\n"
+            "    raise ValueError('bad password ' + pw)\n"
+            "except ValueError as exc:\n"
+            "    logger.opt(exception=exc).error('failed')\n"
+            "make_celery().log.setup_logging_subsystem(loglevel='INFO')\n"
+            "logging.getLogger('celery').error('celery says %s', pw, exc_info=ValueError('in a traceback ' + pw))\n")
+    result = subprocess.run([sys.executable, "-c", code, PASSWORD, url], capture_output=True, text=True, cwd=REPO,
+                            env={"CIQ_LOG_FORMAT": fmt, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                                 "CIQ_REDIS_URL": url, "CIQ_REDIS_SENTINEL_PASSWORD": "sentinel-only-pw"},
+                            check=True)
+    err = result.stderr
+    assert "connecting to redis://ciq:***@127.0.0.1:1/0 with ***" in err, err
+    assert "bad password ***" in err and "celery says ***" in err and "in a traceback ***" in err, err
+    assert PASSWORD not in err and quote(PASSWORD, safe="") not in err and json.dumps(PASSWORD)[1:-1] not in err, err
+
+
 def test_tls_files_must_exist(tmp_path):
     with pytest.raises(SettingsError, match="CIQ_REDIS_TLS_CA: no such file"):
         Settings.from_env({"CIQ_REDIS_TLS_CA": str(tmp_path / "missing.pem")})

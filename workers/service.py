@@ -9,7 +9,7 @@ import time
 
 import click
 
-from ci_queue.logging import configure
+from ci_queue.logging import configure, scrub_celery_logs
 from ci_queue.routing import CONTROL_QUEUE, MAX_WORKER_TAGS, RoutingError, worker_queues
 from ci_queue.serve import check_redis, load_settings
 from workers.identity import NameHold, NameTaken, instance_id
@@ -43,6 +43,7 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     settings = load_settings()
     check_redis(settings)  # a wrong URL: one line and exit 1 now, not Celery retrying for minutes
     configure(settings)
+    scrub_celery_logs(settings)
     # SIGTERM is Celery's warm shutdown: no new jobs are taken and the worker exits as soon as the
     # running ones end; after CIQ_SHUTDOWN_GRACE_SECONDS they are asked to hand back (below).
     from ci_queue.sweeper import Sweeper
