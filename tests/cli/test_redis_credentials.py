@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from ci_queue.celery_app import make_celery
 from ci_queue.settings import Settings
 from ci_queue.standalone import free_port
+from ci_queue.store import store_from_settings
+from ci_queue.unacked import recover
 from tests.cli.conftest import REPO, Service, Standalone, base_env, kill_all, no_traceback, start_standalone, wait_until
 from tests.engine.conftest import make_repo
 from tests.secure_redis import ACL_USER, SecureRedis, TlsFiles, assert_hidden, make_tls_files
@@ -61,6 +64,9 @@ def run_a_job_and_stop(system: Standalone, tmp_path: Path) -> dict[str, str]:
         assert ready.status_code == 200 and ready.json()["redis"] == "ok", ready.text
         metrics = requests.get(f"{system.url}/metrics", timeout=10)
         assert metrics.status_code == 200 and "ciq_redis_up 1.0" in metrics.text
+        # a sweeper's first tick says so (it read Redis's INFO and took its lock over the credentials)
+        wait_until(lambda: "running job(s) get" in system.service.log.read_text(errors="replace"), 20,
+                   "no sweeper tick")
         tree += system.service.tree()
     finally:
         system.service.stop()
@@ -79,8 +85,11 @@ def test_standalone_on_an_acl_user_runs_a_job_and_never_prints_the_password(acl_
     stderr = printed["standalone stderr (web, workers)"]
     # Celery's banner and connection lines were printed, with the password masked (by kombu)
     assert f"transport:   redis://{ACL_USER}:**@127.0.0.1:{acl_redis.port}/0" in stderr, stderr
-    assert "sweeper tick failed" not in stderr, stderr  # the sweeper (unacked messages too) got through
+    assert "sweeper tick failed" not in stderr, stderr
     assert_hidden(printed, acl_redis.secrets())
+    # the sweeper's recovery of unacknowledged messages goes through kombu's channel client
+    settings = Settings.from_env({"CIQ_REDIS_URL": acl_redis.url, "CIQ_KEY_PREFIX": "ciq-acl-test:"})
+    assert recover(store_from_settings(settings), make_celery(settings), 0) == {"restored": 0, "dropped": 0}
 
 
 def test_standalone_over_tls_with_a_client_certificate_runs_a_job(tmp_path, tls_files):
@@ -102,10 +111,6 @@ def test_the_broker_verifies_the_servers_certificate(tmp_path, tls_files):
     """kombu, given a ``rediss://`` URL without TLS options, does not check the certificate at
     all; ours always does: without the CA that signed it the broker connection is refused, with
     it the connection works (the unacknowledged-message recovery uses it too)."""
-    from ci_queue.celery_app import make_celery
-    from ci_queue.store import store_from_settings
-    from ci_queue.unacked import recover
-
     redis = SecureRedis(tmp_path / "redis", tls=tls_files).start()
     try:
         env = {"CIQ_REDIS_URL": redis.url_for(ACL_USER, redis.password), "CIQ_KEY_PREFIX": "ciq-tls-test:",
