@@ -188,3 +188,16 @@ def test_a_password_rotated_under_serve_is_503_with_retry_after_until_it_is_back
     answers["serve log"] = service.log.read_text(errors="replace") + "\n".join(service.lines)
     assert "answered 503: Redis refused our credentials" in answers["serve log"]
     assert_hidden(answers, acl_redis.secrets())
+
+
+def test_a_broker_refusing_the_credentials_is_said_as_such(acl_redis):
+    """kombu reports a refused password as its own OperationalError; the web app still knows it
+    for what it is (a 503 saying so, not "the broker is unreachable")."""
+    from ci_queue.web.unavailable import dependency_failure
+
+    wrong = acl_redis.url_for(ACL_USER, "wrong-Passw0rd-e3")
+    app = make_celery(Settings.from_env({"CIQ_REDIS_URL": wrong}), web=True)
+    with pytest.raises(Exception) as refused:
+        app.send_task("ciq.plan_run", args=["0123456789abcdef"])
+    assert type(refused.value).__module__.startswith("kombu")
+    assert dependency_failure(refused.value) == "Redis refused our credentials"
