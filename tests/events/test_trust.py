@@ -229,3 +229,35 @@ def test_push_and_tag_trust_from_the_payload():
     assert push("refs/tags/v1.0").protected and not push("refs/tags/nightly").protected
     assert not push("refs/heads/feature").protected
     assert push("refs/heads/main").route == ROUTE_PROTECTED
+
+
+def test_the_planner_sees_the_runs_protection_not_a_variables():
+    from pathlib import Path
+
+    from ci_queue.pipeline.variables import predefined
+    from ci_queue.store import RunRecord
+    from workers.tasks import plan_context
+
+    def ctx(protected: bool, **variables: str):
+        run = RunRecord(id="r", status="queued", repo="o/r", ref="feature", sha="a" * 40, event="push", created_at="",
+                        context={"kind": "push", "branch": "feature", "default_branch": "feature"},
+                        variables=variables, protected=protected)
+        return plan_context(run, "a" * 40, Path("/nonexistent"))
+
+    forged = ctx(False, CI_COMMIT_REF_PROTECTED="true", OTHER="kept")  # an older run's trigger variable
+    assert "CI_COMMIT_REF_PROTECTED" not in forged.variables and forged.variables["OTHER"] == "kept"
+    # the context's default_branch is the branch, and still the run's fact decides
+    assert predefined(forged)["CI_COMMIT_REF_PROTECTED"] == "false"
+    assert predefined(ctx(True))["CI_COMMIT_REF_PROTECTED"] == "true"
+
+
+def test_the_status_table_says_a_run_waits_for_approval():
+    from ci_queue.cli import run_table
+
+    waiting = {"id": "abc", "status": "waiting_approval", "repo": "o/r", "ref": "f", "sha": "", "event":
+               "merge_request", "created_at": "2026-01-01T00:00:00.000Z", "fork": True, "protected": False,
+               "approved_by": None, "jobs": []}
+    table = run_table(waiting)
+    assert "a merge request from a fork: no secrets" in table and "`ci-queue approve abc`" in table
+    approved = run_table({**waiting, "status": "queued", "approved_by": "ops", "approved_at": "2026-01-01T00:01Z"})
+    assert "approved by ops" in approved and "yet (planning)" in approved
