@@ -567,11 +567,17 @@ def run_table(run: dict[str, Any]) -> str:
              + (f", started {run['started_at']}" if run.get("started_at") else "")
              + (f", finished {run['finished_at']}" if run.get("finished_at") else "")
              + (f" ({_seconds(took)})" if took is not None else "")]
+    if run.get("fork") or run.get("protected"):
+        lines.append("a merge request from a fork: no secrets" if run.get("fork") else "a protected ref")
+    if run.get("approved_by"):
+        lines.append(f"approved by {run['approved_by']} at {run.get('approved_at')}")
     if run.get("error"):
         lines.append("error: " + str(run["error"]).replace("\n", "\n       "))
     jobs = run.get("jobs") or []
     if not jobs:
-        lines.append("no jobs" + (" yet (planning)" if run.get("status") == "queued" else ""))
+        waiting = {"queued": " yet (planning)",
+                   "waiting_approval": f" yet: waiting for approval (`ci-queue approve {run.get('id')}`)"}
+        lines.append("no jobs" + waiting.get(str(run.get("status")), ""))
         return "\n".join(lines)
     now = datetime.now(UTC)
     rows = [("JOB", "STAGE", "STATUS", "ATTEMPT", "WORKER", "DURATION", "FAILURE")]
@@ -667,6 +673,19 @@ def cancel_command(run_id: str, fmt: str, server: str | None, token: str | None)
         text = f"run {run_id}: {status}" + (f", stopping {stopping} running job{'s' * (stopping != 1)}"
                                             if stopping else "")
     _answer(answer, fmt, text)
+
+
+@cli.command("approve")
+@click.argument("run_id", metavar="RUN")
+@_FORMAT
+@client_options
+@client_errors
+def approve_command(run_id: str, fmt: str, server: str | None, token: str | None) -> None:
+    """Approve a run waiting for approval (a merge request from a fork): it is planned and run,
+    still without secrets or protected caches."""
+    answer = _client(server, token).approve(run_id)
+    _answer(answer, fmt, f"run {answer.get('id', run_id)}: {answer.get('status')} (approved by "
+                         f"{answer.get('approved_by')})")
 
 
 @cli.command("retry")

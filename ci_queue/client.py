@@ -148,6 +148,9 @@ class Client:
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/runs/{_segment(run_id)}/cancel")
 
+    def approve(self, run_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/v1/runs/{_segment(run_id)}/approve")
+
     def retry(self, run_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/runs/{_segment(run_id)}/retry")
 

@@ -24,6 +24,7 @@ from ci_queue.routing import CONTROL_QUEUE, job_queue
 from ci_queue.settings import Settings
 from ci_queue.store import Created, Once, Store
 from ci_queue.store.core import TERMINAL_RUN
+from ci_queue.trust import RunTrust
 
 # GitLab's failure reasons that `retry:when` names, for each of our failure classes.
 RETRY_REASONS = {
@@ -33,6 +34,7 @@ RETRY_REASONS = {
     "runner_system_failure": "runner_system_failure",
     "image_missing": "runner_system_failure",
     "missing_secret": "unknown_failure",
+    "fork_refused": "runner_unsupported",
     "missing_dependency": "missing_dependency_failure",
     "invalid_artifacts": "data_integrity_failure",
 }
@@ -43,17 +45,27 @@ NEVER_RETRIED = frozenset({None, "canceled", "environment_too_large", "checkout_
 
 def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = "", event: str = "push",
                 clone_url: str | None = None, variables: dict[str, str] | None = None,
-                context: dict[str, Any] | None = None, run_id: str | None = None) -> str:
-    """Record a run as ``queued`` and ask any worker to plan it; returns the run id.
+                context: dict[str, Any] | None = None, run_id: str | None = None,
+                trust: RunTrust | None = None, status: str = "queued") -> str:
+    """Record a run as ``queued`` and ask any worker to plan it; returns the run id. ``trust``:
+    its trusted facts (``ci_queue.trust``; None: untrusted). A run made ``waiting_approval`` is
+    only recorded: ``approve`` sends it to planning.
 
     This is all a webhook or an API call does synchronously: cloning and planning happen on a
     worker, so the request answers in milliseconds whatever the repository.
     """
     run_id = store.create_run(repo=repo, ref=ref, sha=sha, event=event, clone_url=clone_url,
-                              variables=variables, context=context, run_id=run_id)
+                              variables=variables, context=context, run_id=run_id, trust=trust, status=status)
+    _started(app, run_id, status, repo, ref)
+    return run_id
+
+
+def _started(app: Celery, run_id: str, status: str, repo: str | None, ref: str | None) -> None:
+    if status == "waiting_approval":
+        logger.bind(run_id=run_id).info("run of {} {} waits for approval (a merge request from a fork)", repo, ref)
+        return
     send_to_planning(app, run_id)
     logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
-    return run_id
 
 
 def trigger_run_once(store: Store, app: Celery, once: Once, **run: Any) -> Created:
@@ -61,8 +73,7 @@ def trigger_run_once(store: Store, app: Celery, once: Once, **run: Any) -> Creat
     in one atomic write). A repeat starts nothing and gets the key's first value back."""
     created = store.create_run_once(once, **run)
     if created.new and created.run_id:
-        send_to_planning(app, created.run_id)
-        logger.bind(run_id=created.run_id).info("run queued for {} {}", run.get("repo"), run.get("ref"))
+        _started(app, created.run_id, run.get("status", "queued"), run.get("repo"), run.get("ref"))
     return created
 
 
@@ -98,9 +109,9 @@ def time_limits(job: Job, settings: Settings) -> tuple[int, int]:
 
 
 def job_signature(app: Celery, settings: Settings, run_id: str, index: int, attempt: int, job: Job) -> Any:
-    """The Celery signature of one attempt of a job, routed by its tags."""
+    """The Celery signature of one attempt of a job, routed by its tags and its trust class."""
     soft, hard = time_limits(job, settings)
-    options: dict[str, Any] = {"queue": job_queue(job.tags), "soft_time_limit": soft, "time_limit": hard}
+    options: dict[str, Any] = {"queue": job_queue(job.tags, job.route), "soft_time_limit": soft, "time_limit": hard}
     if job.when == "delayed" and job.start_in and attempt == 1:
         options["countdown"] = job.start_in
     return app.signature(RUN_JOB, args=[run_id, index, attempt], **options)

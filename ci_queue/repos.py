@@ -14,6 +14,21 @@ behind. The file is validated once, at start, and every problem is reported as
         notify: on_failure              # optional: always | on_failure | on_change | never
         default_branch: main            # optional; used when the payload does not say
         status_api_url: https://git.example.org/api/v1   # optional; default CIQ_<PROVIDER>_API_URL
+        protected_branches: [main, "release/*"]   # optional; default: the default branch
+        protected_tags: ["v*"]          # optional; default: none
+        fork_pull_requests: approve     # optional: run | approve (default) | never
+        protected_workers_only: false   # optional: protected jobs only on `worker --protected` hosts
+        secrets:                        # optional: the secret names its jobs may have
+          - LINT_TOKEN                  # any run but a fork's, any job
+          - {name: DEPLOY_TOKEN, protected: true, environments: [production, "review/*"]}
+
+    defaults:                           # optional: for every repository (and, for `secrets`, for
+      secrets: [SHARED_READ_TOKEN]      # runs of unregistered clone URLs too); a repository's own
+      fork_pull_requests: approve       # keys win, its `secrets` add to (and override by name) these
+
+What the trust keys mean, and who decides what, is in ``ci_queue.trust`` and docs/DESIGN.md
+("Trust"). A run of a clone URL that is no registered repository's (the API) is never protected
+and gets only the secrets of ``defaults:``.
 
 Secrets never live in this file: it names the environment variables that hold them, read when
 a request comes (so a rotated secret needs a restart of nothing but the environment). Defaults:
@@ -46,6 +61,7 @@ from typing import Any
 from ci_queue.events.model import NAME_SEGMENTS, PROVIDERS, Event, valid_ref, valid_repo_name
 from ci_queue.pipeline.errors import Diagnostic, Mark, PipelineError
 from ci_queue.pipeline.loader import YList, YMap, load_file, load_yaml
+from ci_queue.trust import DEFAULT_FORK_MODE, FORK_MODES, Grant, RunTrust, ref_is_protected
 
 DEFAULT_FILE = "configs/repos.yml"
 FILE_ENV = "CIQ_REPOS_FILE"
@@ -64,7 +80,13 @@ DEFAULT_STATUS_TOKEN_ENV: dict[str, str | None] = {
     "generic": None,
 }
 KEYS = ("name", "provider", "clone_url", "pipeline", "secret_env", "status_token_env", "notify", "default_branch",
-        "status_api_url")
+        "status_api_url", "protected_branches", "protected_tags", "fork_pull_requests", "protected_workers_only",
+        "secrets")
+STRING_KEYS = KEYS[2:9]
+# What `defaults:` may set for every repository (the trust keys; names and URLs are per repository).
+DEFAULT_KEYS = ("protected_branches", "protected_tags", "fork_pull_requests", "protected_workers_only", "secrets")
+GRANT_KEYS = ("name", "protected", "environments")
+_SECRET_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _CLONE_URL_RE = re.compile(r"(https?|ssh|git|file)://[^\s]+|[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:[^\s]+|/[^\s]*")
 _PIPELINE_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*")
@@ -87,6 +109,11 @@ class Repository:
     notify: str = DEFAULT_NOTIFY
     default_branch: str | None = None
     status_api_url: str | None = None
+    protected_branches: tuple[str, ...] | None = None  # None: the default branch only
+    protected_tags: tuple[str, ...] = ()
+    fork_pull_requests: str = DEFAULT_FORK_MODE
+    protected_workers_only: bool = False
+    secrets: tuple[Grant, ...] = ()  # with the farm-wide defaults' already merged in
     mark: Mark | None = field(default=None, compare=False)
 
     def secret(self, environ: Mapping[str, str] | None = None) -> str | None:
@@ -105,6 +132,17 @@ class Repository:
         """The URL to clone: the registry's override, else the one the payload gave."""
         return self.clone_url or payload_url
 
+    def protects(self, kind: str, ref: str, default_branch: str) -> bool:
+        """Whether a run of event ``kind`` for ``ref`` is on one of this repository's protected
+        branches (default: ``default_branch``) or tags."""
+        branches = self.protected_branches if self.protected_branches is not None else (default_branch,)
+        return ref_is_protected(kind, ref, branches=branches, tags=self.protected_tags)
+
+    def trust(self, kind: str, ref: str, default_branch: str, *, fork: bool = False) -> RunTrust:
+        """The trusted facts of a run of this repository (``ci_queue.trust``)."""
+        return RunTrust(protected=not fork and self.protects(kind, ref, default_branch), fork=fork, registered=True,
+                        protected_workers_only=self.protected_workers_only, grants=self.secrets)
+
     def run_arguments(self, event: Event, *, default_branch: str = "main") -> dict[str, Any]:
         """The keyword arguments of ``dispatch.trigger_run`` for ``event`` on this repository:
         ``trigger_run(store, app, **repo.run_arguments(event, default_branch=settings.default_branch))``.
@@ -122,6 +160,7 @@ class Repository:
             context["status_token_env"] = self.status_token_env
         if self.status_api_url:
             context["status_api_url"] = self.status_api_url
+        ref = event.tag if event.kind == "tag" else event.branch
         return {
             "repo": self.name,
             "ref": event.run_ref,
@@ -129,7 +168,19 @@ class Repository:
             "event": event.kind,
             "clone_url": self.clone_url_for(event.clone_url) or None,
             "context": context,
+            "trust": self.trust(event.kind, ref or "", context["default_branch"], fork=event.is_fork),
         }
+
+    def fork_waits(self, event: Event) -> bool:
+        """Whether the run of ``event`` waits for an approval (a fork's merge request, ``approve``)."""
+        return event.is_fork and self.fork_pull_requests == "approve"
+
+    def fork_refused(self, event: Event) -> str | None:
+        """Why no run is made for ``event`` (a fork's merge request, ``never``), or None."""
+        if event.is_fork and self.fork_pull_requests == "never":
+            return (f"merge requests from forks do not run for {self.name} (fork_pull_requests: never); "
+                    f"{event.mr_source_repo or 'the fork'} is not {self.name}")
+        return None
 
 
 @dataclass(frozen=True)
@@ -139,11 +190,27 @@ class Registry:
     repositories: tuple[Repository, ...] = ()
     file: str = ""
     warnings: tuple[Diagnostic, ...] = ()
+    default_secrets: tuple[Grant, ...] = ()  # `defaults: secrets:`, for every run (unregistered ones too)
     _index: dict[tuple[str, str], Repository] = field(default_factory=dict, compare=False, repr=False)
+    _by_url: dict[str, Repository] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for repo in self.repositories:
             self._index[repo.provider, repo.name.casefold()] = repo
+            if repo.clone_url:
+                self._by_url.setdefault(_url_key(repo.clone_url), repo)
+
+    def by_clone_url(self, url: str | None) -> Repository | None:
+        """The repository whose registered ``clone_url`` is ``url`` (a trailing ``/`` or ``.git``
+        aside), or None. Only the registry's own URL counts: a repository registered without one is
+        built from its forge's payloads, and an API run cannot claim it."""
+        if not url:
+            return None
+        return self._by_url.get(_url_key(url))
+
+    def unregistered_trust(self) -> RunTrust:
+        """What a run of a clone URL no repository has gets: never protected, the defaults' grants."""
+        return RunTrust(grants=self.default_secrets)
 
     def lookup(self, provider: str, name: str | None) -> Repository | None:
         """The entry for ``name`` at ``provider``, or None (-> 404)."""
@@ -156,6 +223,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self.repositories)
+
+
+def _url_key(url: str) -> str:
+    return url.strip().rstrip("/").removesuffix(".git")
 
 
 def load_registry(path: str | os.PathLike[str] | None = None, *,
@@ -204,10 +275,11 @@ def _build(data: object, file: str, warnings: list[Diagnostic]) -> Registry:
         raise RegistryError([Diagnostic(getattr(data, "mark", None) or start,
                                         "the file must be a mapping with a `repositories:` list")])
     for key in data:
-        if key != "repositories":
-            hint = _did_you_mean(key, ("repositories",))
+        if key not in ("repositories", "defaults"):
+            hint = _did_you_mean(key, ("repositories", "defaults"))
             problem(data.key_mark(key), f"unknown key `{key}`" + (f"; {hint}" if hint else ""),
-                    "the only top-level key is `repositories`")
+                    "the top-level keys are `repositories` and `defaults`")
+    defaults = _defaults(data, problem)
     items = data.get("repositories")
     if items is None:
         items = YList()
@@ -221,7 +293,7 @@ def _build(data: object, file: str, warnings: list[Diagnostic]) -> Registry:
         if not isinstance(item, YMap):
             problem(mark, "each repository must be a mapping with at least `name` and `provider`")
             continue
-        repo = _entry(item, mark, problem)
+        repo = _entry(item, mark, problem, defaults)
         if repo is None:
             continue
         key = (repo.provider, repo.name.casefold())
@@ -236,7 +308,138 @@ def _build(data: object, file: str, warnings: list[Diagnostic]) -> Registry:
     if problems:
         problems.sort(key=lambda d: (d.mark.line, d.mark.col) if d.mark else (0, 0))
         raise RegistryError(problems)
-    return Registry(tuple(repos), file, tuple(warnings))
+    return Registry(tuple(repos), file, tuple(warnings), defaults.get("secrets", ()))
+
+
+def _defaults(data: YMap, problem) -> dict[str, Any]:
+    """The ``defaults:`` section: the trust keys every repository inherits."""
+    section = data.get("defaults")
+    if section is None:
+        return {}
+    if not isinstance(section, YMap):
+        problem(data.value_mark("defaults"), "`defaults` must be a mapping of "
+                                             + ", ".join(f"`{k}`" for k in DEFAULT_KEYS))
+        return {}
+    for key in section:
+        if key not in DEFAULT_KEYS:
+            hint = _did_you_mean(str(key), DEFAULT_KEYS)
+            problem(section.key_mark(key), f"unknown key `{key}` in `defaults`" + (f"; {hint}" if hint else ""),
+                    f"`defaults` may set {', '.join(DEFAULT_KEYS)}")
+    values, _ = _trust_values(section, problem)
+    return values
+
+
+def _globs(item: YMap, key: str, problem) -> tuple[str, ...] | None:
+    """A list of glob patterns (a single string is a list of one)."""
+    value = item.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        problem(item.value_mark(key), f"`{key}` must be a list of non-empty names or patterns (`*`: any characters)")
+        return None
+    return tuple(value)
+
+
+def _grants(item: YMap, problem) -> tuple[Grant, ...] | None:
+    """``secrets:``: names, or ``{name, protected, environments}`` mappings."""
+    value = item.get("secrets")
+    if not isinstance(value, YList):
+        problem(item.value_mark("secrets"), "`secrets` must be a list of secret names or "
+                                            "`{name, protected, environments}` mappings")
+        return None
+    grants: list[Grant] = []
+    seen: set[str] = set()
+    ok = True
+    for index, entry in enumerate(value):
+        mark = value.item_mark(index)
+        grant = _grant(entry, mark, problem)
+        if grant is None:
+            ok = False
+        elif grant.name in seen:
+            problem(mark, f"secret `{grant.name}` is listed twice")
+            ok = False
+        else:
+            seen.add(grant.name)
+            grants.append(grant)
+    return tuple(grants) if ok else None
+
+
+def _grant(entry: object, mark: Mark | None, problem) -> Grant | None:
+    if isinstance(entry, str):
+        entry_map = YMap({"name": entry})
+        entry_map.mark = mark
+        entry = entry_map
+    if not isinstance(entry, YMap):
+        problem(mark, "each secret must be a name or a mapping with `name`, `protected`, `environments`")
+        return None
+    ok = True
+    for key in entry:
+        if key not in GRANT_KEYS:
+            hint = _did_you_mean(str(key), GRANT_KEYS)
+            problem(entry.key_mark(key), f"unknown key `{key}` of a secret" + (f"; {hint}" if hint else ""),
+                    f"the keys are {', '.join(GRANT_KEYS)}")
+            ok = False
+    name = entry.get("name")
+    if not isinstance(name, str) or not _SECRET_NAME_RE.fullmatch(name):
+        problem(entry.value_mark("name"), f"invalid secret name {name!r}",
+                "a variable name: letters, digits and underscores, not starting with a digit")
+        ok = False
+    elif name.startswith("CI_") or name.startswith("CIQ_"):
+        problem(entry.value_mark("name"), f"secret name {name!r} is reserved",
+                "CI_* variables are set by ci-queue, CIQ_* are the worker's settings")
+        ok = False
+    protected = entry.get("protected", False)
+    if not isinstance(protected, bool):
+        problem(entry.value_mark("protected"), "`protected` must be true or false")
+        ok = False
+    environments: tuple[str, ...] | None = ()
+    if "environments" in entry:
+        environments = _globs(entry, "environments", problem)
+        if environments == ():
+            problem(entry.value_mark("environments"), "`environments` must name at least one environment scope",
+                    "leave it out (or write `*`) for every job")
+            environments = None
+        ok = ok and environments is not None
+    if not ok:
+        return None
+    return Grant(name, protected, environments or ())
+
+
+def _trust_values(item: YMap, problem) -> tuple[dict[str, Any], bool]:
+    """The trust keys present in ``item`` (a repository or ``defaults``), validated."""
+    values: dict[str, Any] = {}
+    ok = True
+    for key in ("protected_branches", "protected_tags"):
+        if item.get(key) is not None:
+            values[key] = _globs(item, key, problem)
+    mode = item.get("fork_pull_requests")
+    if mode is not None:
+        if mode in FORK_MODES:
+            values["fork_pull_requests"] = mode
+        else:
+            hint = _did_you_mean(str(mode), FORK_MODES)
+            problem(item.value_mark("fork_pull_requests"),
+                    f"`fork_pull_requests` must be one of {', '.join(FORK_MODES)}, not {mode!r}"
+                    + (f" ({hint})" if hint else ""))
+            values["fork_pull_requests"] = None
+    only = item.get("protected_workers_only")
+    if only is not None:
+        if isinstance(only, bool):
+            values["protected_workers_only"] = only
+        else:
+            problem(item.value_mark("protected_workers_only"), "`protected_workers_only` must be true or false")
+            values["protected_workers_only"] = None
+    if item.get("secrets") is not None:
+        values["secrets"] = _grants(item, problem)
+    if any(value is None for value in values.values()):
+        ok = False
+    return {k: v for k, v in values.items() if v is not None}, ok
+
+
+def _merged_grants(defaults: tuple[Grant, ...], own: tuple[Grant, ...]) -> tuple[Grant, ...]:
+    """The defaults' grants, then the repository's; a repository's grant of a name replaces the default's."""
+    names = {grant.name for grant in own}
+    return tuple(g for g in defaults if g.name not in names) + own
 
 
 def _string(item: YMap, key: str, problem, *, required: bool = False) -> str | None:
@@ -251,7 +454,7 @@ def _string(item: YMap, key: str, problem, *, required: bool = False) -> str | N
     return value
 
 
-def _entry(item: YMap, mark: Mark | None, problem) -> Repository | None:
+def _entry(item: YMap, mark: Mark | None, problem, defaults: dict[str, Any]) -> Repository | None:
     ok = True
     for key in item:
         if key not in KEYS:
@@ -274,7 +477,7 @@ def _entry(item: YMap, mark: Mark | None, problem) -> Repository | None:
                     "of letters, digits, `.`, `_`, `-`, not starting with `-`, never `.` or `..`")
             name = None
     values: dict[str, str | None] = {}
-    for key in KEYS[2:]:
+    for key in STRING_KEYS:
         values[key] = _string(item, key, problem)
         if item.get(key) is not None and values[key] is None:
             ok = False
@@ -309,11 +512,17 @@ def _entry(item: YMap, mark: Mark | None, problem) -> Repository | None:
     if api_url is not None and not re.fullmatch(r"https?://[^\s/]+[^\s]*", api_url):
         problem(item.value_mark("status_api_url"), f"invalid status_api_url {api_url!r}", "an http(s):// URL")
         ok = False
-    if not ok or provider is None or name is None:
+    trust, trust_ok = _trust_values(item, problem)
+    if not ok or not trust_ok or provider is None or name is None:
         return None
+    chosen = {**defaults, **trust}
     return Repository(
         name=name, provider=provider, clone_url=url, pipeline=pipeline,
         secret_env=values["secret_env"] or DEFAULT_SECRET_ENV[provider],
         status_token_env=values["status_token_env"] or DEFAULT_STATUS_TOKEN_ENV[provider],
-        notify=notify or DEFAULT_NOTIFY, default_branch=default_branch, status_api_url=api_url, mark=mark,
+        notify=notify or DEFAULT_NOTIFY, default_branch=default_branch, status_api_url=api_url,
+        protected_branches=chosen.get("protected_branches"), protected_tags=chosen.get("protected_tags", ()),
+        fork_pull_requests=chosen.get("fork_pull_requests", DEFAULT_FORK_MODE),
+        protected_workers_only=chosen.get("protected_workers_only", False),
+        secrets=_merged_grants(defaults.get("secrets", ()), trust.get("secrets", ())), mark=mark,
     )

@@ -76,7 +76,9 @@ class Settings:
     git_cache_dir: str = ""  # bare mirrors shared by the jobs of a host; empty: <temp dir>/ci-queue/git
     docker_network: str = "bridge"  # network mode of job containers (tests use none or host)
     service_wait_seconds: int = 30  # how long a job waits for each of its `services:` to listen (0: not at all)
-    secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need
+    secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need (and must be granted)
+    worker_protected: bool = False  # `ci-queue worker --protected`: only protected refs of registered repos
+    shell_allow_forks: bool = False  # the shell executor runs merge requests from forks too (off: refused)
     cache_dir: str = ""  # a host's local copies of caches; empty: <temp dir>/ci-queue/cache
     cache_local_bytes: int = 10 * 1024**3  # the local cache copies a host keeps at most (oldest go first)
 

@@ -7,7 +7,9 @@ deployment has no extra process to forget. Each tick it
 - re-queues, as a new attempt, every running job whose lease lapsed (its worker or host is
   gone) while ``CIQ_SYSTEM_FAILURE_RETRIES`` allows, else fails it as ``runner_system_failure``;
 - fails as ``stuck`` every job that waited longer than ``CIQ_QUEUE_TIMEOUT_SECONDS`` because no
-  worker has its tags;
+  worker has its tags (or, for a ``protected_workers_only`` repository's protected job, no
+  ``--protected`` worker has them: the message says which kind of worker it waited for);
+  a run ``waiting_approval`` has nothing queued and is never stuck: it waits for a person;
 - re-sends jobs made ready whose Celery message was never published (a crash between the
   barrier and the publish), and runs nobody planned within two minutes (at most once per two
   minutes; a run that ``MAX_PLAN_ATTEMPTS`` planners took without planning it ends as ``error``
@@ -37,6 +39,7 @@ from loguru import logger
 from ci_queue.clock import now_iso
 from ci_queue.dispatch import grant_next, publish, report, report_job_end, send_jobs, send_to_planning
 from ci_queue.resource_groups import ResourceGroups
+from ci_queue.routing import who_serves
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.unacked import recover as recover_unacked
@@ -227,7 +230,7 @@ class Sweeper:
         if job is None or job.status != "pending" or job.attempt != attempt:
             return 0
         reason = (f"no worker took this job within {self.settings.queue_timeout_seconds}s "
-                  f"(queue {job.queue}; tags {job.spec.get('tags') or []})")
+                  f"(queue {job.queue}; tags {job.spec.get('tags') or []}; {who_serves(job.queue or '')})")
         store.append_log(run_id, index, [{"attempt": attempt, "step": "prepare", "n": 0, "stream": "system",
                                           "ts": now_iso(),
                                           "text": f"[ci-queue] {reason}"}])

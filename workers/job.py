@@ -21,12 +21,20 @@ context, a checked-out workspace, a log sink and a cancel check. GitLab semantic
   defined before or among them, unknown names expand to nothing, ``$$`` is ``$``; names in
   ``raw_variables`` are kept as written), then the job's ``secrets``.
 - Secrets (``workers.secrets``) are masked in every log line and never appear in the result.
+  Only granted ones are resolved: with a control plane (``request.trust``, the run's trusted
+  facts) the grants are decided again here before a value is read, and a job that names a
+  secret it is not granted (not granted to the repository, protected and the ref is not, a
+  merge request from a fork, environment out of scope) fails as ``missing_secret`` with why.
+  ``CI_COMMIT_REF_PROTECTED`` is the run's trusted fact, whatever a variable said, and it is what
+  keys the caches apart (``-protected`` / ``-non_protected``).
+- The shell executor refuses a merge request from a fork (``fork_refused``) unless the worker
+  has ``CIQ_SHELL_ALLOW_FORKS=1``: its code would run as the worker's user, on the host.
 - ``services:`` run with the docker executor (``workers.runners.docker``): each service gets the
   job's environment *without* the secrets (and without any variable whose value holds one) plus
   its own ``variables`` (expanded against that environment; they win). The shell executor
   ignores them with a warning.
 
-Failure classes: ``script_failure``, ``timeout``, ``canceled``, ``missing_secret``,
+Failure classes: ``script_failure``, ``timeout``, ``canceled``, ``missing_secret``, ``fork_refused``,
 ``not_runnable`` (a ``trigger:`` job), ``environment_too_large`` (a variable over the kernel's
 MAX_ARG_STRLEN, or all of them over ARG_MAX: no step could ever start, so it is checked before
 the runner prepares and never retried; see ``ci_queue.limits``), the runner's
@@ -60,6 +68,7 @@ from ci_queue.limits import arg_max, environment_problem
 from ci_queue.logging import bind
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings, get_settings
+from ci_queue.trust import Refusal, RunTrust, environment_name
 from workers.jobdata import DataFailure, JobData
 from workers.logs import JobLog, LogSink
 from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepRunner, StepSpec
@@ -95,6 +104,7 @@ class JobRequest:
     trigger_variables: frozenset[str] = frozenset()  # names given with the event: they win over dotenv
     channel: JobChannel | None = None  # the web app, for artifacts and caches (None: `ci-queue exec`)
     fetch_artifacts: bool = True  # False: no job of the run makes artifacts, nothing to ask for
+    trust: RunTrust | None = None  # the run's trusted facts; None: no control plane (`ci-queue exec`)
 
 
 @dataclass
@@ -303,12 +313,29 @@ class _JobRun:
         self.start = time.monotonic()
         self.secrets: dict[str, str] = {}
         self.missing: MissingSecrets | None = None
-        try:
-            self.secrets = resolve_secrets(self.job.secrets, secrets_file=settings.secrets_file or None)
-        except MissingSecrets as exc:
-            self.missing = exc
+        granted, self.refused = self._granted_secrets()
+        if not self.refused:  # nothing is read for a job that fails anyway
+            try:
+                self.secrets = resolve_secrets(granted, secrets_file=settings.secrets_file or None)
+            except MissingSecrets as exc:
+                self.missing = exc
         self.log = JobLog(sink, run_id=request.run_id, job=self.job.name, max_bytes=settings.max_log_bytes,
                           secrets=self.secrets.values())
+
+    def _granted_secrets(self) -> tuple[list[str], list[Refusal]]:
+        """The secrets the job may have and the refusals of the others: decided again from the
+        run's trusted facts (``ci_queue.trust``) over every name the job wrote, whatever its
+        planned spec says; without a control plane (``ci-queue exec``), every name it lists."""
+        job, trust = self.job, self.request.trust
+        if trust is None:
+            return list(job.secrets), []
+        named = [*job.secrets, *(refused["name"] for refused in job.refused_secrets)]
+        return trust.sort_secrets(named, environment_name(job.environment), self.request.project_path)
+
+    @property
+    def protected(self) -> bool | None:
+        """The run's trusted CI_COMMIT_REF_PROTECTED (None: no control plane said)."""
+        return None if self.request.trust is None else self.request.trust.protected
 
     def canceled(self) -> bool:
         try:
@@ -351,6 +378,8 @@ class _JobRun:
         if not job.runnable:
             raise _Failed("not_runnable", f"job `{job.name}` triggers a downstream pipeline (`trigger:`), "
                                           "which ci-queue does not run")
+        if self.refused:
+            raise _Failed("missing_secret", "; ".join(refusal.message for refusal in self.refused))
         if self.missing is not None:
             raise _Failed("missing_secret", f"{self.missing}; the job names it under `secrets:`")
         if self.canceled():
@@ -364,6 +393,11 @@ class _JobRun:
                 raise _Failed("runner_system_failure", f"the docker executor is not available here: {exc}") from None
         else:
             executor = _executor_of(runner)
+        if executor == "shell" and request.trust is not None and request.trust.fork and not settings.shell_allow_forks:
+            raise _Failed("fork_refused", "the shell executor does not run merge requests from forks: their code "
+                                          "would run as this worker's user, on this host. Run it on a docker worker "
+                                          "(CIQ_EXECUTOR=docker, or an `image:`), or set CIQ_SHELL_ALLOW_FORKS=1 on "
+                                          "a worker meant for it")
         if image and executor == "shell":
             why = "this worker runs every job with the shell executor (CIQ_EXECUTOR=shell)" \
                 if settings.executor == "shell" else "the job runs with the shell executor"
@@ -411,7 +445,10 @@ class _JobRun:
                 raise _Failed("canceled", "the job was canceled before its script started", status="canceled")
             if data is not None:
                 with _data_errors():
-                    data.restore_caches(env, env.get("CI_COMMIT_REF_PROTECTED") == "true")
+                    protected = self.protected
+                    if protected is None:  # no control plane (`ci-queue exec`): what the plan said
+                        protected = env.get("CI_COMMIT_REF_PROTECTED") == "true"
+                    data.restore_caches(env, protected)
                     data.download_artifacts(sources)
             return self._steps(runner, env, timeout, data)
         finally:
@@ -424,14 +461,17 @@ class _JobRun:
                      dotenv: dict[str, str]) -> dict[str, str]:
         """GitLab's precedence, lowest first: pipeline and predefined variables, the job's
         variables, the dotenv variables of its dependencies, the variables given with the event,
-        the secrets."""
+        the secrets; then the run's trusted CI_COMMIT_REF_PROTECTED, which nothing overrides."""
         request, job = self.request, self.job
         base = {**request.pipeline_variables,
                 **predefined_job_variables(request, project_dir, builds_dir, timeout, executor, self.started_at)}
         variables = expand_job_variables(dict(job.variables), {**base, **self.secrets},
                                          frozenset(job.raw_variables))
         given = {name: variables[name] for name in request.trigger_variables if name in variables}
-        return {**base, **variables, **dotenv, **given, **self.secrets}
+        env = {**base, **variables, **dotenv, **given, **self.secrets}
+        if self.protected is not None:
+            env["CI_COMMIT_REF_PROTECTED"] = "true" if self.protected else "false"
+        return env
 
     def _keep_data(self, data: JobData, status: str, failure_class: str | None, reason: str | None,
                    env: dict[str, str]) -> tuple[str, str | None, str | None]:

@@ -10,8 +10,9 @@ import time
 import click
 
 from ci_queue.logging import configure, scrub_celery_logs
-from ci_queue.routing import CONTROL_QUEUE, MAX_WORKER_TAGS, RoutingError, worker_queues
+from ci_queue.routing import CONTROL_QUEUE, MAX_WORKER_TAGS, PROTECTED_ROUTES, RoutingError, route_of, worker_queues
 from ci_queue.serve import check_redis, load_settings
+from ci_queue.settings import get_settings
 from workers.identity import NameHold, NameTaken, instance_id
 
 
@@ -27,20 +28,22 @@ def _split(value: str | None) -> list[str]:
 @click.option("--queues", default="", help="Extra comma-separated queues to consume.")
 @click.option("--no-untagged", is_flag=True, help="Do not take untagged jobs (the default queue).")
 @click.option("--no-planning", is_flag=True, help="Do not plan runs (the control queue).")
+@click.option("--protected", is_flag=True,
+              help="Serve only jobs of protected branches and tags of registered repositories (a deploy host "
+                   "with credentials): the protected queues only; implies --no-planning (planning checks out "
+                   "any run's code, forks' too). Also CIQ_WORKER_PROTECTED=1.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker_command(tags: str, concurrency: int | None, name: str | None, queues: str, no_untagged: bool,
-                   no_planning: bool, loglevel: str) -> None:
+                   no_planning: bool, protected: bool, loglevel: str) -> None:
     """Run jobs on this host: a Celery prefork worker consuming the queues of every subset of its tags."""
-    try:
-        consumed = worker_queues(_split(tags), untagged=not no_untagged)
-    except RoutingError as exc:
-        raise click.UsageError(str(exc)) from None
-    if not no_planning:
-        consumed.append(CONTROL_QUEUE)
-    consumed += [q for q in _split(queues) if q not in consumed]
-    if not consumed:
-        raise click.UsageError("this worker would consume no queue")
     settings = load_settings()
+    protected = protected or settings.worker_protected
+    consumed = _queues(tags, queues, untagged=not no_untagged, planning=not (no_planning or protected),
+                       protected=protected)
+    if protected and not settings.worker_protected:  # the jobs read it from the settings (the check
+        os.environ["CIQ_WORKER_PROTECTED"] = "1"        # behind the queues): before they are read
+        get_settings.cache_clear()
+        settings = load_settings()
     check_redis(settings)  # a wrong URL: one line and exit 1 now, not Celery retrying for minutes
     configure(settings)
     scrub_celery_logs(settings)
@@ -74,6 +77,27 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         sweeper.stop()
         hold.release()
     sys.exit(0)
+
+
+def _queues(tags: str, extra: str, *, untagged: bool, planning: bool, protected: bool) -> list[str]:
+    """The queues the worker consumes (``ci_queue.routing``); a usage error for a combination
+    that cannot work (a ``--protected`` worker given an ordinary queue by ``--queues``)."""
+    try:
+        consumed = worker_queues(_split(tags), untagged=untagged, protected=protected)
+    except RoutingError as exc:
+        raise click.UsageError(str(exc)) from None
+    if planning:
+        consumed.append(CONTROL_QUEUE)
+    added = [q for q in _split(extra) if q not in consumed]
+    if protected:
+        ordinary = [q for q in added if route_of(q) not in PROTECTED_ROUTES]
+        if ordinary:
+            raise click.UsageError(f"a --protected worker consumes only protected queues (ciq.protected.*, "
+                                   f"ciq.protected-only.*), not {', '.join(ordinary)}")
+    consumed += added
+    if not consumed:
+        raise click.UsageError("this worker would consume no queue")
+    return consumed
 
 
 def _remove_leftovers(settings) -> None:

@@ -33,6 +33,7 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import job_queue
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
+from ci_queue.trust import CONTROL_PLANE_VARIABLES, apply_to_plan
 from workers import guard
 from workers.checkout import CheckoutError, checkout, resolve_ref
 from workers.identity import instance_id
@@ -237,7 +238,8 @@ class CancelWatch:
 
 
 def plan_context(run: RunRecord, sha: str, repo_dir: Path) -> PlanContext:
-    """The planner's view of the event that triggered ``run``."""
+    """The planner's view of the event that triggered ``run``. ``CI_COMMIT_REF_PROTECTED`` is the
+    run's trusted fact; a trigger variable of that name (an older run's) is dropped."""
     context = dict(run.context)
     mr = context.pop("merge_request", None)
     fields = {k: v for k, v in context.items() if k in PlanContext.__dataclass_fields__}
@@ -249,7 +251,9 @@ def plan_context(run: RunRecord, sha: str, repo_dir: Path) -> PlanContext:
         fields.setdefault("branch", run.ref)
     else:
         fields.setdefault("tag", run.ref)
-    return PlanContext(**fields, sha=sha, variables=dict(run.variables), repo_dir=str(repo_dir),
+    fields["protected"] = run.protected
+    variables = {k: v for k, v in run.variables.items() if k not in CONTROL_PLANE_VARIABLES}
+    return PlanContext(**fields, sha=sha, variables=variables, repo_dir=str(repo_dir),
                        merge_request=MergeRequest(**mr) if mr else None)
 
 
@@ -316,6 +320,7 @@ def _plan(rt: _Runtime, run: RunRecord, claim: PlanningClaim) -> None:
     if not claim.still_held():
         log.warning("another planner took this run over; leaving it to that one")
         return
+    apply_to_plan(plan, run.trust, run.repo)  # the grants: what each job may have, where it may run
     ready = store.set_plan(run_id, plan, sha)
     log.info("planned {} jobs in {} stages", len(plan.jobs), len(plan.stages))
     send_jobs(store, rt.celery, rt.settings, run_id, ready)
@@ -430,12 +435,15 @@ def _execute(settings: Settings, run: RunRecord, pipeline_variables: dict[str, s
              attempt: int, sink: RedisLogSink, cancel: CancelWatch, token: str) -> JobResult:
     """Check out and run the job; touches Redis only through ``sink`` and ``cancel``, which
     outlive an outage. Artifacts and caches go through the web app with the attempt's token."""
+    refusal = protected_worker_refusal(settings, run)
+    if refusal is not None:
+        return _infrastructure_result(InfrastructureError(refusal), sink, run.id, job.name)
     channel = JobChannel(settings.server_url, run.id, index, attempt, token)
     request = JobRequest(job=job, run_id=run.id, job_id=f"{run.id}-{index}", pipeline_id=run.id, attempt=attempt,
                          sha=run.sha, ref=run.ref, project_path=run.repo,
                          pipeline_variables=pipeline_variables, clone_url=run.clone_url,
                          trigger_variables=frozenset(run.variables), channel=channel,
-                         fetch_artifacts=run.uses_artifacts)
+                         fetch_artifacts=run.uses_artifacts, trust=run.trust)
     with channel, Workspace(run.id, job.name, attempt, settings=settings) as workspace:
         try:
             if run.clone_url:
@@ -445,6 +453,17 @@ def _execute(settings: Settings, run: RunRecord, pipeline_variables: dict[str, s
         except InfrastructureError as exc:
             return _infrastructure_result(exc, sink, run.id, job.name)
         return run_job(request, workspace.builds_dir, sink, cancel, settings=settings)
+
+
+def protected_worker_refusal(settings: Settings, run: RunRecord) -> str | None:
+    """Why a ``--protected`` worker does not run a job of ``run`` (None: it may). The queues keep
+    other work away from it (``ci_queue.routing``); this is the check behind them, from the run's
+    trusted facts, for a message that reached it anyway (an operator's extra ``--queues``)."""
+    if not settings.worker_protected or (run.protected and run.registered and not run.fork):
+        return None
+    return ("this worker (`ci-queue worker --protected`) runs only jobs of protected branches and tags of "
+            "registered repositories; this run is not one (the job reached it through a queue it should not "
+            "consume), so it is handed back")
 
 
 def _infrastructure_result(exc: InfrastructureError, sink: RedisLogSink, run_id: str, job: str) -> JobResult:
@@ -491,6 +510,7 @@ def _conclude(rt: _Runtime, run_id: str, index: int, attempt: int, job: Job, wor
                                   fields=fields, attempt_record=record)
     send_jobs(store, rt.celery, settings, run_id, transition.ready, freed)
     if transition.status == "ok":
-        metrics.record_job_end(store, status=result.status, queue=job_queue(job.tags), duration=result.duration)
+        metrics.record_job_end(store, status=result.status, queue=job_queue(job.tags, job.route),
+                               duration=result.duration)
         report_job_end(store, rt.celery, run_id, index, transition.run_status)
     return True

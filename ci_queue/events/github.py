@@ -139,7 +139,7 @@ def _pull_request(data: dict[str, Any], delivery: str) -> Event | Ignored:
         sender=_sender(data), delivery_id=delivery, action=action, mr_iid=iid, mr_source_branch=source_branch,
         mr_target_branch=target_branch, mr_title=message_of(pr.get("title"), 4096),
         mr_labels=labels_of(pr.get("labels")),
-        mr_source_repo=source, mr_target_repo=target, mr_diff_base_sha=base_sha,
+        mr_source_repo=source, mr_target_repo=target, mr_diff_base_sha=base_sha, mr_cross_project=not head_repo,
         mr_source_clone_url=clone_url(head_repo.get("clone_url"), "pull_request.head.repo.clone_url")
         if source.lower() != full.lower() else "",
         web_url=pr.get("html_url") if isinstance(pr.get("html_url"), str) else web, server_url=server_of(web, full),

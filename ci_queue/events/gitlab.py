@@ -140,6 +140,8 @@ def _merge_request(data: dict[str, Any], delivery: str) -> Event | Ignored:
     target_branch = ref_name(text(attrs, "target_branch", "object_attributes."), "object_attributes.target_branch")
     labels = labels_of(data.get("labels")) or labels_of(attrs.get("labels"))
     user = opt_obj(data, "user")
+    source_id, target_id = attrs.get("source_project_id"), attrs.get("target_project_id")
+    cross_project = isinstance(source_id, int) and isinstance(target_id, int) and source_id != target_id
     return Event(
         provider=PROVIDER, repo=path, kind="merge_request", ref=f"refs/merge-requests/{iid}/head", sha=head_sha,
         clone_url=url, before=sha(oldrev, "object_attributes.oldrev") if oldrev else ZERO_SHA, branch=source_branch,
@@ -148,5 +150,6 @@ def _merge_request(data: dict[str, Any], delivery: str) -> Event | Ignored:
         action=action, mr_iid=iid, mr_source_branch=source_branch, mr_target_branch=target_branch,
         mr_title=message_of(attrs.get("title"), 4096), mr_labels=labels, mr_source_repo=source,
         mr_target_repo=target, mr_source_clone_url=source_url if source.lower() != path.lower() else "",
+        mr_cross_project=cross_project,
         web_url=attrs.get("url") if isinstance(attrs.get("url"), str) else web, server_url=server_of(web, path),
     )

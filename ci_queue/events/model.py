@@ -98,6 +98,9 @@ class Event:
     mr_target_repo: str = ""
     mr_diff_base_sha: str = ""
     mr_source_clone_url: str = ""  # the fork's URL when the source project differs
+    # the payload shows another source project where the names cannot: GitLab's project ids
+    # differ, or GitHub / Gitea send no head repository (the fork was deleted)
+    mr_cross_project: bool = False
     web_url: str = ""
     server_url: str = ""
 
@@ -119,9 +122,12 @@ class Event:
 
     @property
     def is_fork(self) -> bool:
-        """A merge request whose source project is not the target project."""
-        return (self.kind == "merge_request" and bool(self.mr_source_repo)
-                and self.mr_source_repo.lower() != (self.mr_target_repo or self.repo).lower())
+        """A merge request whose source project is not the target project (or may not be: a
+        payload that does not say where the head comes from is a fork's, to be safe)."""
+        if self.kind != "merge_request":
+            return False
+        return (self.mr_cross_project or not self.mr_source_repo
+                or self.mr_source_repo.lower() != (self.mr_target_repo or self.repo).lower())
 
     def to_context(self, *, default_branch: str = "main", pipeline: str | None = None) -> dict[str, Any]:
         """The run's ``context`` (what ``workers.tasks.plan_context`` turns into a PlanContext).

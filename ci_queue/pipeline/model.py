@@ -132,6 +132,10 @@ class Job:
     coverage: str | None = None
     dependencies: list[str] | None = None
     secrets: list[str] = field(default_factory=list)  # names; values come from the worker, never stored
+    # what the control plane's grants decided (``ci_queue.trust``): the names of `secrets:` this job
+    # is not granted, with why ({name, reason, message}); and the trust class of its queue
+    refused_secrets: list[dict[str, str]] = field(default_factory=list)
+    route: str = ""  # "" (any worker) | "protected" | "protected-only" (ci_queue.routing)
     raw_variables: list[str] = field(default_factory=list)  # `expand: false`: `$` kept as written
     description: str = ""
     line: int | None = None  # where the job is defined, for messages

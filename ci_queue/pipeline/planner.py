@@ -206,7 +206,8 @@ class _Planner:
             retry=spec.retry, matrix=inst.matrix, node_index=inst.index, node_total=inst.total,
             interruptible=(rule.interruptible if rule is not None and rule.interruptible is not None
                            else spec.interruptible),
-            resource_group=spec.resource_group, environment=spec.environment, artifacts=spec.artifacts,
+            resource_group=spec.resource_group, environment=_expand_environment(spec.environment, env),
+            artifacts=spec.artifacts,
             cache=spec.cache, trigger=spec.trigger, coverage=spec.coverage,
             dependencies=None if spec.dependencies is None else self.resolve_names(spec.dependencies),
             secrets=list(spec.secrets), raw_variables=sorted(raw & set(yaml_vars)),
@@ -296,6 +297,14 @@ def _expand_image(image: dict[str, Any] | None, env: dict[str, str]) -> Any:
     if image is None or "$" not in image["name"]:
         return image
     return {**image, "name": expand_text(image["name"], env)}
+
+
+def _expand_environment(environment: dict[str, Any] | None, env: dict[str, str]) -> dict[str, Any] | None:
+    """GitLab expands variables in an environment's name (``review/$CI_COMMIT_REF_SLUG``); the
+    expanded name is what secrets' environment scopes are matched against."""
+    if not environment or "$" not in str(environment.get("name") or ""):
+        return environment
+    return {**environment, "name": expand_text(str(environment["name"]), env)}
 
 
 def _matrix_selected(values: dict[str, str], selectors: tuple[dict[str, tuple[str, ...]], ...]) -> bool:

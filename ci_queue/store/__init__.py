@@ -3,6 +3,8 @@
 Key schema (``P`` is the key prefix, ``CIQ_KEY_PREFIX``; documented in docs/DESIGN.md):
 
 - ``P run:<id>``            hash: the run record (status, repo, ref, sha, event, times, error...)
+                            and its trusted facts (protected, fork, registered,
+                            protected_workers_only, grants; approved_by/at), see ``ci_queue.trust``
 - ``P run:<id>:state``      hash: the run's graph and job state, one field per node property
                             ``n<i>.<prop>`` (status ``st``, attempt ``att``, worker, times, the
                             planned job ``spec`` as JSON, ``attempts`` as JSON, barrier counters

@@ -19,8 +19,11 @@ from ci_queue.clock import now_iso
 from ci_queue.graph import build_graph, dependents
 from ci_queue.pipeline.model import Job, Plan
 from ci_queue.store import lua
+from ci_queue.trust import Grant, RunTrust
 
-RUN_STATUSES = ("queued", "running", "success", "failed", "canceled", "skipped", "error")
+RUN_STATUSES = ("waiting_approval", "queued", "running", "success", "failed", "canceled", "skipped", "error")
+# Not planned yet: nothing of the run is in a queue (``waiting_approval``: until a token approves it).
+UNPLANNED_RUN = frozenset({"waiting_approval", "queued"})
 JOB_STATUSES = ("created", "pending", "running", "success", "failed", "canceled", "skipped", "manual")
 TERMINAL_RUN = frozenset({"success", "failed", "canceled", "skipped", "error"})
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
@@ -69,6 +72,8 @@ class JobState:
             "exit_code": self.exit_code, "failure_reason": self.failure_reason, "queue": self.queue,
             "started_at": self.started_at, "finished_at": self.finished_at, "attempts": self.attempts,
             "steps": steps, "artifacts": artifacts, "test_summary": self.test_summary,
+            "secrets": list(self.spec.get("secrets") or []),
+            "refused_secrets": list(self.spec.get("refused_secrets") or []),
         }
 
 
@@ -91,12 +96,26 @@ class RunRecord:
     context: dict[str, Any] = field(default_factory=dict)
     jobs: list[JobState] = field(default_factory=list)
     uses_artifacts: bool = False  # a job of the plan has `artifacts:` (its workers talk to the web app)
+    # the trusted facts, set by the control plane when the run was made (``ci_queue.trust``)
+    protected: bool = False  # CI_COMMIT_REF_PROTECTED: a protected branch or tag of a registered repository
+    fork: bool = False  # a merge request from another project: no secrets, no protected caches
+    registered: bool = False  # a repository of the registry (else: an API run of any clone URL)
+    protected_workers_only: bool = False  # its protected jobs go to `ci-queue worker --protected` hosts only
+    grants: tuple[Grant, ...] = ()  # the secrets its jobs may have
+    approved_by: str | None = None  # who let a fork's run wait no longer (`waiting_approval` -> `queued`)
+    approved_at: str | None = None
+
+    @property
+    def trust(self) -> RunTrust:
+        return RunTrust(protected=self.protected, fork=self.fork, registered=self.registered,
+                        protected_workers_only=self.protected_workers_only, grants=self.grants)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "status": self.status, "repo": self.repo, "ref": self.ref, "sha": self.sha,
             "event": self.event, "created_at": self.created_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "error": self.error,
+            "finished_at": self.finished_at, "error": self.error, "protected": self.protected, "fork": self.fork,
+            "approved_by": self.approved_by, "approved_at": self.approved_at,
             "jobs": [job.to_dict() for job in self.jobs],
         }
 
@@ -149,11 +168,23 @@ class Transition:
 
 
 def _new_record(run_id: str, *, repo: str, ref: str, sha: str, event: str, clone_url: str | None,
-                variables: dict[str, str] | None, context: dict[str, Any] | None) -> dict[str, str]:
-    """The hash of a run just triggered (``P run:<id>``), as stored."""
-    return {"id": run_id, "status": "queued", "repo": repo, "ref": ref, "sha": sha, "event": event,
+                variables: dict[str, str] | None, context: dict[str, Any] | None, trust: RunTrust | None,
+                status: str) -> dict[str, str]:
+    """The hash of a run just triggered (``P run:<id>``), as stored: its trusted facts with it, in
+    the same write (a run never exists without them)."""
+    if status not in UNPLANNED_RUN:
+        raise ValueError(f"a new run is queued or waiting_approval, not {status!r}")
+    trust = trust or RunTrust()
+    return {"id": run_id, "status": status, "repo": repo, "ref": ref, "sha": sha, "event": event,
             "created_at": now_iso(), "clone_url": clone_url or "",
-            "variables": json.dumps(variables or {}), "context": json.dumps(context or {})}
+            "variables": json.dumps(variables or {}), "context": json.dumps(context or {}),
+            "protected": _flag(trust.protected), "fork": _flag(trust.fork), "registered": _flag(trust.registered),
+            "protected_workers_only": _flag(trust.protected_workers_only),
+            "grants": json.dumps([grant.to_dict() for grant in trust.grants])}
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def _opt(value: str | None) -> str | None:
@@ -171,9 +202,9 @@ class Store:
         self.wait_replicas = wait_replicas
         self._warned_replicas = float("-inf")
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in
-                         ("CREATE_RUN", "START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB", "PLAY_JOB",
-                          "CANCEL_RUN", "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES", "MARK_QUEUED",
-                          "HOLD", "RELEASE", "SET_IF_CURRENT")}
+                         ("CREATE_RUN", "APPROVE_RUN", "START_RUN", "BEGIN_JOB", "FINISH_JOB", "REQUEUE_JOB",
+                          "PLAY_JOB", "CANCEL_RUN", "CANCEL_JOBS", "RETRY_RUN", "RENEW_LEASE", "EXTEND_LEASES",
+                          "MARK_QUEUED", "HOLD", "RELEASE", "SET_IF_CURRENT")}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ciq:", retention_seconds: float = 30 * 86400,
@@ -266,29 +297,31 @@ class Store:
 
     def create_run(self, *, repo: str, ref: str, sha: str = "", event: str = "push", clone_url: str | None = None,
                    variables: dict[str, str] | None = None, context: dict[str, Any] | None = None,
-                   run_id: str | None = None) -> str:
-        """Record a new run as ``queued`` and index it, in one atomic step; returns its id. The
-        same write arriving twice (sent again after a lost reply) leaves the run as it is."""
+                   run_id: str | None = None, trust: RunTrust | None = None, status: str = "queued") -> str:
+        """Record a new run as ``queued`` (or ``waiting_approval``) with its trusted facts and index
+        it, in one atomic step; returns its id. The same write arriving twice (sent again after a
+        lost reply) leaves the run as it is."""
         record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
-                             clone_url=clone_url, variables=variables, context=context)
+                             clone_url=clone_url, variables=variables, context=context, trust=trust, status=status)
         self._write_run(record, None)
         return record["id"]
 
     def create_run_once(self, once: Once, *, repo: str, ref: str, sha: str = "", event: str = "push",
                         clone_url: str | None = None, variables: dict[str, str] | None = None,
-                        context: dict[str, Any] | None = None, run_id: str | None = None) -> Created:
+                        context: dict[str, Any] | None = None, run_id: str | None = None,
+                        trust: RunTrust | None = None, status: str = "queued") -> Created:
         """Record a new run unless ``once.key`` exists: the key (holding ``once.value``) and the
         whole run are written in the same atomic step, so a retried request (an API call with an
         ``Idempotency-Key``, a redelivered webhook) finds either both or neither, never a run
         without its key or a key without its run. A repeat gets the first value back."""
         record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
-                             clone_url=clone_url, variables=variables, context=context)
+                             clone_url=clone_url, variables=variables, context=context, trust=trust, status=status)
         return self._write_run(record, once)
 
     def _write_run(self, record: dict[str, str], once: Once | None) -> Created:
         """``CREATE_RUN``: the record, its four index entries and ``once``, in one script."""
         run_id = record["id"]
-        keys = [self._run(run_id), *self._index_keys(record["repo"], record["ref"], "queued")]
+        keys = [self._run(run_id), *self._index_keys(record["repo"], record["ref"], record["status"])]
         args: list[Any] = [run_id, "", self.retention + 86400, "", 0]
         if once is not None:
             keys.append(once.key)
@@ -438,6 +471,10 @@ class Store:
             error=_opt(raw.get("error")), clone_url=_opt(raw.get("clone_url")),
             variables=json.loads(raw.get("variables") or "{}"), context=json.loads(raw.get("context") or "{}"),
             uses_artifacts=raw.get("uses_artifacts") == "1",
+            protected=raw.get("protected") == "1", fork=raw.get("fork") == "1", registered=raw.get("registered") == "1",
+            protected_workers_only=raw.get("protected_workers_only") == "1",
+            grants=tuple(Grant.from_dict(g) for g in json.loads(raw.get("grants") or "[]")),
+            approved_by=_opt(raw.get("approved_by")), approved_at=_opt(raw.get("approved_at")),
         )
         if with_jobs:
             state = results[1]
@@ -620,13 +657,27 @@ class Store:
             pipe.execute()
         return int(result[1])
 
+    def approve_run(self, run_id: str, by: str) -> None:
+        """Let a run that waits for approval (a fork's merge request) go on: it becomes ``queued``
+        with ``approved_by`` / ``approved_at``, in one atomic step, so two approvals (or an
+        approval racing a cancel) change it once. The caller sends it to planning. Raises
+        StoreError when the run does not exist or does not wait."""
+        result = self._scripts["APPROVE_RUN"](
+            keys=[self._run(run_id), self._index("status", "waiting_approval"), self._index("status", "queued"),
+                  self._index()],
+            args=[by, now_iso(), self.retention + 86400])
+        if result == "missing":
+            raise StoreError(f"no run {run_id}")
+        if result != "approved":
+            raise StoreError(f"run {run_id} is {result}, not waiting for approval")
+
     def cancel_run(self, run_id: str) -> tuple[str, list[int]]:
         """Cancel a run; returns its status and the indexes of jobs still running."""
         old = self.r.hget(self._run(run_id), "status")
         if old is None:
             raise StoreError(f"no run {run_id}")
         count = int(self.r.hget(self._run(run_id), "job_count") or 0)
-        if old == "queued":
+        if old in UNPLANNED_RUN:
             self.r.hset(self._run(run_id), "canceling", "1")
             self.fail_run(run_id, "canceled before it was planned", status="canceled")
             return "canceled", []
@@ -643,8 +694,8 @@ class Store:
         raw = self.r.hmget(self._run(run_id), ["status", "stages", "job_count"])
         if raw[0] is None:
             raise StoreError(f"no run {run_id}")
-        if raw[0] == "queued":
-            raise StoreError(f"run {run_id} has not been planned yet, nothing to retry")
+        if raw[0] in UNPLANNED_RUN:
+            raise StoreError(f"run {run_id} has not been planned yet ({raw[0]}), nothing to retry")
         if raw[2] is None:  # ended before it had jobs: an invalid pipeline file, no pipeline, a checkout error
             raise StoreError(f"run {run_id} is {raw[0]} without jobs, nothing to retry")
         job_count = int(raw[2])

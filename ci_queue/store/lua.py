@@ -38,6 +38,25 @@ if once then redis.call('SET', once, ARGV[4], 'EX', ARGV[5]) end
 return {1, ARGV[4]}
 """
 
+# A fork's run waiting for approval becomes queued, with who approved it and when (`approved`);
+# any other run answers its status (or `missing`) and changes nothing. KEYS: run, status:waiting_approval,
+# status:queued, the runs index. ARGV: who, when, the index keys' TTL.
+APPROVE_RUN = r"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'waiting_approval' then return status end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+-- plan_sent: the sweeper counts the wait for a planner from the approval, not from the creation
+redis.call('HSET', KEYS[1], 'status', 'queued', 'approved_by', ARGV[1], 'approved_at', ARGV[2],
+           'plan_sent', tostring(now))
+local score = redis.call('ZSCORE', KEYS[4], redis.call('HGET', KEYS[1], 'id')) or now
+redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+redis.call('ZADD', KEYS[3], score, redis.call('HGET', KEYS[1], 'id'))
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 'approved'
+"""
+
 # Shared functions, prepended to the scripts that move the graph forward.
 _PRELUDE = r"""
 local run_key, st = KEYS[1], KEYS[2]

@@ -1,4 +1,4 @@
-"""The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, retry, play.
+"""The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, retry, play, approve.
 
 Every route needs ``Authorization: Bearer <token>`` with one of ``CIQ_API_TOKENS`` (compared in
 constant time). Errors are JSON ``{"error": message}``; unknown ids are 404; Redis or the broker
@@ -39,6 +39,7 @@ from ci_queue.limits import (
 from ci_queue.settings import Settings
 from ci_queue.store import Once, Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
+from ci_queue.trust import CONTROL_PLANE_VARIABLES, RunTrust
 from ci_queue.web.unavailable import dependency_failure
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -124,6 +125,9 @@ def _variables(data: dict[str, Any]) -> dict[str, str]:
     for name, value in variables.items():
         if not name or "=" in name or "\0" in name:
             abort(400, f"`variables`: {shown(name)} is not a variable name (empty, or with '=' or NUL)")
+        if name in CONTROL_PLANE_VARIABLES:
+            abort(400, f"`variables`: {name} is set by ci-queue from the repositories file (protected branches "
+                       "and tags), never by a trigger")
         if utf8_len(name) > MAX_VARIABLE_NAME_BYTES:
             abort(400, f"`variables`: the name {shown(name)} is too long: {utf8_len(name)} bytes, "
                        f"at most {MAX_VARIABLE_NAME_BYTES}")
@@ -161,16 +165,17 @@ def create_run() -> Any:
     land) can name it. With an ``Idempotency-Key`` the key and the run are written in one atomic
     step and a repeat answers the first run (200), so a client may retry blindly."""
     fields = _trigger_fields(_json_body())
+    trust = _trust(fields)
     key = _idempotency_key()
     store, celery = _store(), current_app.config["CIQ_CELERY"]
     g.run_id = run_id = store.new_run_id()
     if key is None:
-        trigger_run(store, celery, run_id=run_id, **fields)
+        trigger_run(store, celery, run_id=run_id, trust=trust, **fields)
         return _trigger_answer(run_id, "queued", 202)
     fingerprint = _fingerprint(fields)
     once = Once(store.idempotency_key(_token_scope(), key), json.dumps({"run_id": run_id, "request": fingerprint}),
                 max(1, min(IDEMPOTENCY_TTL, store.retention)))  # never outlives its run (`retention` after its end)
-    created = trigger_run_once(store, celery, once, run_id=run_id, **fields)
+    created = trigger_run_once(store, celery, once, run_id=run_id, trust=trust, **fields)
     if created.new:
         return _trigger_answer(run_id, "queued", 202)
     return _replay(json.loads(created.first), fingerprint)
@@ -194,6 +199,21 @@ def _trigger_fields(data: dict[str, Any]) -> dict[str, Any]:
     variables = _variables(data)
     return {"repo": repo, "ref": ref, "sha": sha.lower(), "event": event, "clone_url": clone_url,
             "variables": variables, "context": _context(data, event, ref)}
+
+
+def _trust(fields: dict[str, Any]) -> RunTrust:
+    """The trusted facts of an API run (``ci_queue.trust``). A clone URL that is a registered
+    repository's registry ``clone_url`` makes a run of that repository (under its registered name):
+    protected when its ref is one of the repository's protected branches or tags (the default
+    branch is the registry's ``default_branch``, else ``CIQ_DEFAULT_BRANCH``: never the request's),
+    with its grants. Any other clone URL is untrusted: never protected, the ``defaults:`` grants only.
+    Changes ``fields["repo"]`` to the registered name."""
+    registry = current_app.config["CIQ_REGISTRY"]
+    repo = registry.by_clone_url(fields["clone_url"])
+    if repo is None:
+        return registry.unregistered_trust()
+    fields["repo"] = repo.name
+    return repo.trust(fields["event"], fields["ref"], repo.default_branch or _settings().default_branch)
 
 
 def _idempotency_key() -> str | None:
@@ -287,6 +307,31 @@ def cancel_run(run_id: str) -> Any:
     if status in TERMINAL_RUN:
         report(_store(), current_app.config["CIQ_CELERY"], run_id, "run_ended")
     return jsonify(id=run_id, status=status, stopping=len(running))
+
+
+@api.post("/runs/<run_id>/approve")
+def approve_run(run_id: str) -> Any:
+    """Let a run that waits for approval (a merge request from a fork, ``fork_pull_requests:
+    approve``) be planned and run. It still gets no secrets and no protected caches: approving
+    says "this code may use our workers", not "this code may have our credentials"."""
+    _run_or_404(run_id, with_jobs=False)
+    actor = _actor()
+    try:
+        _store().approve_run(run_id, actor)
+    except StoreError as exc:
+        abort(409, str(exc))
+    logger.bind(run_id=run_id).info("run approved by {}", actor)
+    send_to_planning(current_app.config["CIQ_CELERY"], run_id)  # lost: the sweeper sends it again
+    return jsonify(id=run_id, status="queued", approved_by=actor), 202
+
+
+def _actor() -> str:
+    """Who the request is, for the record: the token's name when tokens have names, else a short
+    fingerprint of the token (never the token itself)."""
+    name = g.get("token_name")
+    if name:
+        return str(name)
+    return "token:" + hashlib.sha256(b"actor:" + g.token.encode()).hexdigest()[:12]
 
 
 @api.post("/runs/<run_id>/retry")

@@ -84,6 +84,12 @@ RUN_FIELDS: dict[str, Any] = {
     "started_at": TIME_OR_NULL,
     "finished_at": TIME_OR_NULL,
     "error": _nullable("string", description="Why the run could not be planned (FILE:LINE:COL lines)"),
+    "protected": {"type": "boolean", "description": "A protected branch or tag of a registered repository "
+                                                     "(CI_COMMIT_REF_PROTECTED), decided by the server"},
+    "fork": {"type": "boolean", "description": "A merge request from another project: no secrets, no protected "
+                                                "caches"},
+    "approved_by": _nullable("string", description="Who approved a fork's run (`waiting_approval` -> `queued`)"),
+    "approved_at": TIME_OR_NULL,
 }
 RUN_REQUIRED = list(RUN_FIELDS)
 DUPLICATE = {"const": True, "description": "Present on the answer to a repeated delivery id (nothing was started)"}
@@ -135,7 +141,8 @@ SCHEMAS: dict[str, Any] = {
     "Job": {
         "type": "object", "additionalProperties": False,
         "required": ["name", "stage", "status", "when", "allow_failure", "attempt", "worker", "exit_code",
-                     "failure_reason", "queue", "started_at", "finished_at", "attempts", "steps"],
+                     "failure_reason", "queue", "started_at", "finished_at", "attempts", "steps", "secrets",
+                     "refused_secrets"],
         "properties": {
             "name": {"type": "string"},
             "stage": {"type": "string"},
@@ -156,6 +163,19 @@ SCHEMAS: dict[str, Any] = {
             "steps": {"type": "array", "items": _ref("Step"), "description": "The steps of the latest attempt"},
             "artifacts": {"oneOf": [{"type": "null"}, _ref("ArtifactsSummary")]},
             "test_summary": {"oneOf": [{"type": "null"}, _ref("TestSummary")]},
+            "secrets": {"type": "array", "items": {"type": "string"},
+                        "description": "The secrets (names) it was granted; values never leave the worker"},
+            "refused_secrets": {"type": "array", "items": _ref("RefusedSecret"),
+                                "description": "Secrets it names and is not granted: the job fails with "
+                                               "`missing_secret`"},
+        },
+    },
+    "RefusedSecret": {
+        "type": "object", "required": ["name", "reason", "message"], "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "reason": {"enum": ["not_granted", "ref_not_protected", "fork", "environment_out_of_scope"]},
+            "message": {"type": "string"},
         },
     },
     "ArtifactsSummary": {
@@ -243,6 +263,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"id": {"type": "string"}, "status": {"enum": list(RUN_STATUSES)},
                        "stopping": {"type": "integer", "minimum": 0, "description": "Jobs still stopping"}},
     },
+    "ApproveResponse": {
+        "type": "object", "required": ["id", "status", "approved_by"], "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "status": {"const": "queued"},
+                       "approved_by": {"type": "string", "description": "The approving token's name"}},
+    },
     "RetryResponse": {
         "type": "object", "required": ["id", "status", "retried", "ready"], "additionalProperties": False,
         "properties": {"id": {"type": "string"}, "status": {"enum": list(RUN_STATUSES)},
@@ -271,6 +296,9 @@ SCHEMAS: dict[str, Any] = {
     "WebhookAccepted": {
         "type": "object", "required": ["run_id", "status_url"],
         "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string", "format": "uri"},
+                       "status": {"enum": ["queued", "waiting_approval"],
+                                  "description": "`waiting_approval`: a merge request from a fork, waiting for "
+                                                 "`POST /api/v1/runs/{run_id}/approve`"},
                        "duplicate": DUPLICATE},
     },
     "WebhookIgnored": {
@@ -298,8 +326,10 @@ def _webhook(provider: str, headers: list[tuple[str, bool, str]], summary: str) 
                         "content": {"application/json": {"schema": {"type": "object"}}}},
         "responses": {
             "202": _json({"anyOf": [_ref("WebhookAccepted"), _ref("WebhookIgnored")]},
-                         "A run was queued, or the event was ignored (branch deletion, closed pull request, "
-                         "unknown event, ...); a repeated delivery gets the first answer with `duplicate: true`"),
+                         "A run was queued (or waits for approval: a fork's merge request), or the event was "
+                         "ignored (branch deletion, closed pull request, unknown event, a fork's merge request "
+                         "under `fork_pull_requests: never`, ...); a repeated delivery gets the first answer "
+                         "with `duplicate: true`"),
             "200": _json(_ref("WebhookPong"), "A ping"),
             "400": _error("Not JSON, not the expected shape, or a hostile name"),
             "401": _error("Missing or wrong signature / token, stale timestamp, or no secret configured"),
@@ -379,15 +409,25 @@ PATHS: dict[str, Any] = {
             "200": _json(_ref("Run"), "The run"), "404": NOT_FOUND}, [RUN_ID]),
     },
     "/api/v1/runs/{run_id}/cancel": {
-        "post": _op("cancel_run", "Cancel a run: queued jobs never start, running ones are stopped", {
+        "post": _op("cancel_run", "Cancel a run: queued jobs never start, running ones are stopped (a run "
+                                  "waiting for approval ends as canceled)", {
             "200": _json(_ref("CancelResponse"), "Canceled (or canceling while jobs stop)"),
             "404": NOT_FOUND}, [RUN_ID]),
+    },
+    "/api/v1/runs/{run_id}/approve": {
+        "post": _op("approve_run", "Approve a run waiting for approval (a merge request from a fork): it is "
+                                   "planned and run, still without secrets or protected caches", {
+            "202": _json(_ref("ApproveResponse"), "Approved; the run is queued for planning"),
+            "404": NOT_FOUND,
+            "409": _error("The run is not waiting for approval (approved already, canceled, or not a fork's)"),
+        }, [RUN_ID]),
     },
     "/api/v1/runs/{run_id}/retry": {
         "post": _op("retry_run", "Retry the failed and canceled jobs (GitLab's \"retry failed jobs\")", {
             "202": _json(_ref("RetryResponse"), "Retried; `ready` jobs were sent to the workers"),
             "404": NOT_FOUND,
-            "409": _error("Nothing to retry, the run is still queued, or still being canceled"),
+            "409": _error("Nothing to retry, the run is not planned yet (queued, waiting for approval), or "
+                          "still being canceled"),
         }, [RUN_ID]),
     },
     "/api/v1/runs/{run_id}/jobs/{name}/play": {
@@ -464,7 +504,8 @@ def _job_op(operation_id: str, summary: str, responses: dict[str, Any], paramete
             **extra: Any) -> dict[str, Any]:
     """An operation of the workers' API: the job token instead of a bearer token."""
     responses = {**responses, "401": _error("No Job-Token header"),
-                 "403": _error("The token is not the running attempt's (it ended or was taken over)"),
+                 "403": _error("The token is not the running attempt's (it ended or was taken over); for caches, "
+                               "also a `-protected` key asked by a run that is not on a protected ref"),
                  "503": UNAVAILABLE}
     return {"operationId": operation_id, "summary": summary, "tags": ["workers"], "security": [{"jobToken": []}],
             "parameters": [*JOB_PARAMETERS, *(parameters or [])], "responses": responses, **extra}

@@ -264,11 +264,17 @@ def _attachment(filename: str) -> str:
 # -- caches ----------------------------------------------------------------------------------------
 
 def _cache_name(run_id: str) -> str:
+    """The object of the cache ``?key=`` of the run's repository. A run that is not protected (an
+    unprotected ref, a fork, an unregistered repository) may not name a ``-protected`` key, read or
+    write (403): the worker never asks for one, so only a job that took the token could, and the
+    caches protected runs restore must stay out of its reach."""
     key = request.args.get("key", "")
     if not key or len(key) > MAX_CACHE_KEY or "\x00" in key:
         abort(400, f"`key` must be 1 to {MAX_CACHE_KEY} characters")
-    repo = _store().r.hget(_store()._run(run_id), "repo") or ""
-    return cache_object_name(repo, key)
+    repo, protected = _store().r.hmget(_store()._run(run_id), ["repo", "protected"])
+    if protected != "1" and key.rstrip(". ").endswith("-protected"):
+        abort(403, "a run of an unprotected ref (or a fork's) cannot read or write the caches of protected refs")
+    return cache_object_name(repo or "", key)
 
 
 @jobs.route("/caches", methods=["GET", "HEAD"])

@@ -6,6 +6,11 @@ repeated delivery id returns the first answer and starts nothing, the payload be
 (400 when it is not what the provider sends), and the run is only recorded and queued: cloning
 and planning happen on a worker. Nothing is stored for a refused delivery.
 
+A merge request from a fork follows the repository's ``fork_pull_requests``: ``run`` queues it,
+``approve`` (the default) records it as ``waiting_approval`` (``POST /api/v1/runs/<id>/approve``
+sends it to planning), ``never`` answers ``{"ignored": reason}`` and makes no run. The run's
+trusted facts (protected ref, fork, grants: ``ci_queue.trust``) are written with it.
+
 The delivery record (``P delivery:<provider>:<id>``, the first answer) is written in the same
 atomic step as the run it starts (``Store.create_run_once``): a delivery answered 503 (Redis away
 or too slow, the write perhaps landing later) and redelivered by the forge finds either its run
@@ -124,18 +129,23 @@ def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Setti
         return _remember(store, key, 200, {"pong": True})
     if isinstance(result, events.Ignored):
         return _remember(store, key, 202, result.to_dict())
+    refused = repo.fork_refused(result)
+    if refused:  # `fork_pull_requests: never`: answered like any event that starts nothing
+        logger.info("{} {} {} from a fork: no run ({})", provider, result.kind, result.ref, refused)
+        return _remember(store, key, 202, {"ignored": refused})
     arguments = repo.run_arguments(result, default_branch=settings.default_branch)
+    status = "waiting_approval" if repo.fork_waits(result) else "queued"
     g.run_id = run_id = store.new_run_id()
-    answer = {"run_id": run_id, "status_url": _status_url(settings, run_id)}
+    answer = {"run_id": run_id, "status": status, "status_url": _status_url(settings, run_id)}
     celery = current_app.config["CIQ_CELERY"]
     if key is None:
-        trigger_run(store, celery, run_id=run_id, **arguments)
+        trigger_run(store, celery, run_id=run_id, status=status, **arguments)
     else:
         once = Once(key, json.dumps({"status": 202, "body": answer}), DELIVERY_TTL)
-        created = trigger_run_once(store, celery, once, run_id=run_id, **arguments)
+        created = trigger_run_once(store, celery, once, run_id=run_id, status=status, **arguments)
         if not created.new:  # the same delivery, concurrently: its first answer
             return _duplicate(store, provider, created.first)
-    logger.bind(run_id=run_id).info("{} {} {} -> run", provider, result.kind, result.ref)
+    logger.bind(run_id=run_id).info("{} {} {} -> run ({})", provider, result.kind, result.ref, status)
     return 202, answer
 
 

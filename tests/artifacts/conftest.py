@@ -19,6 +19,7 @@ from ci_queue.celery_app import make_celery
 from ci_queue.objects import ObjectStore, open_store
 from ci_queue.settings import Settings
 from ci_queue.store import Store
+from ci_queue.trust import RunTrust
 from ci_queue.web import create_app
 from tests.engine.conftest import engine  # noqa: F401 (a fixture)
 from tests.engine.test_store import make_plan
@@ -27,6 +28,7 @@ from tests.web.conftest import TOKENS, broker_url  # noqa: F401 (broker_url: a f
 from workers.transfer import JobChannel
 
 BACKENDS = ("directory", "s3")
+PROTECTED = RunTrust(protected=True, registered=True)
 
 
 @dataclass
@@ -51,8 +53,9 @@ class LiveApp:
         return {"Authorization": f"Bearer {TOKENS[0]}"}
 
     def plan_run(self, text: str, **create: Any) -> tuple[str, dict[str, int], list[int]]:
+        """A planned run, by default of ``main`` of a registered repository (protected)."""
         plan = make_plan(self.tmp_path, text)
-        run_id = self.store.create_run(**{"repo": "group/project", "ref": "main", **create})
+        run_id = self.store.create_run(**{"repo": "group/project", "ref": "main", "trust": PROTECTED, **create})
         ready = self.store.set_plan(run_id, plan, sha="a" * 40)
         return run_id, {job.name: i for i, job in enumerate(plan.jobs)}, ready
 

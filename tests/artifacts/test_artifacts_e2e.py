@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ci_queue.objects import open_store
-from tests.artifacts.conftest import live_app
+from tests.artifacts.conftest import PROTECTED, live_app
 from tests.engine.conftest import make_repo
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def test_build_on_one_host_test_and_lint_on_another(engine, tmp_path, broker_url
                 "CIQ_GIT_CACHE_DIR": str(tmp_path / f"host-{host}" / "git")})
         repo = tmp_path / "repo"
         make_repo(repo, {".gitlab-ci.yml": PIPELINE})
-        run_id = engine.trigger(repo)
+        run_id = engine.trigger(repo, trust=PROTECTED)  # main of a registered repository: protected caches
         run = engine.wait(run_id, timeout=120)
         jobs = {job.name: job for job in run.jobs}
         logs = {name: "\n".join(e["text"] for _, e in engine.store.read_log(run_id, job.index)) for name, job in

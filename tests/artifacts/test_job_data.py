@@ -15,11 +15,12 @@ import pytest
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings
 from ci_queue.store.artifacts import ArtifactIndex
+from ci_queue.trust import RunTrust
 from tests.artifacts.conftest import LiveApp
 from tests.engine.test_store import make_plan
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import MemorySink
-from workers.transfer import JobChannel
+from workers.transfer import JobChannel, TransferError
 
 SHA = "a" * 40
 
@@ -28,10 +29,11 @@ def never() -> bool:
     return False
 
 
-def run(live: LiveApp, run_id: str, name: str, tmp_path: Path, *, host: str = "host-a", protected: bool = True,
+def run(live: LiveApp, run_id: str, name: str, tmp_path: Path, *, host: str = "host-a",
         settings: Settings | None = None, attempt: int = 1) -> tuple[JobResult, MemorySink, Path]:
     """Run job ``name`` of the run as a worker on ``host`` would: begin its attempt, run it in a
-    fresh workspace with that host's local cache directory, record its end."""
+    fresh workspace with that host's local cache directory and the run's trusted facts, record
+    its end."""
     index = live.store.job_index(run_id, name)
     state = live.store.job(run_id, index)
     job = Job.from_dict(state.spec)
@@ -43,9 +45,8 @@ def run(live: LiveApp, run_id: str, name: str, tmp_path: Path, *, host: str = "h
     channel = JobChannel(live.url, run_id, index, attempt, token)
     request = JobRequest(job=job, run_id=run_id, job_id=f"{run_id}-{index}", pipeline_id=run_id, attempt=attempt,
                          sha=SHA, ref="main", project_path="group/project",
-                         pipeline_variables={"CI_COMMIT_REF_PROTECTED": "true" if protected else "false",
-                                             "CI_COMMIT_REF_NAME": "main"},
-                         channel=channel, fetch_artifacts=True)
+                         pipeline_variables={"CI_COMMIT_REF_NAME": "main"},
+                         channel=channel, fetch_artifacts=True, trust=live.store.get_run(run_id).trust)
     sink = MemorySink()
     with channel:
         result = run_job(request, workspace, sink, never, settings=config)
@@ -237,11 +238,20 @@ def test_a_cache_pushed_on_one_host_is_pulled_on_another_then_from_the_local_cop
 
 def test_protected_and_unprotected_refs_never_share_a_cache(live, tmp_path):
     run_id = planned(live, CACHE)
-    assert run(live, run_id, "one", tmp_path, host="host-a", protected=True)[0].status == "success"
-    pr_run = planned(live, CACHE)
-    result, sink, _ = run(live, pr_run, "two", tmp_path, host="host-b", protected=False)
-    assert result.status == "failed"  # no cache for deps-non_protected: vendor/lib is not there
-    assert "No cache for deps-non_protected" in log(sink)
+    assert run(live, run_id, "one", tmp_path, host="host-a")[0].status == "success"
+    for trust in (RunTrust(registered=True), RunTrust(fork=True, registered=True)):  # a branch; a fork's MR
+        pr_run = planned(live, CACHE, ref="feature", trust=trust)
+        forks_allowed = dataclasses.replace(live.settings, shell_allow_forks=True)  # this test's shell runs them
+        result, sink, _ = run(live, pr_run, "two", tmp_path, host="host-b", settings=forks_allowed)
+        assert result.status == "failed"  # no cache for deps-non_protected: vendor/lib is not there
+        assert "No cache for deps-non_protected" in log(sink)
+        # and a job of it that asks for the protected key itself (it has the job token) is refused
+        index = live.store.job_index(pr_run, "one")
+        with JobChannel(live.url, pr_run, index, 1, live.begin(pr_run, index)) as channel:
+            with pytest.raises(TransferError, match="cannot read or write the caches of protected refs"):
+                channel.upload_cache("deps-protected", lambda: iter([b"poison"]))
+            with pytest.raises(TransferError, match="FORBIDDEN"):  # a HEAD: no body, the status says it
+                channel.cache_checksum("deps-protected")
 
 
 def test_a_cache_miss_or_an_unreachable_web_app_is_never_a_failure_for_caches(live, tmp_path):

@@ -58,8 +58,10 @@ class Engine:
         return make_celery(self.settings)
 
     def start_worker(self, name: str, *, tags: str = "", concurrency: int = 2, untagged: bool = True,
-                     extra_env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-        """A ``ci-queue worker`` process (``prefix``: a command it runs under, e.g. ``faketime``)."""
+                     extra_env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
+                     protected: bool = False) -> subprocess.Popen:
+        """A ``ci-queue worker`` process (``prefix``: a command it runs under, e.g. ``faketime``;
+        ``protected``: ``--protected``)."""
         path = self.workdir / f"{name}.log"
         start = path.stat().st_size if path.exists() else 0  # a worker started again under its name appends
         log = path.open("ab")
@@ -69,6 +71,8 @@ class Engine:
             args += ["--tags", tags]
         if not untagged:
             args.append("--no-untagged")
+        if protected:
+            args.append("--protected")
         proc = subprocess.Popen(args, env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=REPO, start_new_session=True)
         self.workers.append(proc)

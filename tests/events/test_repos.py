@@ -14,6 +14,7 @@ from ci_queue.repos import (
     load_registry,
     parse_registry,
 )
+from ci_queue.trust import RunTrust
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,7 +175,8 @@ repositories:
         "repo": "Octo/Hello", "ref": "v1", "sha": "a" * 40, "event": "tag", "clone_url": "file:///srv/git/hello.git",
         "context": {"kind": "tag", "branch": None, "tag": "v1", "default_branch": "main", "before_sha": "0" * 40,
                     "project_path": "octo/hello", "commit_message": "", "pipeline": "ci.yml",
-                    "provider": "github", "notify": "on_failure", "status_token_env": "CIQ_GITHUB_TOKEN"}}
+                    "provider": "github", "notify": "on_failure", "status_token_env": "CIQ_GITHUB_TOKEN"},
+        "trust": RunTrust(protected=False, fork=False, registered=True)}  # a tag; no protected_tags
     assert set(arguments) <= set(inspect.signature(trigger_run).parameters)
     other = registry.lookup("github", "octo/other")
     assert other.run_arguments(event)["clone_url"] == "https://github.com/octo/hello.git"

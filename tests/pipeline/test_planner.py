@@ -1754,7 +1754,9 @@ def test_interruptible_resource_group_environment_coverage(plan):
     assert (deploy.interruptible, deploy.resource_group) == (True, "production")
     assert deploy.environment == {"name": "production", "url": "https://example.com", "action": "start"}
     assert deploy.coverage == "/Total: (\\d+)%/"
-    assert result.job("review").environment == {"name": "review/$CI_COMMIT_REF_SLUG"}
+    # expanded, as GitLab does: the name secrets' environment scopes are matched against
+    slug = result.variables["CI_COMMIT_REF_SLUG"]
+    assert slug and result.job("review").environment == {"name": f"review/{slug}"}
 
 
 def test_artifacts_and_caches(plan):

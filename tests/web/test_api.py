@@ -15,9 +15,11 @@ from ci_queue.web.openapi import OPEN_ENDPOINTS
 from tests.web.conftest import TOKENS, make_api
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
-RUN_KEYS = ["id", "status", "repo", "ref", "sha", "event", "created_at", "started_at", "finished_at", "error", "jobs"]
+RUN_KEYS = ["id", "status", "repo", "ref", "sha", "event", "created_at", "started_at", "finished_at", "error",
+            "protected", "fork", "approved_by", "approved_at", "jobs"]
 JOB_KEYS = ["name", "stage", "status", "when", "allow_failure", "attempt", "worker", "exit_code", "failure_reason",
-            "queue", "started_at", "finished_at", "attempts", "steps", "artifacts", "test_summary"]
+            "queue", "started_at", "finished_at", "attempts", "steps", "artifacts", "test_summary", "secrets",
+            "refused_secrets"]
 
 ODD_NAMES = """
 stages: [build, test, deploy]

@@ -75,7 +75,8 @@ def test_metrics_after_some_runs(api):
 
     assert value(families, "ciq_redis_up") == 1
     runs = {labels[0][1]: v for (_, labels), v in families["ciq_runs"].items()}
-    assert runs == {"queued": 1, "running": 1, "success": 0, "failed": 2, "canceled": 1, "skipped": 0, "error": 0}
+    assert runs == {"waiting_approval": 0, "queued": 1, "running": 1, "success": 0, "failed": 2, "canceled": 1,
+                    "skipped": 0, "error": 0}
     assert value(families, "ciq_jobs_finished", "ciq_jobs_finished_total", status="success") == 2
     assert value(families, "ciq_jobs_finished", "ciq_jobs_finished_total", status="failed") == 1
     assert value(families, "ciq_webhooks_received", "ciq_webhooks_received_total", provider="github") == 3

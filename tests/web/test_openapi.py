@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from ci_queue.store import Store
+from ci_queue.trust import RunTrust
 from ci_queue.web.openapi import OPEN_ENDPOINTS, SPEC
 from tests.objects.test_object_store import aws_env, make_s3_backend, moto_server  # noqa: F401 (fixtures)
 from tests.web.conftest import make_api
@@ -154,7 +155,7 @@ def check_artifact_routes(check: Checker, api, s3api, tmp_path) -> None:
     def jp(suffix: str) -> str:
         return "/api/v1/jobs/{run_id}/{index}/{attempt}" + suffix
 
-    run_id, index, _ = api.planned_run(ARTIFACTS)
+    run_id, index, _ = api.planned_run(ARTIFACTS, trust=RunTrust(protected=True, registered=True))
     build, test = index["build"], index["test"]
     token = uuid.uuid4().hex
     assert api.store.begin_job(run_id, build, 1, "w1@host", 60, token).status == "ok"
@@ -190,6 +191,17 @@ def check_artifact_routes(check: Checker, api, s3api, tmp_path) -> None:
     check(api.client.get(f"{base}/caches?key=k-protected", headers=auth), "GET", jp("/caches"))
     check(put(f"{base}/caches?key=k-protected", data=data, headers=auth), "PUT", jp("/caches"))
     check(api.client.get(f"{base}/caches?key=k-protected", headers=auth), "GET", jp("/caches"))
+    # a run of an unprotected ref: the caches of protected refs are out of its reach (403), its own are not
+    plain_run, plain_index, _ = api.planned_run(ARTIFACTS)
+    plain_token = uuid.uuid4().hex
+    assert api.store.begin_job(plain_run, plain_index["build"], 1, "w2@host", 60, plain_token).status == "ok"
+    plain, plain_auth = f"/api/v1/jobs/{plain_run}/{plain_index['build']}/1", {"Job-Token": plain_token}
+    for method in ("GET", "PUT"):
+        refused = check(api.client.open(f"{plain}/caches?key=k-protected", method=method, data=data,
+                                        headers=plain_auth), method, jp("/caches"))
+        assert refused.status_code == 403 and "protected" in refused.get_json()["error"]
+    assert check(put(f"{plain}/caches?key=k-non_protected", data=data, headers=plain_auth), "PUT",
+                 jp("/caches")).status_code == 200
     check(api.client.get(f"{base}/dependencies", headers=auth), "GET", jp("/dependencies"))
     check(api.client.get(f"{base}/dependencies/{build}/artifacts.tar", headers=auth), "GET",
           jp("/dependencies/{source}/artifacts.tar"))
@@ -294,6 +306,19 @@ def test_real_responses_of_every_route_match_the_description(api, broker_url, tm
     finish(api, other, oindex["fedora/test"])
     assert check.post(job_url(other, "deploy/log", "/play"), play).status_code == 202
     check.post(job_url(unknown, "deploy/log", "/play"), play)
+
+    # approve: a fork's run waiting (202, then 409: not waiting any more), unknown (404); listed by status
+    waiting = api.store.create_run(repo="o/r", ref="fork-branch", event="merge_request", status="waiting_approval",
+                                   trust=RunTrust(fork=True, registered=True))
+    check.get(f"{runs}/{waiting}", run)
+    assert [r["id"] for r in check.get(f"{runs}?status=waiting_approval&repo=o/r", runs).get_json()["runs"]] \
+        == [waiting]
+    approve = "/api/v1/runs/{run_id}/approve"
+    approved = check.post(f"{runs}/{waiting}/approve", approve).get_json()
+    assert approved["status"] == "queued" and approved["approved_by"].startswith("token:")
+    assert check.post(f"{runs}/{waiting}/approve", approve).status_code == 409
+    check.post(f"{runs}/{unknown}/approve", approve)
+    assert api.get(f"{runs}/{waiting}").get_json()["fork"] is True
 
     # retry: a failed run (202), a queued run (409), unknown (404)
     assert check.post(f"{runs}/{failed}/retry", retry).status_code == 202

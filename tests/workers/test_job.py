@@ -12,6 +12,7 @@ import pytest
 from ci_queue.pipeline.model import Job, PlanContext
 from ci_queue.pipeline.planner import plan_file
 from ci_queue.settings import Settings
+from ci_queue.trust import Grant, RunTrust
 from tests.workers.conftest import assert_all_gone, read_pids
 from workers.job import JobRequest, JobResult, build_script, expand_job_variables, run_job
 from workers.logs import MemorySink
@@ -393,3 +394,71 @@ def test_build_script_and_expansion_units():
     assert expand_job_variables({"A": "$B-$C", "B": "b", "C": "${A}"}, {}) == {"A": "b-${A}", "B": "b", "C": "${A}"}
     assert expand_job_variables({"X": "$$HOME ${Y}"}, {"Y": "y"}) == {"X": "$HOME y"}
     assert os.environ.get("CI_QUEUE_STEP_TOKEN") is None
+
+
+# -- trust: grants decided again at the worker, the trusted CI_COMMIT_REF_PROTECTED, forks on shell ----------
+
+GRANTS = (Grant("PLAIN_TOKEN"), Grant("DEPLOY_TOKEN", protected=True, environments=("production",)))
+
+
+def test_only_granted_secrets_are_resolved_whatever_the_spec_says(workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PLAIN_TOKEN", "plain-value-123")
+    monkeypatch.setenv("DEPLOY_TOKEN", "deploy-value-456")
+    # a spec that lists a protected secret as granted (an older plan, a hand-edited key): the
+    # worker asks the run's facts again, and the job fails before anything ran, saying why
+    job = Job(name="deploy", stage="deploy", secrets=["PLAIN_TOKEN", "DEPLOY_TOKEN"], script=["touch ran"],
+              environment={"name": "production"})
+    result, sink = run(job, workspace, trust=RunTrust(registered=True, grants=GRANTS))
+    assert (result.status, result.failure_class, result.steps) == ("failed", "missing_secret", [])
+    assert "secret DEPLOY_TOKEN is protected" in result.reason and "this ref is not protected" in result.reason
+    assert not (workspace / "ran").exists()
+    everything = "\n".join(line.text for line in sink.lines) + json.dumps(result.to_dict())
+    assert "deploy-value-456" not in everything and "plain-value-123" not in everything
+
+    # a fork: nothing, with the reason; a name only in `refused_secrets` is asked about too
+    job = Job(name="t", stage="test", secrets=[], refused_secrets=[{"name": "PLAIN_TOKEN", "reason": "x",
+                                                                    "message": "x"}], script=["touch ran"])
+    result, _ = run(job, workspace, trust=RunTrust(fork=True, registered=True, grants=GRANTS))
+    assert result.failure_class == "missing_secret" and "forks get no secrets" in result.reason
+
+    # out of its environment scope, and not granted at all
+    job = Job(name="t", stage="test", secrets=["DEPLOY_TOKEN", "OTHER"], script=["touch ran"],
+              environment={"name": "staging"})
+    result, _ = run(job, workspace, trust=RunTrust(protected=True, registered=True, grants=GRANTS))
+    assert "scoped to the environments production; this job has environment `staging`" in result.reason
+    assert "secret OTHER is not granted to group/project" in result.reason
+
+    # granted: the value is there, masked in the log
+    job = Job(name="deploy", stage="deploy", secrets=["PLAIN_TOKEN", "DEPLOY_TOKEN"],
+              script=['test "$DEPLOY_TOKEN" = deploy-value-456 && echo "got $DEPLOY_TOKEN"'],
+              environment={"name": "production"})
+    result, sink = run(job, workspace, trust=RunTrust(protected=True, registered=True, grants=GRANTS))
+    assert result.status == "success", system(sink)
+    assert "got [MASKED]" in out(sink) and "deploy-value-456" not in "\n".join(line.text for line in sink.lines)
+
+
+def test_ci_commit_ref_protected_is_the_runs_fact(workspace: Path, tmp_path: Path):
+    job = Job(name="t", stage="test", variables={"CI_COMMIT_REF_PROTECTED": "true"},
+              script=['echo "protected=$CI_COMMIT_REF_PROTECTED"'])
+    for trust, shown in ((RunTrust(), "false"), (RunTrust(protected=True, registered=True), "true")):
+        result, sink = run(job, workspace, trust=trust, trigger_variables=frozenset({"CI_COMMIT_REF_PROTECTED"}),
+                           pipeline_variables={"CI_COMMIT_REF_PROTECTED": "true"})
+        assert result.status == "success" and f"protected={shown}" in out(sink)
+    # without a control plane (`ci-queue exec`) the plan's value stands
+    result, sink = run(job, workspace)
+    assert "protected=true" in out(sink)
+
+
+def test_the_shell_executor_refuses_forks_unless_told(workspace: Path):
+    job = Job(name="t", stage="test", script=["touch ran"])
+    fork = RunTrust(fork=True, registered=True)
+    result, sink = run(job, workspace, trust=fork)
+    assert (result.status, result.failure_class, result.steps) == ("failed", "fork_refused", [])
+    assert "does not run merge requests from forks" in result.reason and "CIQ_SHELL_ALLOW_FORKS=1" in result.reason
+    assert "ERROR: Job failed: the shell executor does not run merge requests from forks" in system(sink)
+    assert not (workspace / "ran").exists()
+    allowed = Settings(**{**SETTINGS.__dict__, "shell_allow_forks": True})
+    result, _ = run(job, workspace, trust=fork, settings=allowed)
+    assert result.status == "success" and (workspace / "ran").exists()
+    result, _ = run(Job(name="u", stage="test", script=["true"]), workspace, trust=RunTrust(registered=True))
+    assert result.status == "success"  # not a fork: the shell executor runs it
