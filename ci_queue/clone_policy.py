@@ -154,8 +154,8 @@ class ClonePolicy:
             raise HostUnresolved(f"{target.host} has no address")
         for text in found:
             self._check_address(target, ipaddress.ip_address(text), f"{target.host} ({text})")
-        if target.scheme == "http" and not found:  # the web app could not tell: the worker will
-            return target
+        if target.scheme == "http" and not found:  # only a name that resolves into allowed networks
+            raise CloneRefused(f"plain http:// is refused for {target.host}: use https://, ssh or git://", ALLOW_HINT)
         return CloneTarget(**{**target.__dict__, "addresses": tuple(found)})
 
     def _name_allowed(self, host: str) -> bool:

@@ -214,7 +214,7 @@ def render_token_file(entries: list[TokenEntry], path: str | os.PathLike[str]) -
     if str(path).endswith(".json"):
         return json.dumps(data, indent=2) + "\n"
     return ("# ci-queue API tokens (CIQ_TOKENS_FILE): the SHA-256 of each token, never the token.\n"
-            "# Written by `ci-queue token create`; edit by hand to revoke (delete the entry).\n"
+            "# Written by `ci-queue token create`; `ci-queue token revoke NAME` (or deleting its entry) revokes one.\n"
             + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 

@@ -189,7 +189,16 @@ def remote_failure_is_permanent(stderr: str) -> bool:
     if any(marker in text for marker in _PERMANENT_MARKERS) or _NOT_FOUND_REPOSITORY_RE.search(text):
         return True
     status = _HTTP_STATUS_RE.search(text)
-    return bool(status) and 400 <= int(status.group(1)) < 500 and int(status.group(1)) not in _TRANSIENT_HTTP
+    # a 3xx is an error only when git does not follow it (the clone policy turns redirects off): the same again
+    return bool(status) and 300 <= int(status.group(1)) < 500 and int(status.group(1)) not in _TRANSIENT_HTTP
+
+
+def _redirect_hint(stderr: str) -> str:
+    """What to do about a redirect git was told not to follow."""
+    status = _HTTP_STATUS_RE.search(stderr)
+    if status and 300 <= int(status.group(1)) < 400:
+        return " (redirects are not followed for clone URLs the clone policy checks: use the URL it redirects to)"
+    return ""
 
 
 class CheckoutError(InfrastructureError):
@@ -615,7 +624,7 @@ class _Mirror:
         return probe.returncode == 0
 
     def unreachable(self, result: _Result) -> CheckoutError:
-        message = f"cannot fetch from {self.remote.clean}: {self.git.summary(result)}"
+        message = f"cannot fetch from {self.remote.clean}: {self.git.summary(result)}{_redirect_hint(result.stderr)}"
         if self.remote.scheme in ("http", "https") and (
             "Username" in result.stderr or "Authentication" in result.stderr
         ):
@@ -762,7 +771,7 @@ def resolve_ref(clone_url: str, ref: str, *, env: Mapping[str, str] | None = Non
     result = git.run(["ls-remote", "--", remote.clean, *candidates, *(f"{c}^{{}}" for c in candidates)],
                      network=True)
     if result.returncode != 0:
-        raise CheckoutError(f"cannot reach {remote.clean}: {git.summary(result)}",
+        raise CheckoutError(f"cannot reach {remote.clean}: {git.summary(result)}{_redirect_hint(result.stderr)}",
                             retryable=not remote_failure_is_permanent(result.stderr))
     found: dict[str, str] = {}
     for line in result.stdout.splitlines():
