@@ -149,8 +149,9 @@ def create_run() -> Any:
     The run id is chosen before the write, so that a 503 (Redis too slow: the write may still
     land) can name it. With an ``Idempotency-Key`` the key and the run are written in one atomic
     step and a repeat answers the first run (200), so a client may retry blindly."""
-    fields = _trigger_fields(_json_body())
-    _apply_source(fields)
+    data = _json_body()
+    fields = _trigger_fields(data)
+    _apply_source(fields, _string(data, "repo"))
     key = _idempotency_key()
     store, celery = _store(), current_app.config["CIQ_CELERY"]
     g.run_id = run_id = store.new_run_id()
@@ -184,16 +185,16 @@ def _trigger_fields(data: dict[str, Any]) -> dict[str, Any]:
         abort(400, f"`event` must be one of {', '.join(EVENTS)}")
     variables = _variables(data)
     return {"repo": repo, "ref": ref, "sha": sha.lower(), "event": event, "clone_url": clone_url,
-            "variables": variables, "context": _context(data, event, ref), "asked_repo": _string(data, "repo")}
+            "variables": variables, "context": _context(data, event, ref)}
 
 
-def _apply_source(fields: dict[str, Any]) -> None:
+def _apply_source(fields: dict[str, Any], asked_repo: str) -> None:
     """Decide the run's repository and clone URL for this token (``run_source``: registered
-    repositories, the clone policy; 400 / 403 otherwise); a registered URL is marked trusted, so
-    the worker does not check it again."""
+    repositories, the clone policy; 400 / 403 otherwise) from the ``repo`` the body named (or
+    not); a registered URL is marked trusted, so the worker does not check it again."""
     g.audit_repo = fields["repo"]
     source = run_source(caller(), current_app.config["CIQ_REGISTRY"], current_app.config["CIQ_CLONE_POLICY"],
-                        fields.pop("asked_repo"), fields["clone_url"])
+                        asked_repo, fields["clone_url"])
     g.audit_repo = fields["repo"] = source.repo
     fields["clone_url"] = source.clone_url
     if source.trusted:
