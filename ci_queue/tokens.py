@@ -296,10 +296,6 @@ class TokenTable:
             self._stamp = self._stat()
             self._file_entries = self._load()  # invalid at start: the app does not start
 
-    def __bool__(self) -> bool:
-        """Whether any token could be accepted (or a tokens file may add some)."""
-        return bool(self._env or self.file)
-
     def identify(self, given: str) -> Identity | None:
         """The identity of the token ``given``, or None; constant time in what matched."""
         digest = hashlib.sha256(given.encode()).digest()

@@ -35,6 +35,7 @@ from ci_queue.dispatch import trigger_run, trigger_run_once
 from ci_queue.repos import Registry
 from ci_queue.settings import Settings
 from ci_queue.store import Once, Store
+from ci_queue.web.audit import audit_log
 
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 DELIVERY_TTL = 86400  # a delivery id is remembered for a day
@@ -173,8 +174,6 @@ def _clone_url_refused(repo: Any, arguments: dict[str, Any]) -> tuple[int, dict[
 
 def _audit(provider: str, run_id: str, repo: str, status: int) -> None:
     """The audit record of a run a delivery started (or that the clone policy refused)."""
-    from ci_queue.web.audit import audit_log
-
     audit_log().record(token=f"webhook:{provider}", source=request.remote_addr, action="webhook_run",
                        method=request.method, path=request.path, run_id=run_id, repo=repo, status=status)
 

@@ -144,6 +144,23 @@ def test_refused_webhooks_match_the_description(api):
     assert api.store.list_runs()[0] == []
 
 
+def test_webhook_runs_and_clone_policy_refusals_match_the_description(api, monkeypatch):
+    """A signed delivery whose payload clone URL is a private address (403), then an accepted one (202)."""
+    from ci_queue.repos import parse_registry
+    from tests.web.test_webhooks import SECRET, github_headers, github_push
+
+    monkeypatch.setenv("TEST_GITHUB_SECRET", SECRET)
+    api.app.config["CIQ_REGISTRY"] = parse_registry(
+        "repositories:\n  - name: octo/hello\n    provider: github\n    secret_env: TEST_GITHUB_SECRET\n")
+    check = Checker(api)
+    for clone_url, status in (("https://10.0.0.5/octo/hello.git", 403), ("https://github.com/octo/hello.git", 202)):
+        payload = json.loads(github_push())
+        payload["repository"]["clone_url"] = clone_url
+        body = json.dumps(payload).encode()
+        response = api.client.post("/webhooks/github", data=body, headers=github_headers(body))
+        assert check(response, "POST", "/webhooks/github").status_code == status, response.get_json()
+
+
 ARTIFACTS = """
 stages: [build, test]
 build: {stage: build, script: [make], artifacts: {paths: [dist/]}}
