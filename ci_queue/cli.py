@@ -791,6 +791,72 @@ def play_command(run_id: str, job: str, fmt: str, server: str | None, token: str
                          f"(attempt {answer.get('attempt')})")
 
 
+@cli.command("audit")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Records from then on: a duration back from now (1h, 2 days) or an ISO 8601 time.")
+@click.option("--action", default=None, help="Only this action (create_run, cancel_run, webhook_run, ...).")
+@click.option("--by", "token_name", default=None, metavar="NAME",
+              help="Only the calls of the token of this name (webhook:<provider> for webhook runs).")
+@click.option("--run", "run_id", default=None, metavar="RUN", help="Only the records of this run.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="The newest records at most.")
+@_FORMAT
+@client_options
+@client_errors
+def audit_command(since: str | None, action: str | None, token_name: str | None, run_id: str | None, limit: int,
+                  fmt: str, server: str | None, token: str | None) -> None:
+    """The audit log (a token with the admin scope): who changed what, from where, with what answer,
+    oldest first."""
+    client = _client(server, token)
+    filters = {"since": _since(since), "action": action, "token": token_name, "run_id": run_id}
+    records: list[dict[str, Any]] = []
+    before = None
+    while len(records) < limit:
+        page = client.audit(**filters, before=before, limit=min(limit - len(records), 500))
+        records += page.get("entries") or []
+        before = page.get("next")
+        if not before:
+            break
+    records.reverse()
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+        return
+    for record in records:
+        target = record.get("run_id") or record.get("path") or ""
+        if record.get("job"):
+            target += f" {record['job']}"
+        click.echo(f"{record.get('time')}  {record.get('status')}  {record.get('action') or record.get('method')}"
+                   f"  {target}  {record.get('repo') or '-'}  by {record.get('token') or '?'}"
+                   f" from {record.get('source') or '?'}")
+
+
+def _since(value: str | None) -> str | None:
+    """``--since``: an ISO 8601 time as given, or a duration back from now as one."""
+    if not value:
+        return None
+    from datetime import timedelta
+
+    from ci_queue.pipeline.durations import DurationError, parse_duration
+
+    if re.match(r"\d{4}-\d{2}-\d{2}", value):
+        return value
+    try:
+        seconds = parse_duration(value)
+    except DurationError as exc:
+        raise click.BadParameter(f"{value!r}: neither an ISO 8601 time nor a duration ({exc})",
+                                 param_hint="--since") from None
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _add_access_commands() -> None:
+    from ci_queue.token_commands import token_group
+
+    cli.add_command(token_group, "token")
+
+
+_add_access_commands()
+
+
 def _load_plugin_commands() -> None:
     """Commands of the execution plane (``exec``, ``worker``) live in ``workers`` and register
     through the ``ci_queue.commands`` entry point group, so ``ci_queue`` never imports ``workers``

@@ -157,6 +157,10 @@ class Client:
     def play(self, run_id: str, job: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/play")
 
+    def audit(self, **filters: Any) -> dict[str, Any]:
+        """A page of the audit log (``before``, ``since``, ``limit``, ``action``, ``token``, ``run_id``)."""
+        return self._json("GET", "/api/v1/audit", params={k: v for k, v in filters.items() if v is not None})
+
     def artifacts_listing(self, run_id: str, job: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/artifacts.json")
 

@@ -39,6 +39,7 @@ REJECT_REASONS = (
     "unregistered",  # 404: repository not in configs/repos.yml
     "duplicate",  # a redelivery of a delivery id already seen (answered with the first answer)
     "invalid_name",  # 400: a hostile repository / ref name
+    "clone_url",  # 403 (400): the payload's clone URL is refused by the clone policy
 )
 JOB_FINAL_STATUSES = ("success", "failed", "canceled", "skipped")
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)

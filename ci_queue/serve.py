@@ -53,6 +53,12 @@ def api_tokens(settings: Settings) -> list[str]:
     return [token.strip() for token in settings.api_tokens.split(",") if token.strip()]
 
 
+def has_tokens(settings: Settings) -> bool:
+    """Whether the API can accept any token: ``CIQ_API_TOKENS``, or a tokens file (that may be
+    empty yet: `ci-queue token create` adds to it and the app reads it when it changes)."""
+    return bool(api_tokens(settings) or settings.tokens_file)
+
+
 def on_starting(server: Any) -> None:
     """Refuse to serve an API nobody can use (or everybody could, were the check ever loosened);
     mask the Redis passwords in gunicorn's own log lines as in ours."""
@@ -60,9 +66,9 @@ def on_starting(server: Any) -> None:
 
     from ci_queue.logging import scrub_handlers
 
-    if not api_tokens(_settings()):
-        print("ci-queue serve: no API tokens: set CIQ_API_TOKENS (comma-separated bearer tokens); "
-              "`ci-queue serve --dev` makes a throwaway one", file=sys.stderr)
+    if not has_tokens(_settings()):
+        print("ci-queue serve: no API tokens: set CIQ_API_TOKENS (comma-separated bearer tokens) or "
+              "CIQ_TOKENS_FILE (ci-queue token create); `ci-queue serve --dev` makes a throwaway one", file=sys.stderr)
         sys.exit(2)
     for name in ("gunicorn.error", "gunicorn.access"):
         scrub_handlers(logging.getLogger(name), _settings())
@@ -154,10 +160,10 @@ def run_server(host: str, port: int, workers: int, thread_count: int, dev: bool)
     from gunicorn.app.base import BaseApplication
 
     settings = load_settings()
-    if not api_tokens(settings):
+    if not has_tokens(settings):
         if not dev:
-            raise click.UsageError("no API tokens: set CIQ_API_TOKENS (comma-separated bearer tokens), "
-                                   "or give --dev for a throwaway token")
+            raise click.UsageError("no API tokens: set CIQ_API_TOKENS (comma-separated bearer tokens) or "
+                                   "CIQ_TOKENS_FILE (ci-queue token create), or give --dev for a throwaway token")
         token = secrets.token_urlsafe(32)
         settings = dataclasses.replace(settings, api_tokens=token)
         click.echo(f"ci-queue serve --dev: API token for this process only: {token}")

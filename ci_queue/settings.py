@@ -53,7 +53,11 @@ class Settings:
     max_webhook_bytes: int = 25 * 1024 * 1024  # larger deliveries get 413 (GitHub's maximum payload)
 
     # -- the web app and the API ----------------------------------------------------------------
-    api_tokens: str = ""  # comma-separated bearer tokens for /api/v1
+    api_tokens: str = ""  # comma-separated bearer tokens for /api/v1 (full power: every scope)
+    tokens_file: str = ""  # scoped tokens: names, scopes, repositories and SHA-256 hashes (ci-queue token create)
+    audit_maxlen: int = 100_000  # records the audit stream keeps (XADD MAXLEN ~)
+    allow_local_repos: bool = False  # file:// URLs and paths as clone URLs (standalone: on; serve: off)
+    clone_allow_hosts: str = ""  # comma list of names (globs), addresses, CIDRs a clone URL may reach
     public_url: str = ""  # how users reach the web app (links in statuses); empty: the request's
     server_url: str = "http://127.0.0.1:8080"  # where the CLI client and the workers find the web app
     api_token: str = ""  # the CLI client's token (CIQ_API_TOKEN); else the stored one
@@ -113,7 +117,7 @@ class Settings:
         if self.executor not in ("auto", "shell", "docker"):
             raise SettingsError(f"CIQ_EXECUTOR must be auto, shell or docker, not {self.executor!r}")
         for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes", "redis_socket_timeout",
-                     "max_artifact_bytes"):
+                     "max_artifact_bytes", "audit_maxlen"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
         for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key"):
@@ -122,7 +126,13 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()}: no such file: {path}")
         if self.redis_tls_key and not self.redis_tls_cert:
             raise SettingsError("CIQ_REDIS_TLS_KEY is the key of CIQ_REDIS_TLS_CERT, which is not set")
+        from ci_queue.clone_policy import parse_allow_list
         from ci_queue.pipeline.durations import parse_duration
+
+        try:
+            parse_allow_list(self.clone_allow_hosts)
+        except ValueError as exc:
+            raise SettingsError(f"CIQ_CLONE_ALLOW_HOSTS: {exc}") from None
 
         for name in ("artifacts_expire_in", "cache_expire_in"):
             try:

@@ -284,6 +284,9 @@ class Standalone:
             token_note = f"in {path}"
             self.say(f"API token ({'new, ' if created else ''}stored in {path}, mode 0600): {token}")
         env["CIQ_SERVER_URL"] = self.url
+        if not env.get("CIQ_ALLOW_LOCAL_REPOS"):
+            # local development: `ci-queue run` sends the file:// URL of a repository on this machine
+            env["CIQ_ALLOW_LOCAL_REPOS"] = "1"
         if not self.settings.artifacts_url and self.redis is not None and self.tempdir is not None:
             # state that goes with the Redis started here: artifacts and caches go with it too
             env["CIQ_ARTIFACTS_URL"] = (self.tempdir / "objects").as_uri()

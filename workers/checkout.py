@@ -61,6 +61,13 @@ environment (the ``env`` argument, default ``os.environ``) and are never written
 Webhook data is data: the sha must be 40 (or 64, SHA-256) hex digits; the URL must use file,
 git, http, https or ssh (also enforced by ``GIT_ALLOW_PROTOCOL``), must not start with ``-`` nor
 use ``<transport>::``; git runs without a shell, with argument lists and ``--`` before values.
+With a ``policy`` (``ci_queue.clone_policy``; the worker passes one for every run whose clone URL
+is not the registry's) the URL is checked right before anything is fetched: local repositories,
+transports and every address of the host (resolved now, again); then git is made to connect to
+exactly the checked addresses (``CloneTarget.git_config``: ``http.curloptResolve``, no redirects;
+``url.<address>.insteadOf`` for git://), so a name that re-binds after the check is not followed.
+A refusal is a ``CheckoutError`` that is not retried (``checkout_failed``); a host that does not
+resolve now is retried like any DNS failure.
 Every failure (unreachable remote, unknown sha, git missing, timeout, corrupt cache, a cache
 directory that cannot be written) is a ``CheckoutError``, an ``InfrastructureError`` with a
 one-line message ending in the last lines of git's stderr. ``retryable`` says whether trying
@@ -95,6 +102,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from ci_queue.clone_policy import ClonePolicy, CloneRefused, HostUnresolved
 from ci_queue.settings import get_settings
 from workers.runners.base import InfrastructureError
 
@@ -181,7 +189,16 @@ def remote_failure_is_permanent(stderr: str) -> bool:
     if any(marker in text for marker in _PERMANENT_MARKERS) or _NOT_FOUND_REPOSITORY_RE.search(text):
         return True
     status = _HTTP_STATUS_RE.search(text)
-    return bool(status) and 400 <= int(status.group(1)) < 500 and int(status.group(1)) not in _TRANSIENT_HTTP
+    # a 3xx is an error only when git does not follow it (the clone policy turns redirects off): the same again
+    return bool(status) and 300 <= int(status.group(1)) < 500 and int(status.group(1)) not in _TRANSIENT_HTTP
+
+
+def _redirect_hint(stderr: str) -> str:
+    """What to do about a redirect git was told not to follow."""
+    status = _HTTP_STATUS_RE.search(stderr)
+    if status and 300 <= int(status.group(1)) < 400:
+        return " (redirects are not followed for clone URLs the clone policy checks: use the URL it redirects to)"
+    return ""
 
 
 class CheckoutError(InfrastructureError):
@@ -302,6 +319,23 @@ def _parse_scheme_url(url: str, scheme: str, shown: str) -> Remote:
     return Remote(clean=clean, scheme=scheme, host=host.lower(), username=username, password=password)
 
 
+def checked_pins(clone_url: str, remote: Remote, policy: ClonePolicy | None) -> list[str]:
+    """Apply the clone policy right before a fetch: the ``git -c`` arguments that pin the
+    checked addresses, or ``CheckoutError`` (not retryable for a refusal)."""
+    if policy is None:
+        return []
+    try:
+        target = policy.check(clone_url, must_resolve=True)
+    except CloneRefused as exc:
+        raise CheckoutError(f"refused clone URL {redact(clone_url)!r}: {redact(str(exc))}", retryable=False) from None
+    except HostUnresolved as exc:
+        raise CheckoutError(f"cannot check the clone URL {remote.clean}: {exc}") from None
+    if (target.scheme, target.host) != (remote.scheme, remote.host.strip("[]")):  # never: one grammar, two parsers
+        raise CheckoutError(f"refused clone URL {redact(clone_url)!r}: its host reads differently to the policy "
+                            f"({target.host!r}) and to git ({remote.host!r})", retryable=False)
+    return target.git_config()
+
+
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
     """``text`` without URL user information (``scheme://***@``) and without any of ``secrets``."""
     text = _USERINFO_RE.sub(r"\1***@", text)
@@ -359,9 +393,11 @@ class _Git:
     """Runs git with argument lists, a clean environment, a shared deadline, and redacted errors."""
 
     def __init__(
-        self, env: Mapping[str, str], remote: Remote, credentials: Credentials | None, started: float, timeout: float
+        self, env: Mapping[str, str], remote: Remote, credentials: Credentials | None, started: float, timeout: float,
+        pins: Sequence[str] = (),
     ) -> None:
         self.remote = remote
+        self.pins = list(pins)  # `-c` arguments of the clone policy: only the checked addresses
         self.deadline = started + timeout
         self.timeout = timeout
         self.secrets = [s for s in (remote.password, credentials and credentials.password) if s]
@@ -384,7 +420,7 @@ class _Git:
             raise self.timeout_error(args)
         argv = [self.executable, "-c", "protocol.version=2", "-c", "core.hooksPath=/dev/null"]
         if network:
-            argv += self.auth_args
+            argv += self.auth_args + self.pins
         argv += list(args)
         try:
             proc = subprocess.Popen(
@@ -588,7 +624,7 @@ class _Mirror:
         return probe.returncode == 0
 
     def unreachable(self, result: _Result) -> CheckoutError:
-        message = f"cannot fetch from {self.remote.clean}: {self.git.summary(result)}"
+        message = f"cannot fetch from {self.remote.clean}: {self.git.summary(result)}{_redirect_hint(result.stderr)}"
         if self.remote.scheme in ("http", "https") and (
             "Username" in result.stderr or "Authentication" in result.stderr
         ):
@@ -617,16 +653,19 @@ def checkout(
     cache_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
+    policy: ClonePolicy | None = None,
 ) -> CheckoutInfo:
     """Put exactly commit ``sha`` of ``clone_url`` into ``dest`` (detached HEAD, clean tree).
 
     ``dest`` must not exist or be an empty directory. ``ref`` is recorded only (the commit is
     found by its sha). ``env`` is the worker's environment, where credentials are read (default:
-    ``os.environ``). Raises ``CheckoutError`` for every failure.
+    ``os.environ``). ``policy``: the clone policy to apply right before fetching (None: the URL is
+    trusted). Raises ``CheckoutError`` for every failure.
     """
     started = time.monotonic()
     sha = validate_sha(sha)
     remote = parse_clone_url(clone_url)
+    pins = checked_pins(clone_url, remote, policy)
     if ref is not None and (not isinstance(ref, str) or _CONTROL_RE.search(ref) or ref.startswith("-")):
         raise CheckoutError(f"invalid ref {redact(str(ref))[:100]!r}", retryable=False)
     dest = Path(dest).absolute()
@@ -634,7 +673,7 @@ def checkout(
         raise CheckoutError(f"checkout destination {dest} exists and is not an empty directory", retryable=False)
     env = os.environ if env is None else env
     cache_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).absolute()
-    git = _Git(env, remote, credentials_for(remote, env), started, timeout)
+    git = _Git(env, remote, credentials_for(remote, env), started, timeout, pins)
     mirror = _Mirror(cache_dir, git, sha)
     log = logger.bind(url=remote.clean, sha=sha)
     try:
@@ -714,23 +753,25 @@ def _empty(dest: Path) -> None:
                 child.unlink(missing_ok=True)
 
 
-def resolve_ref(clone_url: str, ref: str, *, env: Mapping[str, str] | None = None, timeout: float = 60) -> str:
+def resolve_ref(clone_url: str, ref: str, *, env: Mapping[str, str] | None = None, timeout: float = 60,
+                policy: ClonePolicy | None = None) -> str:
     """The commit a branch or tag name (or full ``refs/...`` name) points at on the remote.
 
     Used when a run is triggered with a ref but no sha (``POST /api/v1/runs``). A tag resolves
     to its commit (``^{}``). Raises ``CheckoutError`` when the ref does not exist or the remote
-    cannot be reached.
+    cannot be reached (or ``policy`` refuses the URL, as for ``checkout``).
     """
     if not ref or ref.startswith("-") or any(c in ref for c in " ~^:?*[\\\x00") or ".." in ref:
         raise CheckoutError(f"invalid ref {ref!r}", retryable=False)
     remote = parse_clone_url(clone_url)
+    pins = checked_pins(clone_url, remote, policy)
     env = os.environ if env is None else env
-    git = _Git(env, remote, credentials_for(remote, env), time.monotonic(), timeout)
+    git = _Git(env, remote, credentials_for(remote, env), time.monotonic(), timeout, pins)
     candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
     result = git.run(["ls-remote", "--", remote.clean, *candidates, *(f"{c}^{{}}" for c in candidates)],
                      network=True)
     if result.returncode != 0:
-        raise CheckoutError(f"cannot reach {remote.clean}: {git.summary(result)}",
+        raise CheckoutError(f"cannot reach {remote.clean}: {git.summary(result)}{_redirect_hint(result.stderr)}",
                             retryable=not remote_failure_is_permanent(result.stderr))
     found: dict[str, str] = {}
     for line in result.stdout.splitlines():

@@ -25,6 +25,7 @@ import ci_queue.reporters.tasks  # noqa: F401  (registers the reporting tasks in
 from ci_queue import metrics
 from ci_queue.celery_app import PLAN_RUN, RUN_JOB, get_celery
 from ci_queue.clock import now_iso
+from ci_queue.clone_policy import for_run
 from ci_queue.dispatch import report, report_job_end, retry_wanted, send_jobs
 from ci_queue.pipeline.errors import PipelineError
 from ci_queue.pipeline.model import Job, MergeRequest, PlanContext
@@ -299,10 +300,11 @@ def _plan(rt: _Runtime, run: RunRecord, claim: PlanningClaim) -> None:
     """Check out, plan and persist ``run``; ends it itself when the pipeline gives no jobs.
     Raises ``CheckoutError``."""
     store, run_id, log = rt.store, run.id, logger.bind(run_id=run.id)
-    sha = run.sha or resolve_ref(run.clone_url or "", run.ref)
+    policy = for_run(run.context, rt.settings)  # checked again right before each fetch
+    sha = run.sha or resolve_ref(run.clone_url or "", run.ref, policy=policy)
     try:
         with Workspace(run_id, "plan", 1, settings=rt.settings) as workspace:
-            checkout(run.clone_url or "", sha, workspace.builds_dir, ref=run.ref)
+            checkout(run.clone_url or "", sha, workspace.builds_dir, ref=run.ref, policy=policy)
             path = _pipeline_path(workspace.builds_dir, run.context.get("pipeline"))
             if path is None:
                 reason = f"no pipeline file ({' or '.join(PIPELINE_FILES)}) in {run.repo} at {sha[:12]}"
@@ -447,7 +449,8 @@ def _execute(settings: Settings, run: RunRecord, pipeline_variables: dict[str, s
     with channel, Workspace(run.id, job.name, attempt, settings=settings) as workspace:
         try:
             if run.clone_url:
-                checkout(run.clone_url, run.sha, workspace.builds_dir, ref=run.ref)
+                checkout(run.clone_url, run.sha, workspace.builds_dir, ref=run.ref,
+                         policy=for_run(run.context, settings))
             else:
                 workspace.builds_dir.mkdir(parents=True, exist_ok=True)
         except InfrastructureError as exc:

@@ -17,13 +17,17 @@ from ci_queue.settings import Settings, get_settings
 def create_app(settings: Settings | None = None, *, store: Any = None, celery: Any = None,
                registry: Any = None, objects: Any = None) -> Flask:
     """Build the app; ``store`` / ``celery`` / ``registry`` / ``objects`` may be given (tests), else
-    made from the settings. An invalid repository registry stops here, with its FILE:LINE:COL errors."""
+    made from the settings. An invalid repository registry stops here, with its FILE:LINE:COL errors,
+    and so does an invalid tokens file (``TokenFileError``)."""
     from ci_queue.artifacts.storage import objects_from_settings
     from ci_queue.celery_app import make_celery
+    from ci_queue.clone_policy import ClonePolicy
     from ci_queue.repos import load_registry
     from ci_queue.store import store_from_settings
+    from ci_queue.tokens import TokenTable
     from ci_queue.web.api import api
     from ci_queue.web.artifacts import artifacts_api
+    from ci_queue.web.audit import audit, audit_request
     from ci_queue.web.health import health
     from ci_queue.web.metrics import metrics_bp
     from ci_queue.web.openapi import openapi
@@ -38,18 +42,22 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
     app.config["CIQ_SETTINGS"] = settings
     app.config["CIQ_STORE"] = store or store_from_settings(settings)
     app.config["CIQ_CELERY"] = celery or make_celery(settings, web=True)
-    app.config["CIQ_TOKENS"] = [t.strip() for t in settings.api_tokens.split(",") if t.strip()]
+    app.config["CIQ_TOKENS"] = TokenTable([t.strip() for t in settings.api_tokens.split(",") if t.strip()],
+                                          settings.tokens_file)
+    app.config["CIQ_CLONE_POLICY"] = ClonePolicy.from_settings(settings)
     app.config["CIQ_OBJECTS"] = objects if objects is not None else objects_from_settings(settings)
     app.config["CIQ_REGISTRY"] = registry if registry is not None else load_registry(settings.repos_file or None)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False
     app.register_blueprint(api)
     app.register_blueprint(artifacts_api)
+    app.register_blueprint(audit)
     app.register_blueprint(jobs)
     app.register_blueprint(health)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(openapi)
     app.register_blueprint(webhooks)
+    app.after_request(audit_request)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

@@ -1,14 +1,15 @@
 """The runs API, ``/api/v1``: trigger, list, show, logs (text and live), cancel, retry, play, approve.
 
-Every route needs ``Authorization: Bearer <token>`` with one of ``CIQ_API_TOKENS`` (compared in
-constant time). Errors are JSON ``{"error": message}``; unknown ids are 404; Redis or the broker
-away is 503 with ``Retry-After`` (``ci_queue.web.unavailable``, the app's error handler).
+Every route needs ``Authorization: Bearer <token>`` with the route's scope (``ci_queue.web.auth``:
+``g.token`` is the caller's ``Identity``); a run of a repository outside the token's ``repos`` is
+answered as if it did not exist (404). Errors are JSON ``{"error": message}``; unknown ids are 404;
+Redis or the broker away is 503 with ``Retry-After`` (``ci_queue.web.unavailable``, the app's
+error handler).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context, url_for
 from loguru import logger
 
+from ci_queue.clone_policy import TRUSTED_KEY
 from ci_queue.dispatch import report, send_jobs, send_to_planning, trigger_run, trigger_run_once
 from ci_queue.events.model import valid_ref
 from ci_queue.limits import (
@@ -40,6 +42,8 @@ from ci_queue.settings import Settings
 from ci_queue.store import Once, Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
 from ci_queue.trust import CONTROL_PLANE_VARIABLES, RunTrust
+from ci_queue.web.auth import caller, require_token
+from ci_queue.web.run_source import default_name, run_source
 from ci_queue.web.unavailable import dependency_failure
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -48,6 +52,7 @@ EVENTS = ("push", "tag", "merge_request", "web", "schedule", "api", "trigger")
 # Run ids are made by the store (hex); anything else, a `:` above all, could name another key.
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+LIMITED_SCAN_PAGES = 10  # pages of runs a repository-limited token's listing reads at most per request
 IDEMPOTENCY_TTL = 86400  # a key is remembered for a day (at most as long as its run)
 
 
@@ -59,23 +64,7 @@ def _settings() -> Settings:
     return current_app.config["CIQ_SETTINGS"]
 
 
-@api.before_request
-def require_token() -> Any:
-    tokens: list[str] = current_app.config["CIQ_TOKENS"]
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    # compare digests (equal length, so not even the token's length shows) with every token,
-    # whatever matches, in constant time: the timing tells nothing
-    digest = hashlib.sha256(given.encode()).digest()
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(digest, hashlib.sha256(token.encode()).digest())
-    if not given or not matched:
-        response = jsonify(error="missing or invalid API token (Authorization: Bearer <token>)")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="ci-queue"'
-        return response, 401
-    g.token = given
-    return None
+api.before_request(require_token)
 
 
 def _json_body() -> dict[str, Any]:
@@ -164,7 +153,9 @@ def create_run() -> Any:
     The run id is chosen before the write, so that a 503 (Redis too slow: the write may still
     land) can name it. With an ``Idempotency-Key`` the key and the run are written in one atomic
     step and a repeat answers the first run (200), so a client may retry blindly."""
-    fields = _trigger_fields(_json_body())
+    data = _json_body()
+    fields = _trigger_fields(data)
+    _apply_source(fields, _string(data, "repo"))
     trust = _trust(fields)
     key = _idempotency_key()
     store, celery = _store(), current_app.config["CIQ_CELERY"]
@@ -185,9 +176,10 @@ def _trigger_fields(data: dict[str, Any]) -> dict[str, Any]:
     """The run a trigger body asks for, validated (400 otherwise): ``trigger_run``'s arguments.
     Every field is bounded (``ci_queue.limits``): a value over its limit is refused with 400,
     and the message shows only its beginning."""
-    clone_url = _string(data, "clone_url", required=True)
+    repo = _string(data, "repo")
+    clone_url = _string(data, "clone_url", required=not repo)
     _bounded("clone_url", clone_url, MAX_CLONE_URL_LENGTH, len(clone_url), "characters")
-    repo = _string(data, "repo") or clone_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    repo = repo or default_name(clone_url)
     _bounded("repo", repo, MAX_REPO_NAME_LENGTH, len(repo), "characters")
     ref = _ref(data, "ref", required=True)
     sha = _string(data, "sha")
@@ -216,6 +208,19 @@ def _trust(fields: dict[str, Any]) -> RunTrust:
     return repo.trust(fields["event"], fields["ref"], repo.default_branch or _settings().default_branch)
 
 
+def _apply_source(fields: dict[str, Any], asked_repo: str) -> None:
+    """Decide the run's repository and clone URL for this token (``run_source``: registered
+    repositories, the clone policy; 400 / 403 otherwise) from the ``repo`` the body named (or
+    not); a registered URL is marked trusted, so the worker does not check it again."""
+    g.audit_repo = fields["repo"]
+    source = run_source(caller(), current_app.config["CIQ_REGISTRY"], current_app.config["CIQ_CLONE_POLICY"],
+                        asked_repo, fields["clone_url"])
+    g.audit_repo = fields["repo"] = source.repo
+    fields["clone_url"] = source.clone_url
+    if source.trusted:
+        fields["context"][TRUSTED_KEY] = True
+
+
 def _idempotency_key() -> str | None:
     """The ``Idempotency-Key`` header (IETF httpapi draft: a string, quoted or not), or None."""
     raw = request.headers.get("Idempotency-Key")
@@ -231,8 +236,8 @@ def _idempotency_key() -> str | None:
 
 def _token_scope() -> str:
     """Keys are per API token, so two clients can never collide on (or probe) each other's keys;
-    a hash, so no token is ever part of a key name."""
-    return hashlib.sha256(b"idempotency:" + g.token.encode()).hexdigest()[:16]
+    a hash of the token's hash, so no token is ever part of a key name."""
+    return hashlib.sha256(b"idempotency:" + caller().digest.encode()).hexdigest()[:16]
 
 
 def _fingerprint(fields: dict[str, Any]) -> str:
@@ -274,16 +279,38 @@ def list_runs() -> Any:
             raise ValueError(cursor)
     except ValueError:
         abort(400, "`limit` and `cursor` must be numbers (`cursor`: a `next_cursor` of a previous page)")
-    runs, next_cursor = _store().list_runs(repo=request.args.get("repo"), ref=request.args.get("ref"),
-                                           status=status, cursor=cursor, limit=limit)
+    runs, next_cursor = _visible_runs(request.args.get("repo"), request.args.get("ref"), status, cursor, limit)
     return jsonify(runs=[{k: v for k, v in run.to_dict().items() if k != "jobs"} for run in runs],
                    next_cursor=next_cursor)
 
 
+def _visible_runs(repo: str | None, ref: str | None, status: str | None, cursor: float | None,
+                  limit: int) -> tuple[list[Any], float | None]:
+    """A page of the runs the token may see. A token limited to repositories gets the runs of
+    its repositories only: a page may then hold fewer than ``limit`` runs (pages are read until
+    one holds some, at most ``LIMITED_SCAN_PAGES`` of them); follow ``next_cursor``."""
+    identity, store = caller(), _store()
+    if identity.limited and repo and not identity.sees(repo):
+        return [], None  # as if it had no runs: nothing is said about a repository it cannot see
+    runs, next_cursor = store.list_runs(repo=repo, ref=ref, status=status, cursor=cursor, limit=limit)
+    if not identity.limited:
+        return runs, next_cursor
+    visible = [run for run in runs if identity.sees(run.repo)]
+    for _ in range(LIMITED_SCAN_PAGES - 1):
+        if visible or next_cursor is None:
+            break
+        runs, next_cursor = store.list_runs(repo=repo, ref=ref, status=status, cursor=next_cursor, limit=limit)
+        visible = [run for run in runs if identity.sees(run.repo)]
+    return visible, next_cursor
+
+
 def _run_or_404(run_id: str, with_jobs: bool = True) -> Any:
+    """The run, or 404 when there is none or the token may not see its repository (the same
+    answer: a limited token cannot tell another repository's run from no run)."""
     run = _store().get_run(run_id, with_jobs=with_jobs) if RUN_ID.fullmatch(run_id) else None
-    if run is None:
+    if run is None or not caller().sees(run.repo):
         abort(404, f"no run {run_id}")
+    g.audit_repo = run.repo
     return run
 
 
@@ -315,7 +342,7 @@ def approve_run(run_id: str) -> Any:
     approve``) be planned and run. It still gets no secrets and no protected caches: approving
     says "this code may use our workers", not "this code may have our credentials"."""
     _run_or_404(run_id, with_jobs=False)
-    actor = _actor()
+    actor = caller().name
     try:
         _store().approve_run(run_id, actor)
     except StoreError as exc:
@@ -323,15 +350,6 @@ def approve_run(run_id: str) -> Any:
     logger.bind(run_id=run_id).info("run approved by {}", actor)
     send_to_planning(current_app.config["CIQ_CELERY"], run_id)  # lost: the sweeper sends it again
     return jsonify(id=run_id, status="queued", approved_by=actor), 202
-
-
-def _actor() -> str:
-    """Who the request is, for the record: the token's name when tokens have names, else a short
-    fingerprint of the token (never the token itself)."""
-    name = g.get("token_name")
-    if name:
-        return str(name)
-    return "token:" + hashlib.sha256(b"actor:" + g.token.encode()).hexdigest()[:12]
 
 
 @api.post("/runs/<run_id>/retry")

@@ -5,7 +5,7 @@
 - ``GET /api/v1/runs/<id>/jobs/<name>/artifacts.json``      its files with sizes, expiry
 - ``GET /api/v1/runs/<id>/jobs/<name>/artifacts/<path>``    one file, streamed from its byte range
 
-The same bearer tokens as the rest of ``/api/v1``. The archive is an uncompressed tar whose
+The same bearer tokens as the rest of ``/api/v1`` (scope ``read``). The archive is an uncompressed tar whose
 manifest says where each file's bytes start, so one file is a ranged read of the stored object,
 never an unpack. Job output is untrusted: a file is always sent as an attachment, with
 ``nosniff`` and a sandboxing CSP, so an HTML artifact cannot run in the app's origin.
@@ -22,7 +22,8 @@ from flask import Blueprint, abort, jsonify
 from ci_queue.artifacts.archive import Entry
 from ci_queue.objects import ObjectMissing
 from ci_queue.store.artifacts import ArtifactIndex
-from ci_queue.web.api import _job_index_or_404, _store, require_token
+from ci_queue.web.api import _job_index_or_404, _store
+from ci_queue.web.auth import require_token
 from ci_queue.web.transfer import objects, send_object
 
 artifacts_api = Blueprint("artifacts_api", __name__, url_prefix="/api/v1/runs/<run_id>/jobs")

@@ -13,9 +13,13 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from ci_queue.audit import FIELDS as AUDIT_FIELDS
 from ci_queue.store.core import JOB_STATUSES, RUN_STATUSES
+from ci_queue.tokens import SCOPES
 from ci_queue.web.api import EVENTS as API_EVENTS
 from ci_queue.web.api import MAX_PAGE
+from ci_queue.web.audit import MAX_PAGE as MAX_AUDIT_PAGE
+from ci_queue.web.auth import ENDPOINT_SCOPES
 
 openapi = Blueprint("openapi", __name__)
 # endpoints under /api/v1 that need no token (every other one does: ``api.require_token``)
@@ -51,7 +55,11 @@ UNAVAILABLE = {**_json(_ref("Unavailable"), "A dependency is away (Redis or the 
 UNAUTHORIZED = {**_error("Missing or invalid API token"),
                 "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
                                                  "description": 'Bearer realm="ci-queue"'}}}
-NOT_FOUND = _error("No such run (or job)")
+FORBIDDEN = _json({"$ref": "#/components/schemas/Forbidden"},
+                  "The token lacks the operation's scope (`missing_scope` names it), or the request is one the "
+                  "token may not make (a repository outside its `repos`, an unregistered repository without "
+                  "`admin`, a clone URL the clone policy refuses): the message says how to allow it")
+NOT_FOUND = _error("No such run (or job), or a run of a repository the token is not limited to")
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "description": "A run id (letters, digits, `_`, `-`)",
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 JOB_NAME = {"name": "name", "in": "path", "required": True,
@@ -98,6 +106,36 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"], "additionalProperties": False,
         "properties": {"error": {"type": "string", "minLength": 1}},
+    },
+    "Forbidden": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {
+            "error": {"type": "string", "minLength": 1},
+            "missing_scope": {"enum": list(SCOPES), "description": "The scope the token lacks (absent when "
+                                                                 "the refusal is about the request itself)"},
+        },
+    },
+    "AuditRecord": {
+        "type": "object", "required": ["id", *AUDIT_FIELDS], "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": r"^\d+-\d+$", "description": "The record's stream id (ordered)"},
+            **{name: {"type": "string"} for name in AUDIT_FIELDS},
+            "time": TIME,
+            "token": {"type": "string", "description": "The token's name (`CIQ_API_TOKENS#N` for those of "
+                                                       "CIQ_API_TOKENS); `webhook:<provider>` for webhook runs"},
+            "source": {"type": "string", "description": "The client's address as the web server saw it"},
+            "action": {"type": "string", "description": "create_run, cancel_run, retry_run, play_job, "
+                                                        "approve_run, webhook_run, ..."},
+            "status": {"type": "string", "pattern": r"^\d{3}$", "description": "The HTTP status answered"},
+        },
+    },
+    "AuditPage": {
+        "type": "object", "required": ["entries", "next"], "additionalProperties": False,
+        "properties": {
+            "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRecord"},
+                        "description": "Newest first"},
+            "next": _nullable("string", description="Pass as `before` for older records; null: no more"),
+        },
     },
     "Unavailable": {
         "type": "object", "required": ["error"], "additionalProperties": False,
@@ -235,9 +273,15 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "TriggerRequest": {
-        "type": "object", "required": ["clone_url", "ref"],
+        "type": "object", "required": ["ref"],
+        "anyOf": [{"required": ["clone_url"]}, {"required": ["repo"]}],
+        "description": "Without `admin`, a registered repository whose `clone_url` the registry sets: named by "
+                       "`repo` (then `clone_url` may be left out) or by that clone URL. With `admin`, also any "
+                       "clone URL the clone policy lets through (CIQ_ALLOW_LOCAL_REPOS, CIQ_CLONE_ALLOW_HOSTS).",
         "properties": {
-            "clone_url": {"type": "string", "minLength": 1},
+            "clone_url": {"type": "string", "minLength": 1,
+                          "description": "https://, ssh (also user@host:path) or git://; http:// and file:// only "
+                                         "as the settings allow"},
             "ref": {"type": "string", "minLength": 1, "description": "A branch, or a tag for `event: tag`"},
             "repo": {"type": "string", "description": "Default: the last part of the clone URL"},
             "sha": {"type": "string", "pattern": "^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})?$",
@@ -333,6 +377,8 @@ def _webhook(provider: str, headers: list[tuple[str, bool, str]], summary: str) 
             "200": _json(_ref("WebhookPong"), "A ping"),
             "400": _error("Not JSON, not the expected shape, or a hostile name"),
             "401": _error("Missing or wrong signature / token, stale timestamp, or no secret configured"),
+            "403": _error("The payload's clone URL is refused by the clone policy (a private or loopback host "
+                          "not in CIQ_CLONE_ALLOW_HOSTS, a local path...): the message says how to allow it"),
             "404": _error("The repository is not registered (or the provider is unknown)"),
             "413": _error("Body larger than CIQ_MAX_WEBHOOK_BYTES"),
             "503": UNAVAILABLE,
@@ -368,10 +414,13 @@ WEBHOOKS = {
 
 
 def _op(operation_id: str, summary: str, responses: dict[str, Any], parameters: list[Any] | None = None,
-        **extra: Any) -> dict[str, Any]:
-    responses = {**responses, "401": UNAUTHORIZED, "503": UNAVAILABLE}
-    return {"operationId": operation_id, "summary": summary, "tags": ["runs"], "parameters": parameters or [],
-            "responses": responses, **extra}
+        *, endpoint: str = "", tag: str = "runs", **extra: Any) -> dict[str, Any]:
+    """A bearer operation; its ``security`` names the scope its endpoint (default ``api.<operation_id>``)
+    needs, as ``ci_queue.web.auth.ENDPOINT_SCOPES`` says."""
+    scope = ENDPOINT_SCOPES[endpoint or f"api.{operation_id}"]
+    responses = {**responses, "401": UNAUTHORIZED, "403": FORBIDDEN, "503": UNAVAILABLE}
+    return {"operationId": operation_id, "summary": summary, "tags": [tag], "parameters": parameters or [],
+            "security": [{"bearerAuth": [scope]}], "responses": responses, **extra}
 
 
 PATHS: dict[str, Any] = {
@@ -389,7 +438,7 @@ PATHS: dict[str, Any] = {
             "413": _error("Body larger than 1 MiB"),
             "422": _error("The Idempotency-Key was used for a different request (or its run was deleted): "
                           "a new request needs a new key"),
-        }, [IDEMPOTENCY_KEY],
+        }, [IDEMPOTENCY_KEY], endpoint="api.create_run",
             requestBody={"required": True, "content": {"application/json": {"schema": _ref("TriggerRequest")}}}),
         "get": _op("list_runs", "Runs, newest first, filtered and paged", {
             "200": _json(_ref("RunList"), "A page of runs (without their jobs)"),
@@ -438,7 +487,8 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/runs/{run_id}/jobs/{name}": {
         "get": _op("show_job", "One job: its attempts, steps, artifacts and test summary", {
-            "200": _json(_ref("Job"), "The job"), "404": NOT_FOUND}, [RUN_ID, JOB_NAME]),
+            "200": _json(_ref("Job"), "The job"), "404": NOT_FOUND}, [RUN_ID, JOB_NAME],
+            endpoint="artifacts_api.show_job"),
     },
     "/api/v1/runs/{run_id}/jobs/{name}/artifacts": {
         "get": _op("job_artifacts", "The job's artifacts: an uncompressed tar, streamed", {
@@ -447,13 +497,13 @@ PATHS: dict[str, Any] = {
                     "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
             "302": {"description": "A presigned URL of the S3 store to fetch it from"},
             "404": _error("The run, the job or its artifacts do not exist, or they expired"),
-        }, [RUN_ID, JOB_NAME]),
+        }, [RUN_ID, JOB_NAME], endpoint="artifacts_api.archive"),
     },
     "/api/v1/runs/{run_id}/jobs/{name}/artifacts.json": {
         "get": _op("job_artifacts_listing", "The files of the job's artifacts, with sizes, and their expiry", {
             "200": _json(_ref("ArtifactsListing"), "The listing"),
             "404": _error("The run, the job or its artifacts do not exist, or they expired"),
-        }, [RUN_ID, JOB_NAME]),
+        }, [RUN_ID, JOB_NAME], endpoint="artifacts_api.listing"),
     },
     "/api/v1/runs/{run_id}/jobs/{name}/artifacts/{path}": {
         "get": _op("job_artifact_file", "One file of the job's artifacts, streamed (always as an attachment)", {
@@ -461,7 +511,8 @@ PATHS: dict[str, Any] = {
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "404": _error("No such file in the artifacts (or they expired)"),
         }, [RUN_ID, JOB_NAME, {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
-                               "description": "The file's path inside the artifacts"}]),
+                               "description": "The file's path inside the artifacts"}],
+            endpoint="artifacts_api.one_file"),
     },
     "/api/v1/runs/{run_id}/jobs/{name}/log": {
         "get": _op("job_log", "A job's log: text (default) or JSON lines, read incrementally with `offset`", {
@@ -484,6 +535,22 @@ PATHS: dict[str, Any] = {
         }, [RUN_ID, JOB_NAME, OFFSET, ATTEMPT,
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
              "description": "Resume after this event (browsers send it on reconnect)"}]),
+    },
+    "/api/v1/audit": {
+        "get": _op("read_audit", "The audit log: every state-changing API call and webhook run, newest first", {
+            "200": _json(_ref("AuditPage"), "A page of records"),
+            "400": _error("Invalid before, since or limit"),
+        }, [
+            {"name": "before", "in": "query", "schema": {"type": "string", "pattern": r"^\d+(-\d+)?$"},
+             "description": "Records older than this id: the `next` of the previous page"},
+            {"name": "since", "in": "query", "schema": {"type": "string"},
+             "description": "Records from this time on (ISO 8601 with a time zone) or from this record id on"},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_AUDIT_PAGE,
+                                                         "default": 50}},
+            {"name": "action", "in": "query", "schema": {"type": "string"}, "description": "e.g. cancel_run"},
+            {"name": "token", "in": "query", "schema": {"type": "string"}, "description": "A token's name"},
+            {"name": "run_id", "in": "query", "schema": {"type": "string"}},
+        ], endpoint="audit.read_audit", tag="audit"),
     },
 }
 
@@ -565,19 +632,23 @@ SPEC: dict[str, Any] = {
     "info": {
         "title": "ci-queue", "version": "1",
         "description": "The runs API of ci-queue and its webhook receivers. Every `/api/v1` route but this "
-                       "description needs `Authorization: Bearer <token>` (one of `CIQ_API_TOKENS`). Errors are "
+                       "description needs `Authorization: Bearer <token>` with the scope its `security` names "
+                       "(read, trigger, operate; admin has every scope): a token of `CIQ_API_TOKENS` (every "
+                       "scope) or of the tokens file (`CIQ_TOKENS_FILE`, `ci-queue token create`). Errors are "
                        "JSON `{\"error\": message}`; 503 with `Retry-After` means a dependency (Redis, the "
                        "broker) is away for now: try again.",
     },
     "servers": [{"url": "/"}],
     "security": [{"bearerAuth": []}],
-    "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"},
+    "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"}, {"name": "audit"},
              {"name": "workers", "description": "What workers use for a running job's artifacts and caches"}],
     "paths": {**PATHS, **WORKER_PATHS, **WEBHOOKS},
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                           "description": "One of CIQ_API_TOKENS"},
+                                           "description": "An API token; an operation's `security` lists the "
+                                                          "scope it needs (read, trigger, operate, admin: admin "
+                                                          "has every scope)"},
                             "jobToken": {"type": "apiKey", "in": "header", "name": "Job-Token",
                                          "description": "The running attempt's job token (workers only)"}},
     },

@@ -16,6 +16,14 @@ atomic step as the run it starts (``Store.create_run_once``): a delivery answere
 or too slow, the write perhaps landing later) and redelivered by the forge finds either its run
 or nothing, so it starts exactly one run; never a record without its run, which would swallow
 the redelivery.
+
+The clone URL of a payload is checked by the clone policy (``ci_queue.clone_policy``) unless the
+registry sets the repository's ``clone_url`` (trusted as configured): a forge on a private network
+is allow-listed by its operator (``CIQ_CLONE_ALLOW_HOSTS``), or its repositories get a configured
+``clone_url``. A refused URL is answered 403 with the reason and how to allow it, and is not
+remembered for the delivery id: the forge's redelivery after the fix starts the run. Every run a
+delivery starts, and every refusal by the clone policy, is an audit record (token
+``webhook:<provider>``, ``ci_queue.audit``).
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from loguru import logger
 
 from ci_queue import events, metrics
+from ci_queue.clone_policy import TRUSTED_KEY, CloneRefused
 from ci_queue.dispatch import trigger_run, trigger_run_once
 from ci_queue.repos import Registry
 from ci_queue.settings import Settings
 from ci_queue.store import Once, Store
+from ci_queue.web.audit import audit_log
 
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 DELIVERY_TTL = 86400  # a delivery id is remembered for a day
@@ -134,6 +144,11 @@ def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Setti
         logger.info("{} {} {} from a fork: no run ({})", provider, result.kind, result.ref, refused)
         return _remember(store, key, 202, {"ignored": refused})
     arguments = repo.run_arguments(result, default_branch=settings.default_branch)
+    refused = _clone_url_refused(repo, arguments)
+    if refused is not None:
+        metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="clone_url")
+        _audit(provider, "", repo.name, refused[0])
+        return refused
     status = "waiting_approval" if repo.fork_waits(result) else "queued"
     g.run_id = run_id = store.new_run_id()
     answer = {"run_id": run_id, "status": status, "status_url": _status_url(settings, run_id)}
@@ -146,7 +161,31 @@ def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Setti
         if not created.new:  # the same delivery, concurrently: its first answer
             return _duplicate(store, provider, created.first)
     logger.bind(run_id=run_id).info("{} {} {} -> run ({})", provider, result.kind, result.ref, status)
+    _audit(provider, run_id, repo.name, 202)
     return 202, answer
+
+
+def _clone_url_refused(repo: Any, arguments: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """The answer refusing the payload's clone URL, or None: the registry's URL is marked trusted
+    (not checked here nor at the worker); the payload's must pass the clone policy."""
+    if repo.clone_url:
+        arguments["context"][TRUSTED_KEY] = True
+        return None
+    url = arguments.get("clone_url")
+    if not url:
+        return None
+    try:
+        current_app.config["CIQ_CLONE_POLICY"].check(url)
+    except CloneRefused as exc:
+        return exc.status, {"error": f"the clone URL of this delivery is refused: {exc} (or set `clone_url` of "
+                                     f"{repo.name} in the repository registry)"}
+    return None
+
+
+def _audit(provider: str, run_id: str, repo: str, status: int) -> None:
+    """The audit record of a run a delivery started (or that the clone policy refused)."""
+    audit_log().record(token=f"webhook:{provider}", source=request.remote_addr, action="webhook_run",
+                       method=request.method, path=request.path, run_id=run_id, repo=repo, status=status)
 
 
 def _remember(store: Store, key: str | None, status: int, answer: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -36,6 +36,11 @@ def test_serve_dev_runs_gunicorn_with_a_throwaway_token_and_the_sweeper(tmp_path
         assert requests.get(f"{url}/api/v1/runs", timeout=5).status_code == 401
         listed = requests.get(f"{url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=5)
         assert listed.status_code == 200 and listed.json()["runs"] == []
+        # serve's defaults: no local repositories, even for a full-power token
+        for local in ("file:///etc", "/etc"):
+            refused = requests.post(f"{url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=5,
+                                    json={"repo": "o/etc", "clone_url": local, "ref": "main"})
+            assert refused.status_code == 403 and "CIQ_ALLOW_LOCAL_REPOS=1" in refused.json()["error"], refused.text
         # the sweeper runs in the gunicorn master: it takes its Redis lock within a tick or two
         holder = wait_until(lambda: redis_client.get(f"{key_prefix}sweeper:lock"), 15, "the sweeper never ran")
         assert holder

@@ -134,7 +134,8 @@ def make_repo(path: Path, files: dict[str, str]) -> str:
 
 def engine_env(redis_url: str, prefix: str, workdir: Path, **extra: str) -> dict[str, str]:
     """The environment of a test's workers: its Redis and key prefix, its own workspaces and git
-    cache, the shell executor, short grace periods."""
+    cache, the shell executor, short grace periods, and local (file://) repositories allowed: the
+    tests' repositories are directories of theirs."""
     return {
         **os.environ,
         "CIQ_REDIS_URL": redis_url,
@@ -146,6 +147,7 @@ def engine_env(redis_url: str, prefix: str, workdir: Path, **extra: str) -> dict
         "CIQ_LOG_FORMAT": "json",
         "CIQ_SHUTDOWN_GRACE_SECONDS": "5",
         "PYTHONPATH": str(REPO),
+        "CIQ_ALLOW_LOCAL_REPOS": "1",
         **extra,
     }
 

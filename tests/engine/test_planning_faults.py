@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 
 PIPELINE = "build:\n  script: echo built\n"
 
+LOOPBACK_ALLOWED = {"CIQ_CLONE_ALLOW_HOSTS": "127.0.0.1"}  # the clone policy refuses loopback hosts otherwise
+
 
 def _timed_wait(engine: Engine, run_id: str, timeout: float = 60):
     """The finished run and how long it took from now."""
@@ -73,7 +75,7 @@ def test_a_sha_that_a_force_push_removed_ends_the_run_as_error(engine, tmp_path)
 
 def test_an_unreachable_server_is_retried_a_bounded_number_of_times_then_the_run_ends_as_error(engine, tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/repo.git"
-    engine.start_worker("w1")
+    engine.start_worker("w1", extra_env=LOOPBACK_ALLOWED)
     run_id = trigger_run(engine.store, engine.celery, repo="o/r", ref="main", clone_url=url)
     run, took = _timed_wait(engine, run_id)
     assert run.status == "error", run.to_dict()
@@ -101,7 +103,7 @@ def test_a_planner_retry_proceeds_and_plans_the_run_once_the_server_answers(engi
     url = f"http://127.0.0.1:{server.server_address[1]}/repo.git"
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     try:
-        engine.start_worker("w1")
+        engine.start_worker("w1", extra_env=LOOPBACK_ALLOWED)
         run_id = trigger_run(engine.store, engine.celery, repo="o/r", ref="main", clone_url=url)
         # the first attempt was refused and a retry is on its way (Celery says so in the log)
         engine.wait(run_id, 30, until=lambda _: "Retry in" in engine.worker_log("w1"))

@@ -83,10 +83,25 @@ def make_api(store: Store, broker_url: str, tmp_path: Path, objects: Any = None,
     import redis
 
     config = Settings(**{"api_tokens": f" {TOKENS[0]} , {TOKENS[1]},", "redis_url": broker_url,
-                         "key_prefix": store.prefix, "artifacts_url": (tmp_path / "objects").as_uri(), **settings})
+                         "key_prefix": store.prefix, "artifacts_url": (tmp_path / "objects").as_uri(),
+                         "allow_local_repos": True,  # the tests trigger file:// repositories
+                         **settings})
     app = create_app(config, store=store, celery=make_celery(config, web=True), objects=objects)
     app.testing = True
     return Api(app, app.test_client(), store, redis.Redis.from_url(broker_url, decode_responses=True), tmp_path)
+
+
+def write_tokens(path: Path, tokens: dict[str, tuple[str, ...] | tuple[tuple[str, ...], tuple[str, ...]]]
+                 ) -> dict[str, str]:
+    """A tokens file made by ``ci-queue token create``'s code: ``{name: scopes}`` or
+    ``{name: (scopes, repos)}``; returns ``{name: token}``."""
+    from ci_queue.tokens import create_token
+
+    made = {}
+    for name, spec in tokens.items():
+        scopes, repos = spec if spec and isinstance(spec[0], tuple) else (spec, ())
+        made[name] = create_token(path, name, scopes, repos)
+    return made
 
 
 @pytest.fixture

@@ -170,7 +170,9 @@ def test_trigger_validation_errors_are_400_with_a_message_and_store_nothing(api,
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.is_json and message in response.get_json()["error"]
     assert api.store.list_runs()[0] == []
-    assert not api.store.r.keys(f"{api.store.prefix}*")
+    # nothing but the refusal's audit record
+    assert api.store.r.keys(f"{api.store.prefix}*") == [f"{api.store.prefix}audit"]
+    assert api.store.r.xrevrange(f"{api.store.prefix}audit", count=1)[0][1]["status"] == "400"
 
 
 def test_a_huge_ref_is_refused_with_a_short_message_that_does_not_echo_it(api):

@@ -13,9 +13,10 @@ from jsonschema import Draft202012Validator
 
 from ci_queue.store import Store
 from ci_queue.trust import RunTrust
+from ci_queue.web.auth import ENDPOINT_SCOPES
 from ci_queue.web.openapi import OPEN_ENDPOINTS, SPEC
 from tests.objects.test_object_store import aws_env, make_s3_backend, moto_server  # noqa: F401 (fixtures)
-from tests.web.conftest import make_api
+from tests.web.conftest import make_api, write_tokens
 from tests.web.test_api import ODD_NAMES, TWO_STAGES, finish, job_url, sse_events
 from tests.web.test_health import closed_port
 
@@ -98,6 +99,21 @@ def test_the_description_is_served_without_a_token_and_is_valid(api):
     assert api.client.get("/api/v1/openapi.json", headers={"Authorization": "Bearer wrong"}).status_code == 200
 
 
+def test_every_bearer_operation_names_the_scope_its_endpoint_needs(api):
+    """The ``security`` of each operation is the scope ``ENDPOINT_SCOPES`` gives its endpoint, and
+    every bearer endpoint of the app is in that table (a route left out would need ``admin``)."""
+    adapter = api.app.url_map.bind("localhost")
+    for path, method in spec_operations(SPEC, "/api/v1"):
+        security = SPEC["paths"][path][method].get("security")
+        if security == [] or "jobToken" in (security or [{}])[0]:
+            continue
+        rule, _ = adapter.match(concrete(path, "0123456789abcdef"), method=method.upper(), return_rule=True)
+        assert security == [{"bearerAuth": [ENDPOINT_SCOPES[rule.endpoint]]}], (path, method)
+    bearer = {rule.endpoint for rule in api.app.url_map.iter_rules() if rule.rule.startswith("/api/v1")
+              and not rule.rule.startswith("/api/v1/jobs") and rule.endpoint not in OPEN_ENDPOINTS}
+    assert bearer <= set(ENDPOINT_SCOPES), bearer - set(ENDPOINT_SCOPES)
+
+
 def test_every_api_route_is_described_and_every_description_is_a_route(api):
     assert app_operations(api.app, "/api/v1") == spec_operations(SPEC, "/api/v1")
     # the webhook receivers: one path per provider here, whatever rule the app uses for them
@@ -127,6 +143,23 @@ def test_refused_webhooks_match_the_description(api):
     response = api.client.post("/webhooks/github", data=big, content_type="application/json")
     assert check(response, "POST", "/webhooks/github").status_code == 413
     assert api.store.list_runs()[0] == []
+
+
+def test_webhook_runs_and_clone_policy_refusals_match_the_description(api, monkeypatch):
+    """A signed delivery whose payload clone URL is a private address (403), then an accepted one (202)."""
+    from ci_queue.repos import parse_registry
+    from tests.web.test_webhooks import SECRET, github_headers, github_push
+
+    monkeypatch.setenv("TEST_GITHUB_SECRET", SECRET)
+    api.app.config["CIQ_REGISTRY"] = parse_registry(
+        "repositories:\n  - name: octo/hello\n    provider: github\n    secret_env: TEST_GITHUB_SECRET\n")
+    check = Checker(api)
+    for clone_url, status in (("https://10.0.0.5/octo/hello.git", 403), ("https://github.com/octo/hello.git", 202)):
+        payload = json.loads(github_push())
+        payload["repository"]["clone_url"] = clone_url
+        body = json.dumps(payload).encode()
+        response = api.client.post("/webhooks/github", data=body, headers=github_headers(body))
+        assert check(response, "POST", "/webhooks/github").status_code == status, response.get_json()
 
 
 ARTIFACTS = """
@@ -359,6 +392,26 @@ def test_real_responses_of_every_route_match_the_description(api, broker_url, tm
         if operation.get("security") == []:
             continue
         check(api.client.open(concrete(path, run_id), method=method.upper()), method.upper(), path)
+
+    # a token without the operation's scope: 403 naming the scope, on every bearer operation
+    tokens = write_tokens(tmp_path / "tokens.yml", {"reader": ("read",), "trigger": ("trigger",)})
+    scoped = make_api(api.store, broker_url, tmp_path / "scoped", tokens_file=str(tmp_path / "tokens.yml"))
+    for path, method in spec_operations(SPEC, "/api/v1"):
+        security = SPEC["paths"][path][method].get("security")
+        if security == [] or "jobToken" in security[0]:
+            continue
+        [needed] = security[0]["bearerAuth"]
+        token = tokens["trigger" if needed == "read" else "reader"]
+        response = check(scoped.client.open(concrete(path, run_id), method=method.upper(), json=trigger,
+                                            headers={"Authorization": f"Bearer {token}"}), method.upper(), path)
+        assert response.status_code == 403 and response.get_json()["missing_scope"] == needed, (path, method)
+
+    # the audit log: a page, the next one, a bad cursor
+    audit = "/api/v1/audit"
+    page = check.get(f"{audit}?limit=2", audit).get_json()
+    assert len(page["entries"]) == 2 and page["next"]
+    check.get(f"{audit}?before={page['next']}&action=cancel_run", audit)
+    check.get(f"{audit}?before=yesterday", audit)
 
     declared = {(path, method, code) for path, method in spec_operations(SPEC, "/api/v1")
                 for code in SPEC["paths"][path][method]["responses"]}

@@ -41,7 +41,7 @@ def make_client(server: RedisServer, monkeypatch: pytest.MonkeyPatch, **env: str
     """The app as ``ci-queue serve`` builds it, from ``CIQ_*`` settings only (no injected store)."""
     monkeypatch.setenv("TEST_GITHUB_SECRET", SECRET)
     settings = Settings.from_env({"CIQ_REDIS_URL": server.url, "CIQ_API_TOKENS": TOKEN, "CIQ_KEY_PREFIX": PREFIX,
-                                  **env})
+                                  "CIQ_ALLOW_LOCAL_REPOS": "1", **env})  # the trigger's clone URL is file://
     app = create_app(settings, registry=parse_registry(REGISTRY))
     app.testing = True
     return app.test_client()

@@ -766,6 +766,7 @@ def test_remote_failure_is_permanent_reads_what_git_curl_and_ssh_say():
         "fatal: could not read Username for 'https://h': terminal prompts disabled",
         "git@h: Permission denied (publickey).\nfatal: Could not read from remote repository.",
         "fatal: unable to access 'https://h/p.git/': The requested URL returned error: 403",
+        "fatal: unable to access 'http://h/p.git/': The requested URL returned error: 301",  # redirects off
     ]
     passing = [
         "fatal: unable to access 'https://h/p.git/': Could not resolve host: h",
