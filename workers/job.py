@@ -262,10 +262,15 @@ def _make_runner(job: Job, settings: Settings) -> tuple[StepRunner, str]:
     """The runner a worker uses for ``job``, and its executor name."""
     image = _image_name(job)
     if settings.executor == "docker" or (settings.executor == "auto" and image):
-        from workers.runners.docker import DockerRunner  # docker SDK only where it is needed
+        from workers.runners.container_policy import ContainerPolicy  # docker SDK only where it is needed
+        from workers.runners.docker import DockerRunner
 
+        try:
+            policy = ContainerPolicy.from_settings(settings)
+        except ValueError as exc:
+            raise _Failed("runner_system_failure", f"the docker executor's settings are invalid: {exc}") from None
         return DockerRunner(network_mode=settings.docker_network, kill_grace=settings.kill_grace_seconds,
-                            service_wait=settings.service_wait_seconds), "docker"
+                            service_wait=settings.service_wait_seconds, policy=policy), "docker"
     from workers.runners.shell import ShellRunner
 
     return ShellRunner(settings.kill_grace_seconds), "shell"
@@ -490,6 +495,8 @@ class _JobRun:
             status, failure_class, reason = "canceled", "canceled", "the job was canceled"
         else:
             status, failure_class, reason = "failed", "script_failure", f"exit code {outcome.exit_code}"
+            if outcome.detail:  # the runner knows why (the kernel killed it for memory)
+                reason = f"{outcome.detail} (exit code {outcome.exit_code})"
 
         if job.after_script and status != "canceled":
             self.system("Executing step `after_script`", AFTER_SCRIPT_STEP)
@@ -499,7 +506,8 @@ class _JobRun:
             try:
                 after = self._run_step(runner, spec)
                 detail = {"success": "", "timeout": f"timed out after {settings.after_script_timeout}s",
-                          "canceled": "was canceled"}.get(after.status, f"failed with exit code {after.exit_code}")
+                          "canceled": "was canceled"}.get(after.status, f"failed with exit code {after.exit_code}"
+                                                          + (f": {after.detail}" if after.detail else ""))
             except _Failed as failed:  # the runner broke: that does not undo the script's result
                 detail = f"could not run: {failed}"
             except Exception as exc:
