@@ -79,6 +79,9 @@ class Settings:
     docker_volumes: str = ""  # GitLab's `volumes`, comma-separated; the engine's socket is always refused
     service_wait_seconds: int = 30  # how long a job waits for each of its `services:` to listen (0: not at all)
     secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need
+    # shell jobs run as these unprivileged users (names, `ciq-job{1..4}`), one job per user at a
+    # time; the worker must be root. Empty: as the worker's own user (workers/jobusers.py)
+    shell_user: str = ""
     cache_dir: str = ""  # a host's local copies of caches; empty: <temp dir>/ci-queue/cache
     cache_local_bytes: int = 10 * 1024**3  # the local cache copies a host keeps at most (oldest go first)
 

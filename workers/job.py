@@ -53,7 +53,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_queue.clock import now_iso
 from ci_queue.limits import arg_max, environment_problem
@@ -65,6 +65,9 @@ from workers.logs import JobLog, LogSink
 from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepRunner, StepSpec
 from workers.secrets import MissingSecrets, resolve_secrets
 from workers.transfer import JobChannel
+
+if TYPE_CHECKING:
+    from workers.runners.shell_user import UserSession
 
 SCRIPT_STEP = "script"
 AFTER_SCRIPT_STEP = "after_script"
@@ -273,7 +276,27 @@ def _make_runner(job: Job, settings: Settings) -> tuple[StepRunner, str]:
                             service_wait=settings.service_wait_seconds, policy=policy), "docker"
     from workers.runners.shell import ShellRunner
 
-    return ShellRunner(settings.kill_grace_seconds), "shell"
+    return ShellRunner(settings.kill_grace_seconds, as_user=_user_session(settings)), "shell"
+
+
+def _user_session(settings: Settings) -> UserSession | None:
+    """``CIQ_SHELL_USER``: the job runs as one of those users (None: as the worker)."""
+    if not settings.shell_user.strip():
+        return None
+    from workers.cache_copies import default_root as cache_root
+    from workers.checkout import default_cache_dir
+    from workers.jobusers import ShellUserError, job_users
+    from workers.runners.container_policy import engine_sockets
+    from workers.runners.shell_user import UserSession
+    from workers.workspace import default_root as workspace_root
+
+    try:
+        users = job_users(settings.shell_user)
+    except ShellUserError as exc:
+        raise _Failed("runner_system_failure", str(exc)) from None
+    protect = [Path(path) for path in (settings.secrets_file, str(default_cache_dir(settings)),
+                                       str(cache_root(settings))) if path]
+    return UserSession(users, workspace_root(settings), protect, engine_sockets())
 
 
 def _executor_of(runner: StepRunner) -> str:

@@ -35,13 +35,15 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-
-from docker.types import Mount
+from typing import TYPE_CHECKING
 
 from ci_queue.artifacts.selection import human_bytes
 from ci_queue.settings import Settings
 from ci_queue.sizes import parse_size
 from workers.runners.base import InfrastructureError
+
+if TYPE_CHECKING:
+    from docker.types import Mount
 
 # moby oci/caps/defaults.go, DefaultCapabilities(): what `docker run` gives without options.
 DEFAULT_CAPABILITIES = (
@@ -85,6 +87,8 @@ class Volume:
         return self.source.startswith("/")
 
     def mount(self) -> Mount:
+        from docker.types import Mount  # the docker SDK only where containers are made (engine_sockets is not)
+
         if self.is_bind:
             return Mount(target=self.target, source=self.source, type="bind", read_only=self.read_only)
         return Mount(target=self.target, source=self.source or None, type="volume", read_only=self.read_only)
