@@ -303,6 +303,29 @@ def test_unsafe_directories_for_a_root_worker(users, root):
     assert "writable by others" in jobusers.unsafe_directory(shared)
 
 
+def test_the_step_guard_freezes_and_kills_a_users_step(make_job, users, tmp_path):
+    """The guard (root) finds the step's processes by session and token and signals them, as it
+    does when the worker loses its lease; the user's processes are no exception."""
+    import time
+
+    from workers.guard import Guard
+
+    job = make_job(users[1:2]).prepare()
+    box: dict = {}
+    step = threading.Thread(target=lambda: box.update(outcome=job.run("echo $$; sleep 30 & wait")), daemon=True)
+    step.start()
+    shell = int(wait_until(lambda: job.out()[:1], 10, "the step's shell pid")[0])
+    guard = Guard(kill_after=60)
+    now = time.monotonic()
+    guard.command(f"watch job-1 no-such-token {shell}", now)  # the step's session is its shell's pid
+    guard.command(f"lease job-1 {now - 1}", now)
+    guard.tick(now)  # the lease lapsed: frozen
+    wait_until(lambda: process_state(shell) == "T", 10, "the user's step frozen")
+    guard.command("kill job-1", time.monotonic())
+    step.join(15)
+    assert box["outcome"].status == "failed" and box["outcome"].exit_code == 137, box
+
+
 # -- end to end: a real worker, checkout, secrets, artifacts ------------------------------------------
 
 E2E_PIPELINE = """
