@@ -79,10 +79,19 @@ class Settings:
     keep_workspaces: bool = False  # keep a job's workspace after it ends (debugging)
     git_cache_dir: str = ""  # bare mirrors shared by the jobs of a host; empty: <temp dir>/ci-queue/git
     docker_network: str = "bridge"  # network mode of job containers (tests use none or host)
+    # hardening of every container of a job, services included (workers/runners/container_policy.py)
+    docker_privileged: bool = False  # privileged containers (Docker-in-Docker): root on the host; trusted jobs only
+    docker_pids_limit: int = 4096  # processes and threads per container; 0: no limit
+    docker_memory: str = ""  # memory per container (512m, 2g); swap cannot add to it; empty: no limit
+    docker_cpus: float = 0.0  # CPUs per container (1.5); 0: no limit
+    docker_volumes: str = ""  # GitLab's `volumes`, comma-separated; the engine's socket is always refused
     service_wait_seconds: int = 30  # how long a job waits for each of its `services:` to listen (0: not at all)
     secrets_file: str = ""  # KEY=VALUE lines; jobs name the secrets they need (and must be granted)
     worker_protected: bool = False  # `ci-queue worker --protected`: only protected refs of registered repos
     shell_allow_forks: bool = False  # the shell executor runs merge requests from forks too (off: refused)
+    # shell jobs run as these unprivileged users (names, `ciq-job{1..4}`), one job per user at a
+    # time; the worker must be root. Empty: as the worker's own user (workers/jobusers.py)
+    shell_user: str = ""
     cache_dir: str = ""  # a host's local copies of caches; empty: <temp dir>/ci-queue/cache
     cache_local_bytes: int = 10 * 1024**3  # the local cache copies a host keeps at most (oldest go first)
 
@@ -134,11 +143,28 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"CIQ_CLONE_ALLOW_HOSTS: {exc}") from None
 
+        self._check_docker_limits()
         for name in ("artifacts_expire_in", "cache_expire_in"):
             try:
                 parse_duration(getattr(self, name))
             except ValueError as exc:
                 raise SettingsError(f"{PREFIX}{name.upper()}: {exc}") from None
+
+
+    def _check_docker_limits(self) -> None:
+        from ci_queue.sizes import parse_size
+
+        if self.docker_memory.strip():
+            try:
+                memory = parse_size(self.docker_memory)
+            except ValueError as exc:
+                raise SettingsError(f"CIQ_DOCKER_MEMORY: {exc}") from None
+            if memory < 6 * 1024 * 1024:
+                raise SettingsError("CIQ_DOCKER_MEMORY must be at least 6m (Docker's minimum), or empty for no limit")
+        if self.docker_cpus < 0:
+            raise SettingsError("CIQ_DOCKER_CPUS must be positive, or 0 for no limit")
+        if self.docker_pids_limit < 0:
+            raise SettingsError("CIQ_DOCKER_PIDS_LIMIT must be positive, or 0 for no limit")
 
 
 def _convert(name: str, raw: str, kind: type) -> object:

@@ -103,7 +103,7 @@ from pathlib import Path
 from loguru import logger
 
 from ci_queue.clone_policy import ClonePolicy, CloneRefused, HostUnresolved
-from ci_queue.settings import get_settings
+from ci_queue.settings import Settings, get_settings
 from workers.runners.base import InfrastructureError
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
@@ -374,8 +374,8 @@ def mirror_name(clean_url: str) -> str:
     return f"{slug}-{digest}"
 
 
-def default_cache_dir() -> Path:
-    configured = get_settings().git_cache_dir
+def default_cache_dir(settings: Settings | None = None) -> Path:
+    configured = (settings or get_settings()).git_cache_dir
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "ci-queue" / "git"
 
 
@@ -508,7 +508,7 @@ class _Mirror:
     @contextlib.contextmanager
     def locked(self, exclusive: bool) -> Iterator[None]:
         """Hold the mirror's flock (shared or exclusive), waiting at most until the deadline."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # other repositories' code: root's only
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH

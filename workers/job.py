@@ -61,7 +61,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_queue.clock import now_iso
 from ci_queue.limits import arg_max, environment_problem
@@ -74,6 +74,9 @@ from workers.logs import JobLog, LogSink
 from workers.runners.base import CancelCheck, InfrastructureError, JobEnvironment, StepOutcome, StepRunner, StepSpec
 from workers.secrets import MissingSecrets, resolve_secrets
 from workers.transfer import JobChannel
+
+if TYPE_CHECKING:
+    from workers.runners.shell_user import UserSession
 
 SCRIPT_STEP = "script"
 AFTER_SCRIPT_STEP = "after_script"
@@ -272,13 +275,38 @@ def _make_runner(job: Job, settings: Settings) -> tuple[StepRunner, str]:
     """The runner a worker uses for ``job``, and its executor name."""
     image = _image_name(job)
     if settings.executor == "docker" or (settings.executor == "auto" and image):
-        from workers.runners.docker import DockerRunner  # docker SDK only where it is needed
+        from workers.runners.container_policy import ContainerPolicy  # docker SDK only where it is needed
+        from workers.runners.docker import DockerRunner
 
+        try:
+            policy = ContainerPolicy.from_settings(settings)
+        except ValueError as exc:
+            raise _Failed("runner_system_failure", f"the docker executor's settings are invalid: {exc}") from None
         return DockerRunner(network_mode=settings.docker_network, kill_grace=settings.kill_grace_seconds,
-                            service_wait=settings.service_wait_seconds), "docker"
+                            service_wait=settings.service_wait_seconds, policy=policy), "docker"
     from workers.runners.shell import ShellRunner
 
-    return ShellRunner(settings.kill_grace_seconds), "shell"
+    return ShellRunner(settings.kill_grace_seconds, as_user=_user_session(settings)), "shell"
+
+
+def _user_session(settings: Settings) -> UserSession | None:
+    """``CIQ_SHELL_USER``: the job runs as one of those users (None: as the worker)."""
+    if not settings.shell_user.strip():
+        return None
+    from workers.cache_copies import default_root as cache_root
+    from workers.checkout import default_cache_dir
+    from workers.jobusers import ShellUserError, job_users
+    from workers.runners.container_policy import engine_sockets
+    from workers.runners.shell_user import UserSession
+    from workers.workspace import default_root as workspace_root
+
+    try:
+        users = job_users(settings.shell_user)
+    except ShellUserError as exc:
+        raise _Failed("runner_system_failure", str(exc)) from None
+    protect = [Path(path) for path in (settings.secrets_file, str(default_cache_dir(settings)),
+                                       str(cache_root(settings))) if path]
+    return UserSession(users, workspace_root(settings), protect, engine_sockets())
 
 
 def _executor_of(runner: StepRunner) -> str:
@@ -530,6 +558,8 @@ class _JobRun:
             status, failure_class, reason = "canceled", "canceled", "the job was canceled"
         else:
             status, failure_class, reason = "failed", "script_failure", f"exit code {outcome.exit_code}"
+            if outcome.detail:  # the runner knows why (the kernel killed it for memory)
+                reason = f"{outcome.detail} (exit code {outcome.exit_code})"
 
         if job.after_script and status != "canceled":
             self.system("Executing step `after_script`", AFTER_SCRIPT_STEP)
@@ -539,7 +569,8 @@ class _JobRun:
             try:
                 after = self._run_step(runner, spec)
                 detail = {"success": "", "timeout": f"timed out after {settings.after_script_timeout}s",
-                          "canceled": "was canceled"}.get(after.status, f"failed with exit code {after.exit_code}")
+                          "canceled": "was canceled"}.get(after.status, f"failed with exit code {after.exit_code}"
+                                                          + (f": {after.detail}" if after.detail else ""))
             except _Failed as failed:  # the runner broke: that does not undo the script's result
                 detail = f"could not run: {failed}"
             except Exception as exc:

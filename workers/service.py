@@ -44,6 +44,7 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         os.environ["CIQ_WORKER_PROTECTED"] = "1"        # behind the queues): before they are read
         get_settings.cache_clear()
         settings = load_settings()
+    _check_executors(settings)
     check_redis(settings)  # a wrong URL: one line and exit 1 now, not Celery retrying for minutes
     configure(settings)
     scrub_celery_logs(settings)
@@ -98,6 +99,22 @@ def _queues(tags: str, extra: str, *, untagged: bool, planning: bool, protected:
     if not consumed:
         raise click.UsageError("this worker would consume no queue")
     return consumed
+
+
+def _check_executors(settings) -> None:
+    """Executor settings that cannot work on this host (CIQ_SHELL_USER naming nobody or root, a
+    worker that is not root, a volume of the Docker socket): refuse to start, rather than take
+    jobs only to fail each of them."""
+    from workers.jobusers import ShellUserError, check_worker
+    from workers.runners.base import InfrastructureError
+    from workers.runners.container_policy import ContainerPolicy
+
+    try:
+        check_worker(settings.shell_user)
+        ContainerPolicy.from_settings(settings).check()
+    except (ShellUserError, InfrastructureError, ValueError) as exc:
+        click.echo(f"ci-queue worker: {exc}", err=True)
+        sys.exit(2)
 
 
 def _remove_leftovers(settings) -> None:

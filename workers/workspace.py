@@ -22,6 +22,7 @@ it must not hide the job's own result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -36,6 +37,7 @@ from types import TracebackType
 from loguru import logger
 
 from ci_queue.settings import Settings, get_settings
+from workers.jobusers import JobUser, hand_over
 from workers.leftovers import made_held, release
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -151,6 +153,36 @@ class Workspace:
             self._release()
             return
         self.remove()
+
+
+def is_checkout(builds_dir: Path, root: Path) -> bool:
+    """Whether ``builds_dir`` is the ``build`` directory of a workspace directly under ``root``."""
+    top = Path(builds_dir).parent
+    return Path(builds_dir).name == "build" and not top.is_symlink() and top.parent == Path(root).resolve() \
+        and not Path(builds_dir).is_symlink()
+
+
+def open_to(builds_dir: Path, user: JobUser, root: Path) -> None:
+    """Give the checkout of a workspace under ``root`` to a shell job's ``user`` (CIQ_SHELL_USER).
+
+    The workspace directory stays root's, mode 0711: the user can pass through it but not list
+    it, and, not owning it, cannot swap ``build`` for a symlink under the worker, which reads the
+    artifacts and caches there afterwards. ``build`` and what is in it become the user's (mode
+    0700: no other user gets in), but for the pack files hard-linked from the git cache
+    (``workers.jobusers.hand_over``). Raises ``ValueError`` for a directory that is not a
+    workspace the worker made under ``root`` (``ci-queue exec`` runs in the caller's own).
+    """
+    if not is_checkout(builds_dir, root):
+        raise ValueError(f"{builds_dir} is not the checkout of a workspace under {root}")
+    os.chmod(builds_dir.parent, 0o711)
+    hand_over(builds_dir, user)
+    os.chmod(builds_dir, 0o700)
+
+
+def close_to_users(builds_dir: Path) -> None:
+    """After the job: its workspace is root's only again (a kept one, CIQ_KEEP_WORKSPACES, too)."""
+    with contextlib.suppress(OSError):
+        os.chmod(builds_dir.parent, 0o700)
 
 
 def remove_tree(path: Path) -> None:

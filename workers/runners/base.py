@@ -61,6 +61,7 @@ class StepOutcome:
     started_at: str  # ISO 8601 UTC
     finished_at: str
     duration: float  # seconds
+    detail: str | None = None  # why a failed step failed, when the runner knows better than its exit code (OOM)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,13 @@ registered with the step guard like a step's container. ``prepare`` then waits, 
 exec`` in the pod with shell builtins; a service that does not get ready, or exits, is a
 warning in the job log and the job goes on. A job without services has no pod.
 
+Hardening (``workers.runners.container_policy``): every container of the job, services and pod
+included, gets the same ``ContainerPolicy``: not privileged unless ``CIQ_DOCKER_PRIVILEGED``,
+``no-new-privileges``, all capabilities dropped but Docker's default set, a pids limit, the
+memory and CPU limits, the configured volumes; a bind mount of the engine's socket is refused
+(``SocketMount``). A step the kernel killed for memory (``State.OOMKilled``) fails with
+``StepOutcome.detail`` saying so.
+
 Decisions:
 
 - *Script delivery*: a file on a read-only bind mount, run as ``sh -c <detect> sh FILE``, where
@@ -103,6 +110,7 @@ from workers.runners.base import (
     StepOutcome,
     StepSpec,
 )
+from workers.runners.container_policy import ContainerPolicy
 from workers.runners.services import (
     LISTENING_SCRIPT,
     OutputTail,
@@ -167,6 +175,7 @@ class DockerRunner:
         scratch_dir: str | os.PathLike[str] | None = None,
         api_timeout: float = 60.0,
         service_wait: float | None = None,
+        policy: ContainerPolicy | None = None,
     ) -> None:
         if pull_policy not in PULL_POLICIES:
             raise ValueError(f"pull_policy must be one of {', '.join(PULL_POLICIES)}, not {pull_policy!r}")
@@ -182,6 +191,8 @@ class DockerRunner:
         self.api_timeout = api_timeout
         # seconds a service may take to listen (<= 0: services are not waited for)
         self.service_wait = settings.service_wait_seconds if service_wait is None else service_wait
+        # what every container of the job may do (docs: workers/runners/container_policy.py)
+        self.policy = policy if policy is not None else ContainerPolicy.from_settings(settings)
         self.runner_id = uuid.uuid4().hex
         self._base_url = base_url
         self._client = client
@@ -203,6 +214,10 @@ class DockerRunner:
             raise InfrastructureError(
                 f"CI_PROJECT_DIR in a container must be an absolute path, not {env.project_dir!r}"
             )
+        try:
+            self.policy.check()
+        except ValueError as exc:
+            raise InfrastructureError(f"the docker executor's settings are invalid: {exc}") from None
         client = self._connect()
         self._check_network(client)
         self._image_id = self._resolve_image(client, image, log)
@@ -219,6 +234,7 @@ class DockerRunner:
             PREPARE_STEP,
             f"Using docker image {image} ({self._image_id[:19]}), network mode {self.network_mode}",
         )
+        log.system(PREPARE_STEP, self.policy.describe())
         if env.services:
             self._start_services(client, env, log)
 
@@ -348,6 +364,7 @@ class DockerRunner:
             init=True,  # PID 1 forwards signals and reaps; the shell is not PID 1
             extra_hosts={alias: "127.0.0.1" for alias in aliases},
             log_config=LogConfig(type="none"),
+            **self.policy.host_config(),
         )
         created = api.create_container(
             image=self._image_id,
@@ -369,7 +386,9 @@ class DockerRunner:
                        log: JobLog) -> _Service:
         host_config = api.create_host_config(
             network_mode=f"container:{self._pod_id}",
+            mounts=self.policy.mounts([]),  # the configured volumes, as GitLab gives services too
             log_config=LogConfig(type="none"),  # see the module docstring; the tail keeps the last lines
+            **self.policy.host_config(),
         )
         created = api.create_container(
             image=image_id,
@@ -434,8 +453,10 @@ class DockerRunner:
                     continue
                 state = api.inspect_container(service.container_id)["State"]
                 if not state.get("Running"):
-                    self._not_ready(service, log, f"its container exited with code {state.get('ExitCode')}",
-                                    ended=True)
+                    why = f"its container exited with code {state.get('ExitCode')}"
+                    if state.get("OOMKilled"):
+                        why += ": " + self.policy.oom_reason("service's")
+                    self._not_ready(service, log, why, ended=True)
                 elif now >= deadline:
                     which = ", ".join(map(str, ports))
                     self._not_ready(service, log, f"no TCP port of {which} listened within {self.service_wait:g} s")
@@ -509,8 +530,8 @@ class DockerRunner:
                     return self._outcome("failed", 127, started_at, t0)
                 raise InfrastructureError(f"cannot start the container of step {step.name}: {exc}") from exc
             started = True
-            status, exit_code = self._supervise(api, container_id, step, log, cancel, frames, (out, err), t0)
-            return self._outcome(status, exit_code, started_at, t0)
+            status, exit_code, detail = self._supervise(api, container_id, step, log, cancel, frames, (out, err), t0)
+            return self._outcome(status, exit_code, started_at, t0, detail)
         except docker_errors.ImageNotFound as exc:
             raise ImageMissing(f"image {self._env.image} disappeared from this host: {exc}") from exc
         except (docker_errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -536,13 +557,14 @@ class DockerRunner:
         api = self._client.api
         labels = {**self._labels(env), LABEL_STEP: step.name}
         host_config = api.create_host_config(
-            mounts=[
+            mounts=self.policy.mounts([
                 Mount(target=env.project_dir, source=str(env.workspace), type="bind", read_only=False),
                 Mount(target=SCRIPTS_MOUNT, source=str(self._scratch), type="bind", read_only=True),
-            ],
+            ]),
             network_mode=f"container:{self._pod_id}" if self._pod_id else self.network_mode,
             init=self.init,
             log_config=LogConfig(type="none"),  # the job log is ours; see the module docstring
+            **self.policy.host_config(),
         )
         created = api.create_container(
             image=self._image_id,
@@ -591,8 +613,9 @@ class DockerRunner:
         frames: queue.Queue[Any],
         streams: tuple[Any, Any],
         t0: float,
-    ) -> tuple[str, int | None]:
+    ) -> tuple[str, int | None, str | None]:
         """Feed the output to the log until the container ends; stop it at the deadline / on cancel.
+        Returns the status, the exit code and why, when the kernel killed it for memory.
 
         Every ``JobLog`` call happens here, on the caller's thread; the reader thread only queues.
         """
@@ -617,9 +640,11 @@ class DockerRunner:
             if eof:
                 state = api.inspect_container(container_id)["State"]
                 if not state.get("Running") and state.get("Status") != "created":
-                    if state.get("OOMKilled"):
-                        log.system(step.name, "The container ran out of memory and was killed")
-                    return reason or ("success" if state.get("ExitCode") == 0 else "failed"), state.get("ExitCode")
+                    oom = self.policy.oom_reason() if state.get("OOMKilled") else None
+                    if oom:
+                        log.system(step.name, f"The kernel killed a process of the step: {oom}")
+                    status = reason or ("success" if state.get("ExitCode") == 0 else "failed")
+                    return status, state.get("ExitCode"), oom if status == "failed" else None
                 time.sleep(_POLL)  # the output ended a moment before the daemon saw the exit
                 now = time.monotonic()
             if reason is None and now >= next_check:
@@ -642,13 +667,15 @@ class DockerRunner:
             elif kill_at and now >= kill_at + _AFTER_KILL:
                 raise _after_start(f"the container of step {step.name} did not end {_AFTER_KILL:g} s after SIGKILL")
 
-    def _outcome(self, status: str, exit_code: int | None, started_at: str, t0: float) -> StepOutcome:
+    def _outcome(self, status: str, exit_code: int | None, started_at: str, t0: float,
+                 detail: str | None = None) -> StepOutcome:
         return StepOutcome(
             status=status,
             exit_code=exit_code,
             started_at=started_at,
             finished_at=now_iso(),
             duration=time.monotonic() - t0,
+            detail=detail,
         )
 
     def _remove(self, container_id: str, log: JobLog, step_name: str) -> None:

@@ -16,6 +16,9 @@
   instant, before the loop wakes up, may be read stdout first).
 - At the deadline or when ``cancel()`` says so (polled every ``poll_interval``): SIGTERM to the
   group and to every process of the step, SIGKILL ``kill_grace_seconds`` later.
+- With ``CIQ_SHELL_USER`` (``as_user``, ``workers.runners.shell_user``) the step runs as an
+  unprivileged user of its own, with a private ``HOME`` and ``TMPDIR``, in a workspace handed
+  over to that user; ``HOME``, ``USER``, ``LOGNAME``, ``SHELL`` and ``TMPDIR`` are that user's.
 - While a step runs, the worker is a child subreaper (``workers.procs``), so that what the step
   orphans stays in the worker's process tree.
 - When the step's main process has ended (however), output is drained for ``drain_seconds`` at
@@ -52,8 +55,10 @@ from workers.runners.base import (
     StepOutcome,
     StepSpec,
 )
+from workers.runners.shell_user import UserSession
 
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+IDENTITY_VARIABLES = ("HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")  # the job's user's own under CIQ_SHELL_USER
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_SIZE = 65536
 SCRIPTS_PREFIX = "step-"  # the steps' script folders, under scripts_root()
@@ -95,7 +100,7 @@ class ShellRunner:
 
     def __init__(self, kill_grace_seconds: float = 10.0, *, shell: str | None = None,
                  inherit: tuple[str, ...] = INHERITED_VARIABLES, drain_seconds: float = 0.5,
-                 poll_interval: float = 0.1) -> None:
+                 poll_interval: float = 0.1, as_user: UserSession | None = None) -> None:
         self.kill_grace_seconds = max(0.0, float(kill_grace_seconds))
         self.shell = shell or find_shell()
         self.inherit = inherit
@@ -107,6 +112,7 @@ class ShellRunner:
         self._tmp: str | None = None
         self._held: int | None = None
         self._steps = 0
+        self.as_user = as_user  # CIQ_SHELL_USER: the job runs as an unprivileged user (shell_user.py)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -124,11 +130,15 @@ class ShellRunner:
             raise InfrastructureError(f"cannot create a scratch directory for the job's scripts: {exc}") from exc
         self._tmp = str(path)
         log.system("prepare", f"Using the shell executor: {self.shell} on {os.uname().nodename}")
+        if self.as_user is not None and not self.as_user.start(env, path, log):
+            return  # canceled while waiting for a user: the job ends before any step
         if not self.subreaper:
             log.system("prepare", "warning: this host cannot make the worker a child subreaper; a process that "
                                   "leaves the step's session and is orphaned may survive the step")
 
     def cleanup(self) -> None:
+        if self.as_user is not None:
+            self.as_user.end()  # first: none of the user's processes writes into what is removed next
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -138,6 +148,9 @@ class ShellRunner:
     def environment(self, step_env: dict[str, str] | object) -> dict[str, str]:
         """The environment a step's process gets (without the step token)."""
         env = {name: os.environ[name] for name in self.inherit if name in os.environ}
+        if self.as_user is not None:  # not the worker's home, name, temp dir
+            env = {name: value for name, value in env.items() if name not in IDENTITY_VARIABLES}
+            env.update(self.as_user.environment(self.shell))
         env.update({str(k): str(v) for k, v in dict(step_env).items()})
         env.setdefault("PATH", DEFAULT_PATH)
         return env
@@ -147,25 +160,34 @@ class ShellRunner:
     def run(self, step: StepSpec, log: JobLog, cancel: CancelCheck) -> StepOutcome:
         if self.workspace is None or self._tmp is None:
             raise RuntimeError("ShellRunner.run() before prepare()")
+        if self.as_user is not None and self.as_user.slot is None:
+            raise RuntimeError("ShellRunner.run() without the job's user (canceled while waiting for one)")
         self._steps += 1
         script = Path(self._tmp) / f"{self._steps:02d}-{step.name}.sh"
         try:
             script.write_text(step.script, encoding="utf-8", errors="surrogateescape")
+            if self.as_user is not None:
+                self.as_user.own_script(script)
         except OSError as exc:
             raise InfrastructureError(f"cannot write the step's script: {exc}") from exc
+        if self.as_user is not None:
+            self.as_user.before_step()
         token = uuid.uuid4().hex
         env = self.environment(step.env)
         env[TOKEN_VARIABLE] = token
         env = {k: v.replace("\0", "") for k, v in env.items() if k and "=" not in k and "\0" not in k}
         argv = [self.shell, "--noprofile", "--norc", str(script)] if "bash" in Path(self.shell).name \
             else [self.shell, str(script)]
+        options: dict[str, object] = {}
+        if self.as_user is not None:
+            argv, options = self.as_user.argv(argv), self.as_user.popen_options()
         started_at = now_iso()
         start = time.monotonic()
         with subreaper_while_running():
             try:
                 proc = subprocess.Popen(argv, cwd=self.workspace, env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                        close_fds=True)
+                                        close_fds=True, **options)
             except OSError as exc:
                 if exc.errno == errno.E2BIG:
                     raise EnvironmentTooLarge(_too_large(env)) from exc
