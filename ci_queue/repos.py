@@ -274,11 +274,8 @@ def _build(data: object, file: str, warnings: list[Diagnostic]) -> Registry:
     if not isinstance(data, YMap):
         raise RegistryError([Diagnostic(getattr(data, "mark", None) or start,
                                         "the file must be a mapping with a `repositories:` list")])
-    for key in data:
-        if key not in ("repositories", "defaults"):
-            hint = _did_you_mean(key, ("repositories", "defaults"))
-            problem(data.key_mark(key), f"unknown key `{key}`" + (f"; {hint}" if hint else ""),
-                    "the top-level keys are `repositories` and `defaults`")
+    _unknown_keys(data, ("repositories", "defaults"), problem, "",
+                  "the top-level keys are `repositories` and `defaults`")
     defaults = _defaults(data, problem)
     items = data.get("repositories")
     if items is None:
@@ -320,11 +317,7 @@ def _defaults(data: YMap, problem) -> dict[str, Any]:
         problem(data.value_mark("defaults"), "`defaults` must be a mapping of "
                                              + ", ".join(f"`{k}`" for k in DEFAULT_KEYS))
         return {}
-    for key in section:
-        if key not in DEFAULT_KEYS:
-            hint = _did_you_mean(str(key), DEFAULT_KEYS)
-            problem(section.key_mark(key), f"unknown key `{key}` in `defaults`" + (f"; {hint}" if hint else ""),
-                    f"`defaults` may set {', '.join(DEFAULT_KEYS)}")
+    _unknown_keys(section, DEFAULT_KEYS, problem, " in `defaults`", f"`defaults` may set {', '.join(DEFAULT_KEYS)}")
     values, _ = _trust_values(section, problem)
     return values
 
@@ -372,13 +365,7 @@ def _grant(entry: object, mark: Mark | None, problem) -> Grant | None:
     if not isinstance(entry, YMap):
         problem(mark, "each secret must be a name or a mapping with `name`, `protected`, `environments`")
         return None
-    ok = True
-    for key in entry:
-        if key not in GRANT_KEYS:
-            hint = _did_you_mean(str(key), GRANT_KEYS)
-            problem(entry.key_mark(key), f"unknown key `{key}` of a secret" + (f"; {hint}" if hint else ""),
-                    f"the keys are {', '.join(GRANT_KEYS)}")
-            ok = False
+    ok = _unknown_keys(entry, GRANT_KEYS, problem, " of a secret", f"the keys are {', '.join(GRANT_KEYS)}")
     name = entry.get("name")
     if not isinstance(name, str) or not _SECRET_NAME_RE.fullmatch(name):
         problem(entry.value_mark("name"), f"invalid secret name {name!r}",
@@ -454,14 +441,20 @@ def _string(item: YMap, key: str, problem, *, required: bool = False) -> str | N
     return value
 
 
-def _entry(item: YMap, mark: Mark | None, problem, defaults: dict[str, Any]) -> Repository | None:
+def _unknown_keys(mapping: YMap, allowed: tuple[str, ...], problem, where: str, known: str) -> bool:
+    """Report every key of ``mapping`` not in ``allowed`` (with a did-you-mean hint); True when
+    there was none."""
     ok = True
-    for key in item:
-        if key not in KEYS:
-            hint = _did_you_mean(str(key), KEYS)
-            problem(item.key_mark(key), f"unknown key `{key}`" + (f"; {hint}" if hint else ""),
-                    f"the keys are {', '.join(KEYS)}")
+    for key in mapping:
+        if key not in allowed:
+            hint = _did_you_mean(str(key), allowed)
+            problem(mapping.key_mark(key), f"unknown key `{key}`{where}" + (f"; {hint}" if hint else ""), known)
             ok = False
+    return ok
+
+
+def _entry(item: YMap, mark: Mark | None, problem, defaults: dict[str, Any]) -> Repository | None:
+    ok = _unknown_keys(item, KEYS, problem, "", f"the keys are {', '.join(KEYS)}")
     provider = _string(item, "provider", problem, required=True)
     if provider is not None and provider not in PROVIDERS:
         hint = _did_you_mean(provider, PROVIDERS)

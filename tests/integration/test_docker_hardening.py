@@ -17,6 +17,7 @@ import pytest
 from ci_queue.pipeline.model import Job
 from ci_queue.settings import Settings, SettingsError
 from tests.conftest import wait_until
+from tests.integration.test_docker_runner import WatchingSink
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import JobLog, LogLine, MemorySink
 from workers.runners.base import JobEnvironment, StepSpec
@@ -40,17 +41,6 @@ CAPABILITY_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_
 STATUS = "grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status"
 
 
-class WatchingSink(MemorySink):
-    """A MemorySink that calls ``on_line`` for every line as it is stored."""
-
-    def __init__(self, on_line=None) -> None:
-        super().__init__()
-        self.on_line = on_line
-
-    def write(self, line: LogLine) -> None:
-        super().write(line)
-        if self.on_line is not None:
-            self.on_line(line)
 
 
 def status_fields(lines: list[str]) -> dict[str, str]:
