@@ -348,7 +348,7 @@ def test_real_responses_of_every_route_match_the_description(api, broker_url, tm
         == [waiting]
     approve = "/api/v1/runs/{run_id}/approve"
     approved = check.post(f"{runs}/{waiting}/approve", approve).get_json()
-    assert approved["status"] == "queued" and approved["approved_by"].startswith("token:")
+    assert approved["status"] == "queued" and approved["approved_by"] == "CIQ_API_TOKENS#1"
     assert check.post(f"{runs}/{waiting}/approve", approve).status_code == 409
     check.post(f"{runs}/{unknown}/approve", approve)
     assert api.get(f"{runs}/{waiting}").get_json()["fork"] is True

@@ -357,6 +357,7 @@ test:
 @pytest.mark.integration
 def test_a_pipeline_runs_under_shell_users_on_a_real_worker(engine, users, root, tmp_path):  # noqa: F811
     from ci_queue.objects import open_store
+    from ci_queue.trust import Grant, RunTrust
     from tests.artifacts.conftest import live_app
     from tests.engine.conftest import make_repo
 
@@ -372,7 +373,9 @@ def test_a_pipeline_runs_under_shell_users_on_a_real_worker(engine, users, root,
             "CIQ_CACHE_DIR": str(tmp_path / "cache"), "CIQ_TEST_WORKER_SECRET": marker})
         repo = tmp_path / "repo"
         sha = make_repo(repo, {".gitlab-ci.yml": E2E_PIPELINE.format(secrets=secrets)})
-        run_id = engine.trigger(repo)
+        # the secret granted as repos.yml would (`secrets: [DEPLOY_TOKEN]`): the worker resolves granted names only
+        trust = RunTrust(registered=True, grants=(Grant("DEPLOY_TOKEN"),))
+        run_id = engine.trigger(repo, trust=trust)
         run = engine.wait(run_id, timeout=120)
         logs = {job.name: [e["text"] for _, e in engine.store.read_log(run_id, job.index)] for job in run.jobs}
         assert {job.name: job.status for job in run.jobs} == {"build": "success", "test": "success"}, logs
