@@ -28,6 +28,7 @@ from ci_queue.web.transfer import objects, send_object
 
 artifacts_api = Blueprint("artifacts_api", __name__, url_prefix="/api/v1/runs/<run_id>/jobs")
 artifacts_api.before_request(require_token)
+LISTED = ("path", "type", "size", "mode", "target")  # what artifacts.json shows of an entry
 
 
 @artifacts_api.get("/<path:name>")
@@ -55,7 +56,7 @@ def archive(run_id: str, name: str) -> Any:
     return send_object(record["key"], record["sha256"], f"{record.get('name') or 'artifacts'}.tar")
 
 
-def _manifest(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _manifest(record: dict[str, Any]) -> list[Entry]:
     """The archive's file list, checked here: the worker stored it as it sent it (``PUT
     .../manifest.json``). An entry it could not have written makes the list unusable (500 with
     the reason), never a read outside the archive: every offset and size is bounded by it."""
@@ -67,11 +68,11 @@ def _manifest(record: dict[str, Any]) -> list[dict[str, Any]]:
     except ValueError:
         abort(500, "the stored file list of these artifacts is not JSON")
     try:
-        entries = [Entry.from_dict(item).to_dict() for item in items]
+        entries = [Entry.from_dict(item) for item in items]
     except (KeyError, TypeError, ValueError) as exc:
         abort(500, f"the stored file list of these artifacts is damaged: {exc}")
     size = int(record.get("size") or 0)
-    if any(e.get("offset") is not None and e["offset"] + e.get("size", 0) > size for e in entries):
+    if any(e.offset is not None and e.offset + e.size > size for e in entries):
         abort(500, "the stored file list of these artifacts points past the end of the archive")
     return entries
 
@@ -79,7 +80,7 @@ def _manifest(record: dict[str, Any]) -> list[dict[str, Any]]:
 @artifacts_api.get("/<path:name>/artifacts.json")
 def listing(run_id: str, name: str) -> Any:
     record = _record_or_404(run_id, name)
-    files = [{k: entry.get(k) for k in ("path", "type", "size", "mode", "target") if entry.get(k) is not None}
+    files = [{k: v for k, v in entry.to_dict().items() if k in LISTED and v is not None}
              for entry in _manifest(record)]
     return jsonify(name=record.get("name"), attempt=record.get("attempt"), size=record.get("size"),
                    sha256=record.get("sha256"), expire_at=record.get("expire_at"), files=files)
@@ -88,12 +89,12 @@ def listing(run_id: str, name: str) -> Any:
 @artifacts_api.get("/<path:name>/artifacts/<path:path>")
 def one_file(run_id: str, name: str, path: str) -> Any:
     record = _record_or_404(run_id, name)
-    entry = next((e for e in _manifest(record) if e.get("path") == path.strip("/")), None)
-    if entry is None or entry.get("type") != "file" or entry.get("offset") is None:
+    entry = next((e for e in _manifest(record) if e.path == path.strip("/")), None)
+    if entry is None or entry.type != "file" or entry.offset is None:
         abort(404, f"the artifacts of job {name!r} have no file {path!r}")
     mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    response = send_object(record["key"], "", path.rsplit("/", 1)[-1], start=int(entry["offset"]),
-                           length=int(entry["size"]), mimetype=mimetype, allow_redirect=False)
+    response = send_object(record["key"], "", path.rsplit("/", 1)[-1], start=entry.offset,
+                           length=entry.size, mimetype=mimetype, allow_redirect=False)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     return response
