@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 
 PREFIX = "CIQ_"
+DOCKER_MIN_MEMORY = 6 * 1024 * 1024  # the smallest memory limit Docker accepts
 
 
 class SettingsError(ValueError):
@@ -159,7 +160,7 @@ class Settings:
                 memory = parse_size(self.docker_memory)
             except ValueError as exc:
                 raise SettingsError(f"CIQ_DOCKER_MEMORY: {exc}") from None
-            if memory < 6 * 1024 * 1024:
+            if memory < DOCKER_MIN_MEMORY:
                 raise SettingsError("CIQ_DOCKER_MEMORY must be at least 6m (Docker's minimum), or empty for no limit")
         if self.docker_cpus < 0:
             raise SettingsError("CIQ_DOCKER_CPUS must be positive, or 0 for no limit")

@@ -36,6 +36,23 @@ def ci_queue(*args: str, env: dict[str, str], timeout: float = 60, cwd: Path | N
                           timeout=timeout, cwd=cwd or REPO, stdin=subprocess.DEVNULL)
 
 
+def ci_queue_to_exit(*args: str, env: dict[str, str], what: str, timeout: float = 30
+                     ) -> subprocess.CompletedProcess[str]:
+    """Run a command that is expected to stop by itself (a refusal at start) and wait for it; past
+    ``timeout`` its whole process group is killed (``standalone``, ``serve`` have children) and the
+    test fails saying it was still running ``what``."""
+    argv = [sys.executable, "-m", "ci_queue.cli", *args]
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"`ci-queue {args[0]}` was still running after {timeout:g} s {what}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
 

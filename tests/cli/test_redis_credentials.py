@@ -7,10 +7,8 @@ in one line; ``serve`` answering 503 while the password is rotated under it."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,16 @@ from ci_queue.settings import Settings
 from ci_queue.standalone import free_port
 from ci_queue.store import store_from_settings
 from ci_queue.unacked import recover
-from tests.cli.conftest import REPO, Service, Standalone, base_env, kill_all, no_traceback, start_standalone, wait_until
+from tests.cli.conftest import (
+    Service,
+    Standalone,
+    base_env,
+    ci_queue_to_exit,
+    kill_all,
+    no_traceback,
+    start_standalone,
+    wait_until,
+)
 from tests.engine.conftest import make_repo
 from tests.secure_redis import ACL_USER, SecureRedis, TlsFiles, assert_hidden, make_tls_files
 
@@ -130,16 +137,7 @@ def _start_command(command: str, tmp_path: Path, url: str) -> subprocess.Complet
     args = {"worker": ["worker", "--name", "refused"], "serve": ["serve", "--port", str(free_port())],
             "standalone": ["standalone", "--port", str(free_port()), "--workers", "1"]}[command]
     env = base_env(tmp_path / "config", CIQ_REDIS_URL=url, CIQ_API_TOKENS=TOKEN)
-    proc = subprocess.Popen([sys.executable, "-m", "ci_queue.cli", *args], env=env, cwd=REPO, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError(f"`ci-queue {command}` was still running after 30 s with a wrong password") from None
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return ci_queue_to_exit(*args, env=env, what="with a wrong password")
 
 
 @pytest.mark.parametrize("command", ["worker", "serve", "standalone"])

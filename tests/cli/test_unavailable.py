@@ -5,7 +5,6 @@ while it retries; ``ci-queue worker`` given a Redis that is not there."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from ci_queue.standalone import free_port
 from ci_queue.store import Store
-from tests.cli.conftest import REPO, Service, base_env, kill_all, no_traceback, wait_until
+from tests.cli.conftest import REPO, Service, base_env, ci_queue_to_exit, kill_all, no_traceback, wait_until
 from tests.conftest import TEST_REDIS_URL, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -132,17 +131,10 @@ def test_a_worker_whose_redis_is_not_there_says_so_and_exits_1(tmp_path, variabl
     wrong = closed_port_url(password="s3cret-pw")
     env = base_env(tmp_path, **{"CIQ_REDIS_URL": TEST_REDIS_URL, variable: wrong})
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "ci_queue.cli", "worker", "--name", "nowhere"], env=env, cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError("the worker was still trying after 30 s") from None
+    result = ci_queue_to_exit("worker", "--name", "nowhere", env=env, what="trying to reach Redis")
     seconds = time.monotonic() - started
-    assert proc.returncode == 1, (proc.returncode, out, err)
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 1, (result.returncode, out, err)
     assert seconds < 10, seconds
     redacted = wrong.replace(":s3cret-pw@", "***@")
     lines = err.strip().splitlines()

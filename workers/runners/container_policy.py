@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ci_queue.artifacts.selection import human_bytes
-from ci_queue.settings import Settings
+from ci_queue.settings import DOCKER_MIN_MEMORY, Settings
 from ci_queue.sizes import parse_size
 from workers.runners.base import InfrastructureError
 
@@ -66,7 +66,6 @@ DEFAULT_CAPABILITIES = (
 ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock",
                   "/var/run/containerd/containerd.sock")
 DEFAULT_PIDS_LIMIT = 4096
-MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses less
 
 
 class SocketMount(InfrastructureError):
@@ -172,7 +171,7 @@ class ContainerPolicy:
 
     def check(self) -> None:
         """``ValueError`` for limits Docker would refuse; ``SocketMount`` for a volume of the socket."""
-        if self.memory and self.memory < MIN_MEMORY:
+        if self.memory and self.memory < DOCKER_MIN_MEMORY:
             raise ValueError(f"the memory limit {human_bytes(self.memory)} is below Docker's minimum of 6 MiB")
         if self.cpus < 0:
             raise ValueError("the CPU limit must be positive (0: no limit)")

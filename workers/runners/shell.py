@@ -58,7 +58,6 @@ from workers.runners.base import (
 from workers.runners.shell_user import UserSession
 
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
-IDENTITY_VARIABLES = ("HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")  # the job's user's own under CIQ_SHELL_USER
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_SIZE = 65536
 SCRIPTS_PREFIX = "step-"  # the steps' script folders, under scripts_root()
@@ -148,8 +147,7 @@ class ShellRunner:
     def environment(self, step_env: dict[str, str] | object) -> dict[str, str]:
         """The environment a step's process gets (without the step token)."""
         env = {name: os.environ[name] for name in self.inherit if name in os.environ}
-        if self.as_user is not None:  # not the worker's home, name, temp dir
-            env = {name: value for name, value in env.items() if name not in IDENTITY_VARIABLES}
+        if self.as_user is not None:  # the job's user's HOME, USER, LOGNAME, SHELL, TMPDIR replace the worker's
             env.update(self.as_user.environment(self.shell))
         env.update({str(k): str(v) for k, v in dict(step_env).items()})
         env.setdefault("PATH", DEFAULT_PATH)
