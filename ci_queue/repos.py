@@ -79,12 +79,11 @@ DEFAULT_STATUS_TOKEN_ENV: dict[str, str | None] = {
     "gitea": "CIQ_GITEA_TOKEN",
     "generic": None,
 }
-KEYS = ("name", "provider", "clone_url", "pipeline", "secret_env", "status_token_env", "notify", "default_branch",
-        "status_api_url", "protected_branches", "protected_tags", "fork_pull_requests", "protected_workers_only",
-        "secrets")
-STRING_KEYS = KEYS[2:9]
+STRING_KEYS = ("clone_url", "pipeline", "secret_env", "status_token_env", "notify", "default_branch",
+               "status_api_url")
 # What `defaults:` may set for every repository (the trust keys; names and URLs are per repository).
 DEFAULT_KEYS = ("protected_branches", "protected_tags", "fork_pull_requests", "protected_workers_only", "secrets")
+KEYS = ("name", "provider", *STRING_KEYS, *DEFAULT_KEYS)
 GRANT_KEYS = ("name", "protected", "environments")
 _SECRET_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")

@@ -34,7 +34,7 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import job_queue
 from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
-from ci_queue.trust import CONTROL_PLANE_VARIABLES, apply_to_plan
+from ci_queue.trust import CONTROL_PLANE_VARIABLES, ROUTE_ANY, apply_to_plan
 from workers import guard
 from workers.checkout import CheckoutError, checkout, resolve_ref
 from workers.identity import instance_id
@@ -462,7 +462,7 @@ def protected_worker_refusal(settings: Settings, run: RunRecord) -> str | None:
     """Why a ``--protected`` worker does not run a job of ``run`` (None: it may). The queues keep
     other work away from it (``ci_queue.routing``); this is the check behind them, from the run's
     trusted facts, for a message that reached it anyway (an operator's extra ``--queues``)."""
-    if not settings.worker_protected or (run.protected and run.registered and not run.fork):
+    if not settings.worker_protected or run.trust.route != ROUTE_ANY:  # protected work, as routed
         return None
     return ("this worker (`ci-queue worker --protected`) runs only jobs of protected branches and tags of "
             "registered repositories; this run is not one (the job reached it through a queue it should not "

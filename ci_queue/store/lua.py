@@ -50,9 +50,10 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 -- plan_sent: the sweeper counts the wait for a planner from the approval, not from the creation
 redis.call('HSET', KEYS[1], 'status', 'queued', 'approved_by', ARGV[1], 'approved_at', ARGV[2],
            'plan_sent', tostring(now))
-local score = redis.call('ZSCORE', KEYS[4], redis.call('HGET', KEYS[1], 'id')) or now
-redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
-redis.call('ZADD', KEYS[3], score, redis.call('HGET', KEYS[1], 'id'))
+local id = redis.call('HGET', KEYS[1], 'id')
+local score = redis.call('ZSCORE', KEYS[4], id) or now
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZADD', KEYS[3], score, id)
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 'approved'
 """
