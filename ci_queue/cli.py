@@ -656,11 +656,18 @@ def _answer(data: dict[str, Any], fmt: str, text: str) -> None:
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 
 
-@cli.command("cancel")
-@click.argument("run_id", metavar="RUN")
-@_FORMAT
-@client_options
-@client_errors
+def _run_action(name: str) -> Any:
+    """The decorators every command that acts on one run shares (``cancel``, ``approve``,
+    ``retry``): its RUN argument, ``--format``, the server options and one-line errors."""
+    def decorate(function: Any) -> Any:
+        for decorator in (client_errors, client_options, _FORMAT, click.argument("run_id", metavar="RUN"),
+                          cli.command(name)):
+            function = decorator(function)
+        return function
+    return decorate
+
+
+@_run_action("cancel")
 def cancel_command(run_id: str, fmt: str, server: str | None, token: str | None) -> None:
     """Cancel a run: jobs not started never start, running ones are stopped."""
     from ci_queue.client import TERMINAL_RUN_STATUSES
@@ -675,11 +682,7 @@ def cancel_command(run_id: str, fmt: str, server: str | None, token: str | None)
     _answer(answer, fmt, text)
 
 
-@cli.command("approve")
-@click.argument("run_id", metavar="RUN")
-@_FORMAT
-@client_options
-@client_errors
+@_run_action("approve")
 def approve_command(run_id: str, fmt: str, server: str | None, token: str | None) -> None:
     """Approve a run waiting for approval (a merge request from a fork): it is planned and run,
     still without secrets or protected caches."""
@@ -688,12 +691,8 @@ def approve_command(run_id: str, fmt: str, server: str | None, token: str | None
                          f"{answer.get('approved_by')})")
 
 
-@cli.command("retry")
-@click.argument("run_id", metavar="RUN")
-@_FORMAT
+@_run_action("retry")
 @click.option("--wait", is_flag=True, help="Follow the run as `ci-queue run` does; exit 0 only if it succeeds.")
-@client_options
-@client_errors
 def retry_command(run_id: str, fmt: str, wait: bool, server: str | None, token: str | None) -> None:
     """Run the failed and canceled jobs of a run again (and what depends on them), as new attempts."""
     client = _client(server, token)

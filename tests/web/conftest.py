@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ci_queue.celery_app import make_celery
+from ci_queue.repos import parse_registry
 from ci_queue.settings import Settings
 from ci_queue.store import Store
 from ci_queue.web import create_app
@@ -49,6 +50,7 @@ class Api:
     store: Store
     broker: Any
     tmp_path: Path
+    tokens: dict[str, str] = field(default_factory=dict)  # {name: token} of its tokens file (``scoped_api``)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -102,6 +104,18 @@ def write_tokens(path: Path, tokens: dict[str, tuple[str, ...] | tuple[tuple[str
         scopes, repos = spec if spec and isinstance(spec[0], tuple) else (spec, ())
         made[name] = create_token(path, name, scopes, repos)
     return made
+
+
+def scoped_api(store: Store, broker_url: str, tmp_path: Path, tokens: dict[str, Any], registry: str,
+               **settings: Any) -> Api:
+    """The app with a tokens file (``tmp_path/tokens.yml``, ``tokens`` as ``write_tokens`` takes
+    them; ``api.tokens``: ``{name: token}``) and the repository registry ``registry`` (repos.yml text)."""
+    path = tmp_path / "tokens.yml"
+    made = write_tokens(path, tokens)
+    api = make_api(store, broker_url, tmp_path, tokens_file=str(path), **settings)
+    api.app.config["CIQ_REGISTRY"] = parse_registry(registry)
+    api.tokens = made
+    return api
 
 
 @pytest.fixture

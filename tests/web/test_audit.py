@@ -14,32 +14,22 @@ import requests
 from loguru import logger
 
 from ci_queue.audit import audit_key
-from ci_queue.repos import parse_registry
 from ci_queue.store import Store
 from tests.artifacts.conftest import serve
 from tests.conftest import REPO
-from tests.web.conftest import TOKENS, make_api, write_tokens
+from tests.web.conftest import TOKENS, make_api, scoped_api
 from tests.web.test_api import ODD_NAMES, TWO_STAGES, finish
+from tests.web.test_run_sources import REGISTRY
 from tests.web.test_webhooks import SECRET, github_headers, github_push
-
-REGISTRY = """
-repositories:
-  - name: octo/app
-    provider: github
-    clone_url: https://git.example.org/octo/app.git
-    secret_env: TEST_GITHUB_SECRET
-"""
 
 
 @pytest.fixture
 def live(store, broker_url, tmp_path, monkeypatch):
     """The app on a real HTTP server of 127.0.0.1, with scoped tokens and one registered repository."""
     monkeypatch.setenv("TEST_GITHUB_SECRET", SECRET)
-    tokens = write_tokens(tmp_path / "tokens.yml", {"bot": ("read", "trigger"), "operator": ("read", "operate")})
-    api = make_api(store, broker_url, tmp_path, tokens_file=str(tmp_path / "tokens.yml"))
-    api.app.config["CIQ_REGISTRY"] = parse_registry(REGISTRY)
-    url, server = serve(api.app)
-    api.url, api.tokens = url, tokens
+    api = scoped_api(store, broker_url, tmp_path, {"bot": ("read", "trigger"), "operator": ("read", "operate")},
+                     REGISTRY)
+    api.url, server = serve(api.app)
     try:
         yield api
     finally:

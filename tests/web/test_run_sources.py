@@ -9,8 +9,7 @@ import json
 import pytest
 
 from ci_queue.clone_policy import TRUSTED_KEY, ClonePolicy, HostUnresolved
-from ci_queue.repos import parse_registry
-from tests.web.conftest import make_api, write_tokens
+from tests.web.conftest import scoped_api
 from tests.web.test_webhooks import SECRET, github_headers, github_push
 
 REGISTRY = """
@@ -30,12 +29,9 @@ repositories:
 
 def served(store, broker_url, tmp_path, **settings):
     """The app as ``serve`` has it by default (no local repositories) unless ``settings`` say."""
-    path = tmp_path / "tokens.yml"
-    tokens = write_tokens(path, {"bot": ("read", "trigger")}) if not path.exists() else {}
-    api = make_api(store, broker_url, tmp_path, tokens_file=str(path),
-                   **{"allow_local_repos": False, **settings})
-    api.app.config["CIQ_REGISTRY"] = parse_registry(REGISTRY)
-    api.bot = {"Authorization": f"Bearer {tokens.get('bot')}"}
+    tokens = {} if (tmp_path / "tokens.yml").exists() else {"bot": ("read", "trigger")}
+    api = scoped_api(store, broker_url, tmp_path, tokens, REGISTRY, **{"allow_local_repos": False, **settings})
+    api.bot = {"Authorization": f"Bearer {api.tokens.get('bot')}"}
     return api
 
 

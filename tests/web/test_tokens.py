@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from ci_queue.repos import parse_registry
 from ci_queue.tokens import (
     TokenFileError,
     TokenTable,
@@ -21,7 +20,7 @@ from ci_queue.tokens import (
     revoke_token,
 )
 from tests.conftest import REPO
-from tests.web.conftest import TOKENS, make_api, write_tokens
+from tests.web.conftest import TOKENS, make_api, scoped_api
 from tests.web.test_api import ODD_NAMES, TWO_STAGES, finish, job_url
 
 REGISTRY = """
@@ -39,12 +38,10 @@ repositories:
 def scoped(store, broker_url, tmp_path):
     """The app with a tokens file: ``reader`` (read), ``bot`` (read, trigger), ``operator``
     (read, operate), ``octo`` (read, trigger, operate; only ``octo/*``)."""
-    path = tmp_path / "tokens.yml"
-    tokens = write_tokens(path, {"reader": ("read",), "bot": ("read", "trigger"), "operator": ("read", "operate"),
-                                 "octo": (("read", "trigger", "operate"), ("octo/*",))})
-    api = make_api(store, broker_url, tmp_path, tokens_file=str(path))
-    api.app.config["CIQ_REGISTRY"] = parse_registry(REGISTRY)
-    api.tokens, api.path = tokens, path
+    api = scoped_api(store, broker_url, tmp_path, {"reader": ("read",), "bot": ("read", "trigger"),
+                                                   "operator": ("read", "operate"),
+                                                   "octo": (("read", "trigger", "operate"), ("octo/*",))}, REGISTRY)
+    api.path = tmp_path / "tokens.yml"
     return api
 
 
