@@ -191,21 +191,10 @@ class Registry:
     warnings: tuple[Diagnostic, ...] = ()
     default_secrets: tuple[Grant, ...] = ()  # `defaults: secrets:`, for every run (unregistered ones too)
     _index: dict[tuple[str, str], Repository] = field(default_factory=dict, compare=False, repr=False)
-    _by_url: dict[str, Repository] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for repo in self.repositories:
             self._index[repo.provider, repo.name.casefold()] = repo
-            if repo.clone_url:
-                self._by_url.setdefault(_url_key(repo.clone_url), repo)
-
-    def by_clone_url(self, url: str | None) -> Repository | None:
-        """The repository whose registered ``clone_url`` is ``url`` (a trailing ``/`` or ``.git``
-        aside), or None. Only the registry's own URL counts: a repository registered without one is
-        built from its forge's payloads, and an API run cannot claim it."""
-        if not url:
-            return None
-        return self._by_url.get(_url_key(url))
 
     def unregistered_trust(self) -> RunTrust:
         """What a run of a clone URL no repository has gets: never protected, the defaults' grants."""
@@ -222,10 +211,6 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self.repositories)
-
-
-def _url_key(url: str) -> str:
-    return url.strip().rstrip("/").removesuffix(".git")
 
 
 def load_registry(path: str | os.PathLike[str] | None = None, *,

@@ -38,12 +38,13 @@ from ci_queue.limits import (
     shown,
     utf8_len,
 )
+from ci_queue.repos import Repository
 from ci_queue.settings import Settings
 from ci_queue.store import Once, Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
 from ci_queue.trust import CONTROL_PLANE_VARIABLES, RunTrust
 from ci_queue.web.auth import caller, require_token
-from ci_queue.web.run_source import default_name, run_source
+from ci_queue.web.run_source import RunSource, default_name, run_source
 from ci_queue.web.unavailable import dependency_failure
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -155,8 +156,7 @@ def create_run() -> Any:
     step and a repeat answers the first run (200), so a client may retry blindly."""
     data = _json_body()
     fields = _trigger_fields(data)
-    _apply_source(fields, _string(data, "repo"))
-    trust = _trust(fields)
+    trust = _trust(fields, _apply_source(fields, _string(data, "repo")).entry)
     key = _idempotency_key()
     store, celery = _store(), current_app.config["CIQ_CELERY"]
     g.run_id = run_id = store.new_run_id()
@@ -193,22 +193,18 @@ def _trigger_fields(data: dict[str, Any]) -> dict[str, Any]:
             "variables": variables, "context": _context(data, event, ref)}
 
 
-def _trust(fields: dict[str, Any]) -> RunTrust:
-    """The trusted facts of an API run (``ci_queue.trust``). A clone URL that is a registered
-    repository's registry ``clone_url`` makes a run of that repository (under its registered name):
-    protected when its ref is one of the repository's protected branches or tags (the default
-    branch is the registry's ``default_branch``, else ``CIQ_DEFAULT_BRANCH``: never the request's),
-    with its grants. Any other clone URL is untrusted: never protected, the ``defaults:`` grants only.
-    Changes ``fields["repo"]`` to the registered name."""
-    registry = current_app.config["CIQ_REGISTRY"]
-    repo = registry.by_clone_url(fields["clone_url"])
-    if repo is None:
-        return registry.unregistered_trust()
-    fields["repo"] = repo.name
-    return repo.trust(fields["event"], fields["ref"], repo.default_branch or _settings().default_branch)
+def _trust(fields: dict[str, Any], entry: Repository | None) -> RunTrust:
+    """The trusted facts of an API run (``ci_queue.trust``). A run of a registered repository's
+    registry ``clone_url`` (``entry``, as ``run_source`` decided) is protected when its ref is one of
+    the repository's protected branches or tags (the default branch is the registry's
+    ``default_branch``, else ``CIQ_DEFAULT_BRANCH``: never the request's), with its grants. Any
+    other run is untrusted: never protected, the ``defaults:`` grants only."""
+    if entry is None:
+        return current_app.config["CIQ_REGISTRY"].unregistered_trust()
+    return entry.trust(fields["event"], fields["ref"], entry.default_branch or _settings().default_branch)
 
 
-def _apply_source(fields: dict[str, Any], asked_repo: str) -> None:
+def _apply_source(fields: dict[str, Any], asked_repo: str) -> RunSource:
     """Decide the run's repository and clone URL for this token (``run_source``: registered
     repositories, the clone policy; 400 / 403 otherwise) from the ``repo`` the body named (or
     not); a registered URL is marked trusted, so the worker does not check it again."""
@@ -219,6 +215,7 @@ def _apply_source(fields: dict[str, Any], asked_repo: str) -> None:
     fields["clone_url"] = source.clone_url
     if source.trusted:
         fields["context"][TRUSTED_KEY] = True
+    return source
 
 
 def _idempotency_key() -> str | None:

@@ -32,11 +32,17 @@ REGISTER_HINT = ("register it in the repository registry (CIQ_REPOS_FILE) with i
 
 @dataclass(frozen=True)
 class RunSource:
-    """The repository name and clone URL of a run to trigger; ``trusted``: the registry's URL."""
+    """The repository name and clone URL of a run to trigger; ``entry``: the registered repository
+    whose registry URL it is (its trust and grants apply), None for anything else."""
 
     repo: str
     clone_url: str
-    trusted: bool
+    entry: Repository | None = None
+
+    @property
+    def trusted(self) -> bool:
+        """The clone URL is the registry's: neither checked here nor at the worker."""
+        return self.entry is not None
 
 
 def run_source(identity: Identity, registry: Registry, policy: ClonePolicy, repo: str, clone_url: str) -> RunSource:
@@ -47,7 +53,7 @@ def run_source(identity: Identity, registry: Registry, policy: ClonePolicy, repo
     entry = _registered(registry, repo, clone_url)
     if entry is not None:
         _within_limits(identity, entry.name)
-        return RunSource(entry.name, entry.clone_url or "", True)
+        return RunSource(entry.name, entry.clone_url or "", entry)
     if not identity.allows("admin"):
         abort(403, _unregistered(registry, repo, clone_url))
     if not clone_url:
@@ -56,7 +62,7 @@ def run_source(identity: Identity, registry: Registry, policy: ClonePolicy, repo
         policy.check(clone_url)
     except CloneRefused as exc:
         abort(exc.status, str(exc))
-    return RunSource(asked, clone_url, False)
+    return RunSource(asked, clone_url)
 
 
 def default_name(clone_url: str) -> str:
@@ -72,13 +78,14 @@ def _within_limits(identity: Identity, repo: str) -> None:
 
 def _registered(registry: Registry, repo: str, clone_url: str) -> Repository | None:
     """The entry with a registered clone URL that the request names: by name (with that URL or
-    none) or, without a name, by URL. None when there is no such entry."""
+    none) or, when no entry has that name, by URL (the registry's URL makes a run of its
+    repository, whatever the request calls it). None when there is no such entry."""
     with_url = [entry for entry in registry if entry.clone_url]
-    if repo:
+    if repo and any(e.name.casefold() == repo.casefold() for e in registry):
         named = [e for e in with_url if e.name.casefold() == repo.casefold()
                  and (not clone_url or same_repository_url(clone_url, e.clone_url or ""))]
         return named[0] if named else None
-    matched = [e for e in with_url if same_repository_url(clone_url, e.clone_url or "")]
+    matched = [e for e in with_url if clone_url and same_repository_url(clone_url, e.clone_url or "")]
     return matched[0] if matched else None
 
 

@@ -77,11 +77,18 @@ def test_trust_keys_defaults_and_merging():
     assert plain.protects("push", "trunk", "trunk") and not plain.protects("push", "main", "trunk")
     assert not plain.protects("tag", "v1", "trunk")  # tags: none by default
     assert registry.default_secrets == (Grant("SHARED_TOKEN"), Grant("FARM_DEPLOY", protected=True))
-    url_repo = registry.by_clone_url("https://git.example/codertocat/hello-world/")
+    # an API run is a registered repository's only through the registry's own clone URL
+    url_repo = registered_by_url(registry, "https://git.example/codertocat/hello-world/")
     assert url_repo is not None and url_repo.protected_workers_only
-    assert registry.by_clone_url("https://git.example/codertocat/hello-world.git.evil") is None
-    assert registry.by_clone_url("https://github.com/ailisp/gcbapp-buildconfig-example.git") is None
+    assert registered_by_url(registry, "https://git.example/codertocat/hello-world.git.evil") is None
+    assert registered_by_url(registry, "https://github.com/ailisp/gcbapp-buildconfig-example.git") is None
     assert registry.unregistered_trust() == RunTrust(grants=registry.default_secrets)
+
+
+def registered_by_url(registry, url):
+    from ci_queue.web.run_source import _registered
+
+    return _registered(registry, "", url)
 
 
 def test_trust_key_errors_have_positions():
