@@ -5,6 +5,7 @@ it: the messages the API sends just sit in their queues, where the tests read th
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -80,6 +81,14 @@ class Api:
         return run_id, {job.name: i for i, job in enumerate(plan.jobs)}, ready
 
 
+def offline_resolver(host: str, port: int) -> list[str]:
+    from ci_queue.clone_policy import HostUnresolved
+
+    if host.lower() != "localhost":
+        raise HostUnresolved(host)
+    return ["127.0.0.1"]
+
+
 def make_api(store: Store, broker_url: str, tmp_path: Path, objects: Any = None, **settings: Any) -> Api:
     """The app (its object store: ``objects``, else a directory of the test's own)."""
     import redis
@@ -90,6 +99,9 @@ def make_api(store: Store, broker_url: str, tmp_path: Path, objects: Any = None,
                          **settings})
     app = create_app(config, store=store, celery=make_celery(config, web=True), objects=objects)
     app.testing = True
+    # the clone policy's resolver hook: `localhost` as /etc/hosts has it, every other name unresolved
+    # (as on a machine without DNS), so no test's query leaves the machine; tests needing names set theirs
+    app.config["CIQ_CLONE_POLICY"] = dataclasses.replace(app.config["CIQ_CLONE_POLICY"], resolver=offline_resolver)
     return Api(app, app.test_client(), store, redis.Redis.from_url(broker_url, decode_responses=True), tmp_path)
 
 
