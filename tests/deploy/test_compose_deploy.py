@@ -128,7 +128,7 @@ class Deployment:
         self.files = [REPO / "docker-compose.yml", REPO / "configs" / "compose" / "host-network.yml", test_override]
         self.env = {**os.environ, "CIQ_IMAGE": self.image, "CIQ_REDIS_IMAGE": REDIS_IMAGE,
                     "CIQ_ENV_FILE": str(env_file), "CIQ_COMPOSE_REDIS_PORT": str(self.redis_port),
-                    "CIQ_COMPOSE_WEB_PORT": str(self.web_port)}
+                    "CIQ_COMPOSE_WEB_PORT": str(self.web_port), "CIQ_COMPOSE_WEB_HOST": "127.0.0.1"}
         self.built = False
 
     def run_compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -209,6 +209,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         deployment.tear_down()
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(1500)
 def test_compose_deployment_scales_and_hands_a_running_job_back(deployment: Deployment):
     timings: dict[str, float] = {}
