@@ -137,6 +137,15 @@ class Deployment:
             argv += ["--file", str(path)]
         return run([*argv, *args], timeout=timeout, env=self.env, cwd=REPO)
 
+    def check_default_topology(self) -> dict[str, Any]:
+        """The bridge-network files (docker-compose.yml + docker-compose.override.yml, what
+        `docker compose up` reads) as Compose resolves them: the tests never run containers on a
+        bridge (network rule), but Compose must accept the files."""
+        argv = [*self.compose, "--project-name", self.project, "--project-directory", str(REPO),
+                "--file", str(REPO / "docker-compose.yml"), "--file", str(REPO / "docker-compose.override.yml"),
+                "config"]
+        return yaml.safe_load(run(argv, timeout=120, env=self.env, cwd=REPO).stdout)
+
     def build(self) -> None:
         self.built = True  # from here on, clean-up removes the image
         run(["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", self.image,
@@ -219,6 +228,9 @@ def test_compose_deployment_scales_and_hands_a_running_job_back(deployment: Depl
         timings[what] = round(time.monotonic() - started - sum(timings.values()), 1)
 
     try:
+        default = deployment.check_default_topology()
+        assert {"redis", "web", "worker"} <= set(default["services"])
+        assert "8080" in json.dumps(default["services"]["web"]["ports"]), "the web app is published by default"
         deployment.build()
         lap("build")
         deployment.scale(1)
