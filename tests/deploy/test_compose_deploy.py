@@ -4,12 +4,12 @@ base made on this machine, docker-compose.yml brought up with host networking
 to 2, a pipeline triggered through the web API, a worker scaled away while it runs a job (the job
 is handed back and finishes on the other worker), and everything torn down.
 
-One test, slow by nature: about a minute on a 2-core machine, two the first time (the base image
-is made with debootstrap, about 40 s, and kept under its tag for later runs, as the Redis image
-built on it is; the project's image, about 30-50 s to build, and the containers, volumes and
-networks are removed whatever happens). Needs Docker,
-Docker Compose (v2 or Debian's v1) and, for the base, debootstrap: `bash .ci/docker.sh up`
-installs them. Skipped without them on a developer's machine, a failure in CI.
+One test, slow by nature: one to two minutes on a busy 2-core machine, about a minute more the
+first time (the base image is made with debootstrap, about 40 s, and kept under its tag for later
+runs, as the Redis image built on it is). The project's image (30-70 s to build), containers,
+volumes and networks are removed whatever happens. Needs Docker, Docker Compose (v2 or Debian's
+v1) and, for the base, debootstrap: `bash .ci/docker.sh up` installs them. Skipped without them
+on a developer's machine, a failure in CI.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def ensure_base_images() -> None:
 class Deployment:
     """One Compose project of the test's own: its files, ports, image and clean-up."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.compose = compose_command()
+    def __init__(self, workdir: Path, compose: list[str]) -> None:
+        self.compose = compose
         suffix = uuid.uuid4().hex[:10]
         self.project, self.image = f"ciqdeploy{suffix}", f"ci-queue-deploy-test:{suffix}"
         self.token = uuid.uuid4().hex + uuid.uuid4().hex
@@ -210,8 +210,9 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    compose = compose_command()  # Docker and Compose first: skipped (or failed in CI) without them
     ensure_base_images()
-    deployment = Deployment(tmp_path)
+    deployment = Deployment(tmp_path, compose)
     try:
         yield deployment
     finally:
