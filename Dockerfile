@@ -32,9 +32,9 @@ RUN useradd --system --uid 10001 --user-group --create-home --shell /usr/sbin/no
     && install -d -m 0755 /var/lib/ci-queue /srv/ci-queue \
     && install -d -m 0750 -o ciq -g ciq /var/lib/ci-queue/objects
 
-ENV VIRTUAL_ENV=/opt/ci-queue \
-    PATH=/opt/ci-queue/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
+# The venv stays off PATH: shell jobs inherit the worker's PATH, and their `python3` / `pip` must
+# be the system's, not the venv holding ci-queue's dependencies. Only the commands are linked.
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -44,13 +44,14 @@ COPY pyproject.toml /tmp/ci-queue/
 RUN python3 -m venv /opt/ci-queue \
     && python3 -c 'import tomllib, sys; print("\n".join(tomllib.load(sys.stdin.buffer)["project"]["dependencies"]))' \
         </tmp/ci-queue/pyproject.toml >/tmp/ci-queue/requirements.txt \
-    && pip install --requirement /tmp/ci-queue/requirements.txt \
+    && /opt/ci-queue/bin/pip install --requirement /tmp/ci-queue/requirements.txt \
     && rm -rf /tmp/ci-queue
 
 COPY pyproject.toml README.md /tmp/ci-queue/
 COPY ci_queue /tmp/ci-queue/ci_queue
 COPY workers /tmp/ci-queue/workers
-RUN pip install --no-deps /tmp/ci-queue && rm -rf /tmp/ci-queue && ci-queue --help >/dev/null
+RUN /opt/ci-queue/bin/pip install --no-deps /tmp/ci-queue && rm -rf /tmp/ci-queue \
+    && ln -s /opt/ci-queue/bin/ci-queue /usr/local/bin/ci-queue && ci-queue --help >/dev/null
 # The worker's entry point in a container: a name of its own per replica, and its health check.
 COPY configs/container/ci-queue-worker /usr/local/bin/ci-queue-worker
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -43,7 +44,7 @@ PIPELINE = """\
 stages: [build, test]
 build:
   stage: build
-  script: echo "built by $(id -un)"
+  script: echo "built by $(id -un) with $(command -v python3)"
 # Both wait for the test's gate (a file on a read-only bind mount): one on each worker.
 hold-a:
   stage: test
@@ -287,7 +288,8 @@ def test_compose_deployment_scales_and_hands_a_running_job_back(deployment: Depl
         assert again["attempt"] == 2 and again["worker"].startswith(f"{remaining}@"), again["attempts"]
         assert jobs[on[remaining]]["attempt"] == 1
         build_log = deployment.api("GET", f"/api/v1/runs/{run_id}/jobs/build/log").text
-        assert "built by ciq-job" in build_log, f"shell jobs run as the image's job users:\n{build_log}"
+        # shell jobs run as the image's job users, with the system's Python (not the worker's venv)
+        assert re.search(r"built by ciq-job\d with /usr/bin/python3$", build_log, re.M), build_log
         hold_log = deployment.api("GET", f"/api/v1/runs/{run_id}/jobs/{on[stopped]}/log").text
         assert f"{on[stopped]} done" in hold_log, hold_log
     except BaseException:
