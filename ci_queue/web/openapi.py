@@ -353,6 +353,36 @@ SCHEMAS: dict[str, Any] = {
     "WebhookPong": {
         "type": "object", "required": ["pong"], "properties": {"pong": {"const": True}},
     },
+    # -- the farm (issue #12) --
+    "Worker": {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "host", "tags", "queues", "concurrency", "protected", "started_at", "last_heartbeat",
+                     "seconds_since_heartbeat", "state", "draining", "running"],
+        "properties": {
+            "name": {"type": "string", "description": "NAME@host, as the jobs it runs record it"},
+            "host": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "queues": {"type": "array", "items": {"type": "string"}, "description": "The queues it consumes"},
+            "concurrency": {"type": "integer", "minimum": 1, "description": "Jobs it runs at once"},
+            "protected": {"type": "boolean", "description": "A `--protected` worker (protected jobs only)"},
+            "started_at": TIME_OR_NULL,
+            "last_heartbeat": TIME,
+            "seconds_since_heartbeat": {"type": "number", "minimum": 0},
+            "state": {"enum": ["online", "draining", "stopped", "lost"],
+                      "description": "`draining`: told to stop, lets its running jobs end; `lost`: no heartbeat "
+                                     "for 30 s (killed, host down, cut off from Redis)"},
+            "draining": {"type": "boolean"},
+            "running": {"type": "array", "items": {
+                "type": "object", "required": ["run_id", "job", "attempt", "started_at"],
+                "additionalProperties": False,
+                "properties": {"run_id": {"type": "string"}, "job": {"type": "string"},
+                               "attempt": {"type": "integer", "minimum": 1}, "started_at": TIME_OR_NULL}}},
+        },
+    },
+    "WorkerList": {
+        "type": "object", "required": ["workers"], "additionalProperties": False,
+        "properties": {"workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}}},
+    },
 }
 
 
@@ -552,6 +582,12 @@ PATHS: dict[str, Any] = {
             {"name": "run_id", "in": "query", "schema": {"type": "string"}},
         ], endpoint="audit.read_audit", tag="audit"),
     },
+    # -- the farm (issue #12) --
+    "/api/v1/workers": {
+        "get": _op("list_workers", "Every worker seen in the last hour: what it serves, what it runs now, its "
+                                   "last heartbeat", {"200": _json(_ref("WorkerList"), "The workers, by name")},
+                   endpoint="farm_api.list_workers_route", tag="farm"),
+    },
 }
 
 
@@ -641,6 +677,7 @@ SPEC: dict[str, Any] = {
     "servers": [{"url": "/"}],
     "security": [{"bearerAuth": []}],
     "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"}, {"name": "audit"},
+             {"name": "farm", "description": "The build hosts: workers, what they serve and run"},
              {"name": "workers", "description": "What workers use for a running job's artifacts and caches"}],
     "paths": {**PATHS, **WORKER_PATHS, **WEBHOOKS},
     "components": {
