@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context
 from loguru import logger
 
 from ci_queue.clone_policy import TRUSTED_KEY
@@ -44,6 +44,7 @@ from ci_queue.store import Once, Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
 from ci_queue.trust import CONTROL_PLANE_VARIABLES, RunTrust
 from ci_queue.web.auth import caller, require_token
+from ci_queue.web.links import run_links
 from ci_queue.web.run_source import RunSource, default_name, run_source
 from ci_queue.web.unavailable import dependency_failure
 
@@ -256,12 +257,7 @@ def _replay(first: dict[str, Any], fingerprint: str) -> Any:
 
 
 def _trigger_answer(run_id: str, status: str, code: int) -> Any:
-    public_url = _settings().public_url.rstrip("/")
-    if public_url:
-        status_url = public_url + url_for("api.show_run", run_id=run_id)
-    else:
-        status_url = url_for("api.show_run", run_id=run_id, _external=True)
-    return jsonify(id=run_id, run_id=run_id, status=status, status_url=status_url), code
+    return jsonify(id=run_id, run_id=run_id, status=status, **run_links(run_id)), code
 
 
 @api.get("/runs")

@@ -38,6 +38,8 @@ def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
 
 TIME = {"type": "string", "format": "date-time", "description": "UTC, ISO 8601 with milliseconds and `Z`"}
 TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+STATUS_URL = {"type": "string", "format": "uri", "description": "The run in this API (CIQ_PUBLIC_URL when set)"}
+WEB_URL = {"type": "string", "format": "uri", "description": "The run's web page, for people"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -294,12 +296,13 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "TriggerResponse": {
-        "type": "object", "required": ["id", "run_id", "status", "status_url"], "additionalProperties": False,
+        "type": "object", "required": ["id", "run_id", "status", "status_url", "web_url"],
+        "additionalProperties": False,
         "properties": {
             "id": {"type": "string"}, "run_id": {"type": "string"},
             "status": {"enum": list(RUN_STATUSES), "description": "`queued` for a new run; a repeated "
                                                                    "Idempotency-Key gets its run's status now"},
-            "status_url": {"type": "string", "format": "uri"},
+            "status_url": STATUS_URL, "web_url": WEB_URL,
         },
     },
     "CancelResponse": {
@@ -338,8 +341,8 @@ SCHEMAS: dict[str, Any] = {
                        "next_offset": {"type": "string"}},
     },
     "WebhookAccepted": {
-        "type": "object", "required": ["run_id", "status_url"],
-        "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string", "format": "uri"},
+        "type": "object", "required": ["run_id", "status_url", "web_url"],
+        "properties": {"run_id": {"type": "string"}, "status_url": STATUS_URL, "web_url": WEB_URL,
                        "status": {"enum": ["queued", "waiting_approval"],
                                   "description": "`waiting_approval`: a merge request from a fork, waiting for "
                                                  "`POST /api/v1/runs/{run_id}/approve`"},
