@@ -17,7 +17,7 @@ from ci_queue.audit import FIELDS as AUDIT_FIELDS
 from ci_queue.store.core import JOB_STATUSES, RUN_STATUSES
 from ci_queue.tokens import SCOPES
 from ci_queue.web.api import EVENTS as API_EVENTS
-from ci_queue.web.api import MAX_PAGE
+from ci_queue.web.api import MAX_LOG_PAGE, MAX_PAGE
 from ci_queue.web.audit import MAX_PAGE as MAX_AUDIT_PAGE
 from ci_queue.web.auth import ENDPOINT_SCOPES
 
@@ -554,8 +554,11 @@ PATHS: dict[str, Any] = {
                                                   "description": "Pass as `offset` to read what follows (text)"}},
                     "content": {"text/plain": {"schema": {"type": "string"}},
                                 "application/json": {"schema": _ref("LogPage")}}},
-            "400": _error("Invalid offset or attempt"), "404": NOT_FOUND,
+            "400": _error("Invalid offset, attempt or limit"), "404": NOT_FOUND,
         }, [RUN_ID, JOB_NAME, OFFSET, ATTEMPT,
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_PAGE,
+                                                         "default": MAX_LOG_PAGE},
+             "description": "Log entries read at most (lines of other attempts count too)"},
             {"name": "format", "in": "query", "schema": {"enum": ["text", "json"]},
              "description": "`json` for one object per line with its fields"}]),
     },

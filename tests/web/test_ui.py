@@ -225,3 +225,16 @@ def test_the_workers_command_shows_the_farm(api, command):
         beat.stop()
     assert result.exit_code == 0, result.output
     assert "w2@host" in result.output and "gpu" in result.output
+
+
+def test_the_log_is_read_in_pages_of_limit_lines(api):
+    """The log page reads a small first page (quick first paint), then the largest ones."""
+    run_id, index, _ = api.planned_run(PIPELINE)
+    finish(api, run_id, index["build"], lines=[f"line {n}" for n in range(5)])
+    first = api.get(f"/api/v1/runs/{run_id}/jobs/build/log?format=json&limit=2").get_json()
+    assert [line["text"] for line in first["lines"]] == ["line 0", "line 1"]
+    rest = api.get(f"/api/v1/runs/{run_id}/jobs/build/log?format=json&offset={first['next_offset']}").get_json()
+    assert [line["text"] for line in rest["lines"]] == ["line 2", "line 3", "line 4"]
+    for bad in ("0", "10001", "x"):
+        answer = api.get(f"/api/v1/runs/{run_id}/jobs/build/log?limit={bad}")
+        assert answer.status_code == 400 and "limit" in answer.get_json()["error"]

@@ -1,12 +1,15 @@
-// A job's log, live: lines arrive by Server-Sent Events (the API's stream, which resumes where
-// it stopped after a reconnect) and are rendered in batches, one animation frame at a time, so a
-// 4 MiB log paints its first lines at once and never inserts 100,000 nodes in one go. Lines go
+// A job's log, live: the lines there are come in JSON pages of the API, then new ones arrive by
+// Server-Sent Events (the API's stream, which resumes where it stopped after a reconnect); all
+// are rendered in batches, one animation frame at a time, so a 4 MiB log paints its first lines
+// at once and never inserts 100,000 nodes in one go. Lines go
 // into chunks with `content-visibility: auto`, so the browser lays out only what is on screen.
 // GitLab's collapsible sections (section_start / section_end) fold; every line has an anchor.
 "use strict";
 
 (() => {
   const CHUNK_LINES = 500;
+  const FIRST_PAGE = 500;  // a small first read: the top of the log paints at once
+  const PAGE = 10000;  // then the API's largest pages
   const FRAME_BUDGET_MS = 12;
   const SECTION = /^(?:\x1b\[0K)?section_(start|end):(\d+):([A-Za-z0-9_.\-]+)(?:\[([^\]]*)\])?\r(?:\x1b\[0K)?/;
 
@@ -19,7 +22,7 @@
     const ansi = CiqAnsi.newState();
     const root = {body: log, chunk: null, count: 0};
     const stack = [];  // open sections: {name, el, body, chunk, count, started}
-    let number = 0, scheduled = false, ended = null, targetSeen = false;
+    let number = 0, scheduled = false, ended = null, targetSeen = false, caughtUp = false;
     const target = /^#L(\d+)$/.exec(location.hash);
     if (target) follow.checked = false;
 
@@ -107,33 +110,62 @@
         targetSeen = true;
         document.getElementById(`L${target[1]}`)?.scrollIntoView({block: "center"});
       }
-      if (follow.checked) window.scrollTo(0, document.body.scrollHeight);
+      // following: to the end once what was there is painted, then with each live batch (never on
+      // every frame of a long history: each jump lays the page out again)
+      if (follow.checked && caughtUp && !pending.length) window.scrollTo(0, document.body.scrollHeight);
     }
 
     function schedule() {
       if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
     }
 
-    const source = new EventSource(log.dataset.stream, {withCredentials: true});
-    source.addEventListener("open", () => { state.textContent = ended ? state.textContent : "live"; });
-    source.addEventListener("line", (event) => {
-      pending.push(JSON.parse(event.data));
-      schedule();
-    });
-    source.addEventListener("end", (event) => {
-      source.close();
-      ended = JSON.parse(event.data).status || "over";
-      const badge = document.querySelector("#job-status .badge");
-      if (badge) {
-        badge.className = `badge st-${ended}`;
-        badge.lastChild.textContent = ended;
+    // What is there already comes in pages of JSON (one request per 10,000 lines, not an event per
+    // line); then the live stream goes on from where the last page ended.
+    async function history() {
+      let offset = "-", limit = FIRST_PAGE;
+      for (;;) {
+        const url = new URL(log.dataset.lines, location.href);
+        url.searchParams.set("offset", offset);
+        url.searchParams.set("limit", limit);
+        limit = PAGE;
+        const response = await fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}});
+        if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+        const page = await response.json();
+        if (page.lines.length) { pending.push(...page.lines); schedule(); }
+        if (page.next_offset === offset) return offset;
+        offset = page.next_offset;
+        state.textContent = `loading… ${pending.length + number} lines`;
       }
-      log.dataset.ended = ended;
+    }
+
+    function live(offset) {
+      caughtUp = true;
       schedule();
-    });
-    source.addEventListener("error", () => {
-      if (!ended) state.textContent = source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…";
-    });
+      const url = new URL(log.dataset.stream, location.href);
+      url.searchParams.set("offset", offset);
+      const source = new EventSource(url, {withCredentials: true});
+      source.addEventListener("open", () => { if (!ended) state.textContent = "live"; });
+      source.addEventListener("line", (event) => {
+        pending.push(JSON.parse(event.data));
+        schedule();
+      });
+      source.addEventListener("end", (event) => {
+        source.close();
+        ended = JSON.parse(event.data).status || "over";
+        const badge = document.querySelector("#job-status .badge");
+        if (badge) {
+          badge.className = `badge st-${ended}`;
+          badge.lastChild.textContent = ended;
+        }
+        log.dataset.ended = ended;
+        schedule();
+      });
+      source.addEventListener("error", () => {
+        if (!ended) state.textContent = source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…";
+      });
+    }
+
+    history().then(live, (error) => { state.textContent = `the log could not be read: ${error.message}`; });
 
     log.addEventListener("click", (event) => {
       const head = event.target.closest(".sec-head");
