@@ -52,48 +52,54 @@ class WorkerInfo:
 
 
 class Heartbeat:
-    """Keeps a worker's record fresh from a daemon thread while the worker lives."""
+    """Keeps a worker's record fresh from a daemon thread while the worker lives. Every beat
+    writes the whole record, so a beat lost to a Redis outage (or a Redis restarted empty) is
+    mended by the next one."""
 
     def __init__(self, store: Store, info: WorkerInfo, interval: float = BEAT_SECONDS) -> None:
         self.store, self.info, self.interval = store, info, interval
         self._stop = threading.Event()
+        self._started: float | None = None
+        self._draining = False
 
     def start(self) -> Heartbeat:
-        """Write the record now (the worker is listed as soon as it runs), then beat."""
-        now = self.store.now()
-        self._write({"name": self.info.name, "host": self.info.host, "tags": json.dumps(list(self.info.tags)),
-                     "queues": json.dumps(list(self.info.queues)), "concurrency": str(self.info.concurrency),
-                     "protected": "1" if self.info.protected else "0", "started": repr(now),
-                     "draining": "0", "stopped": ""}, now)
+        """Beat now (the worker is listed as soon as it runs), then every ``interval`` seconds."""
+        self._beat()
         threading.Thread(target=self._loop, name="ciq-heartbeat", daemon=True).start()
         return self
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            with contextlib.suppress(Exception):  # Redis away: the next beat tries again
-                self._write({})
-
-    def _write(self, fields: dict[str, str], now: float | None = None) -> None:
-        now = self.store.now() if now is None else now
-        pipe = self.store.r.pipeline()
-        key = _record(self.store, self.info.name)
-        pipe.hset(key, mapping={**fields, "beat": repr(now)})
-        pipe.expire(key, RECORD_TTL)
-        pipe.zadd(_index(self.store), {self.info.name: now})
-        pipe.zremrangebyscore(_index(self.store), "-inf", now - SEEN_SECONDS)
-        pipe.expire(_index(self.store), RECORD_TTL)
-        pipe.execute()
+            self._beat()
 
     def draining(self) -> None:
         """The worker was told to stop: it takes no new jobs and lets the running ones end."""
-        with contextlib.suppress(Exception):
-            self._write({"draining": "1"})
+        self._draining = True
+        self._beat()
 
     def stop(self) -> None:
         """The worker is gone for good: its last beat says when."""
         self._stop.set()
-        with contextlib.suppress(Exception):
-            self._write({"draining": "0", "stopped": "1"})
+        self._beat(stopped=True)
+
+    def _beat(self, stopped: bool = False) -> None:
+        with contextlib.suppress(Exception):  # Redis away: the next beat tries again
+            now = self.store.now()
+            self._started = self._started or now
+            info = self.info
+            key = _record(self.store, info.name)
+            pipe = self.store.r.pipeline()
+            pipe.hset(key, mapping={
+                "name": info.name, "host": info.host, "tags": json.dumps(list(info.tags)),
+                "queues": json.dumps(list(info.queues)), "concurrency": str(info.concurrency),
+                "protected": "1" if info.protected else "0", "started": repr(self._started),
+                "beat": repr(now), "draining": "1" if self._draining and not stopped else "0",
+                "stopped": "1" if stopped else ""})
+            pipe.expire(key, RECORD_TTL)
+            pipe.zadd(_index(self.store), {info.name: now})
+            pipe.zremrangebyscore(_index(self.store), "-inf", now - SEEN_SECONDS)
+            pipe.expire(_index(self.store), RECORD_TTL)
+            pipe.execute()
 
 
 @dataclass
