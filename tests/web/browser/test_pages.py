@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,14 @@ lint:
 unit:
   stage: test
   needs: [build]
-  script: echo unit ok
+  script:
+    - echo unit ok
+    - printf '<testsuite name="unit" tests="3"><testcase name="a"/><testcase name="b"/>' > report.xml
+    - printf '<testcase name="c"><skipped/></testcase></testsuite>' >> report.xml
+  artifacts:
+    paths: [report.xml]
+    reports:
+      junit: report.xml
 integration:
   stage: test
   needs: [build]
@@ -93,6 +101,7 @@ def test_a_run_goes_from_running_to_success_live_and_a_manual_job_plays(page, fa
         assert "st-success" in job_card(page, name).get_attribute("class"), name
     assert "st-manual" in job_card(page, "deploy").get_attribute("class")
     assert page.locator(".job[data-job=build] .jobmeta.muted").inner_text().startswith("⚙ local-")
+    assert job_card(page, "unit").locator(".tests").inner_text() == "tests: 2/3 passed, 1 skipped"
     shot(page, screenshots, "run")
 
     job_card(page, "deploy").locator("button.play").click()
@@ -107,8 +116,21 @@ def test_a_run_goes_from_running_to_success_live_and_a_manual_job_plays(page, fa
     assert "closed" in section.get_attribute("class") and not section.locator(".sec-body").is_visible()
     section.locator(".sec-head").click()
     assert section.locator(".sec-body", has_text="pip install").is_visible()
+    assert not page.locator("#L1 .ts").is_visible()
+    page.check("#show-ts")  # timestamps on (they are in each line's title too)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", page.locator("#L1 .ts").inner_text())
     page.goto(page.url + "#L2")
     assert page.locator("#L2 a.n").get_attribute("href") == "#L2"
+
+    # the unit job's artifacts: listed with links that download them
+    page.goto(f"/runs/{run_id}")
+    job_card(page, "unit").locator("a.jobname").click()
+    page.locator("#artifacts summary").click()
+    link = page.locator("#artifact-files a", has_text="report.xml")
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    assert "<testsuite" in Path(download.value.path()).read_text()
 
 
 def test_a_failing_log_is_coloured_and_retry_shows_attempt_2(page, farm, screenshots, tmp_path):
@@ -189,7 +211,8 @@ def test_the_runs_page_filters_and_shows_new_runs_live(page, farm, screenshots, 
         fresh.close()
 
 
-def test_the_farm_page_shows_both_workers_and_what_they_run(page, farm, screenshots, tmp_path):
+def test_the_farm_page_shows_both_workers_and_what_they_run_and_a_run_is_canceled(page, farm, screenshots,
+                                                                                   tmp_path):
     gate = tmp_path / "gate"
     repo = farm.repo("firmware", f"flash:\n  script: until [ -e {gate} ]; do sleep 0.1; done\n", "Flash the board")
     run_id = farm.trigger(repo, "Flash the board")
@@ -204,7 +227,14 @@ def test_the_farm_page_shows_both_workers_and_what_they_run(page, farm, screensh
     # GET /api/v1/queues is another branch's: the table, or (until it is merged) a note saying so
     page.locator("#queues-table, #queues-unavailable").first.wait_for()
     shot(page, screenshots, "workers")
-    gate.touch()
+    # cancel it from its page (the button asks first; the fixture accepts), and the farm frees up
+    page.goto(f"/runs/{run_id}")
+    assert page.locator("#cancel").get_attribute("data-confirm").startswith("Cancel this run?")
+    page.click("#cancel")
+    page.locator(".runhead .badge.st-canceled").wait_for()
+    assert page.locator("#cancel").count() == 0 and not gate.exists()
+    page.goto("/workers")
+    page.locator("tr[data-worker]").first.wait_for()
     running.wait_for(state="detached")
 
 
