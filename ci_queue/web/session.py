@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request, session
+from loguru import logger
 
 from ci_queue.settings import Settings
 from ci_queue.tokens import Identity, TokenTable
@@ -46,13 +47,27 @@ def secret_key_path() -> Path:
 
 def configure_sessions(app: Flask, settings: Settings) -> None:
     """The signing key and the cookie's flags."""
-    from ci_queue.client import ensure_stored_secret
-
-    app.secret_key = settings.secret_key or ensure_stored_secret(secret_key_path())[0]
+    app.secret_key = settings.secret_key or _stored_key()
     app.config.update(SESSION_COOKIE_NAME="ciq_session", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_SECURE=settings.public_url.lower().startswith("https://"),
                       PERMANENT_SESSION_LIFETIME=timedelta(days=SESSION_DAYS))
+
+
+def _stored_key() -> str:
+    """The key kept in the config directory; when it cannot be kept there (a read-only home in a
+    container), a key of this process, said loudly: the API does not need it, and the pages then
+    work only as long as one process serves them (set CIQ_SECRET_KEY)."""
+    from ci_queue.client import ensure_stored_secret
+
+    path = secret_key_path()
+    try:
+        return ensure_stored_secret(path)[0]
+    except OSError as exc:
+        logger.error("CIQ_SECRET_KEY is not set and {} cannot be written ({}): the web pages' sessions are signed "
+                     "with a key of this process only and end when it does; set CIQ_SECRET_KEY", path,
+                     exc.strerror or exc)
+        return secrets.token_urlsafe(32)
 
 
 def log_in(token_digest: str) -> None:

@@ -4,6 +4,7 @@ tests, tests/web/browser, drive the same pages through Chromium)."""
 
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import quote
 
@@ -238,3 +239,24 @@ def test_the_log_is_read_in_pages_of_limit_lines(api):
     for bad in ("0", "10001", "x"):
         answer = api.get(f"/api/v1/runs/{run_id}/jobs/build/log?limit={bad}")
         assert answer.status_code == 400 and "limit" in answer.get_json()["error"]
+
+
+def test_the_session_key_is_stored_once_and_shared_or_said_missing(tmp_path, monkeypatch, store, broker_url):
+    """Without CIQ_SECRET_KEY the key is generated once, kept 0600, and read by every later app
+    (gunicorn's workers); a config directory that cannot be written still lets the app start."""
+    from ci_queue.web.session import secret_key_path
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    first = make_api(store, broker_url, tmp_path / "a", secret_key="")
+    second = make_api(store, broker_url, tmp_path / "b", secret_key="")
+    path = secret_key_path()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert first.app.secret_key == second.app.secret_key == path.read_text().strip()
+    (tmp_path / "ro").mkdir(mode=0o500)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "ro" / "config"))
+    if os.access(tmp_path / "ro", os.W_OK):  # root writes anywhere: make the directory a file instead
+        (tmp_path / "ro").rmdir()
+        (tmp_path / "ro").write_text("not a directory")
+    alone = make_api(store, broker_url, tmp_path / "c", secret_key="")
+    assert alone.app.secret_key and alone.app.secret_key != first.app.secret_key
+    assert login(alone)  # its pages work (in this one process)
