@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import url_for
+
 from ci_queue.store.core import TERMINAL_RUN, JobState, RunRecord
 
 # status -> (icon, label); the icon is a character, coloured by the status's CSS class
@@ -108,8 +110,6 @@ class JobView:
 
 
 def job_view(run_id: str, job: JobState) -> JobView:
-    from flask import url_for
-
     needs = job.spec.get("needs")
     names = [need.get("job", "") if isinstance(need, dict) else str(need) for need in needs or []]
     finished = job.finished_at if job.status in ("success", "failed", "canceled", "skipped") else None

@@ -149,9 +149,9 @@ def run(run_id: str) -> Any:
 @ui.get("/runs/<run_id>/jobs/<path:name>")
 def job_log(run_id: str, name: str) -> Any:
     """A job's log, streamed into the page by ``log.js`` from the API's SSE endpoint."""
-    index = _job_index_or_404(run_id, name)
     record = _run_or_404(run_id, with_jobs=False)
-    job = _store().job(run_id, index)
+    index = _store().job_index(run_id, name)
+    job = _store().job(run_id, index) if index is not None else None
     if job is None:
         abort(404, f"run {run_id} has no job {name!r}")
     attempt = request.args.get("attempt", str(job.attempt))
