@@ -178,7 +178,7 @@ def test_page_errors_are_pages_and_bad_input_is_400(api):
     run_id, _, _ = api.planned_run(PIPELINE)
     assert api.client.get(f"/runs/{run_id}/jobs/build?attempt=7").status_code == 400
     unknown = api.client.get(f"/runs/{run_id}/jobs/nope")
-    assert unknown.status_code == 404 and "has no job 'nope'" in unknown.get_data(as_text=True)
+    assert unknown.status_code == 404 and "has no job &#39;nope&#39;" in unknown.get_data(as_text=True)
 
 
 def test_the_runs_page_pages_by_the_index_and_filters(api):
