@@ -191,7 +191,6 @@ def test_the_runs_page_filters_and_shows_new_runs_live(page, farm, screenshots, 
     page.locator(f"tr[data-run='{run_id}'] .badge.st-success").wait_for()
     assert page.evaluate("window.__sameDocument") is True
     assert "Fix the broken links in the guide" in row.inner_text() and "team/docs-site" in row.inner_text()
-    shot(page, screenshots, "runs")
     page.fill("input[name=repo]", "team/docs-site")
     page.click(".filters button[type=submit]")
     page.wait_for_url(re.compile(r"repo=team%2Fdocs-site"))
@@ -216,6 +215,12 @@ def test_the_farm_page_shows_both_workers_and_what_they_run_and_a_run_is_cancele
     gate = tmp_path / "gate"
     repo = farm.repo("firmware", f"flash:\n  script: until [ -e {gate} ]; do sleep 0.1; done\n", "Flash the board")
     run_id = farm.trigger(repo, "Flash the board")
+    broken = farm.repo("style", "lint:\n  script: exit 1\n", "Reformat everything")
+    failed = farm.trigger(broken, "Reformat everything")
+    page.goto("/")  # the runs page with one of each: running, failed, and the earlier ones
+    page.locator(f"tr[data-run='{failed}'] .badge.st-failed").wait_for()
+    page.locator(f"tr[data-run='{run_id}'] .badge.st-running").wait_for()
+    shot(page, screenshots, "runs")
     page.goto("/workers")
     rows = page.locator("tr[data-worker]")
     rows.first.wait_for()
