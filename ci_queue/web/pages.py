@@ -15,10 +15,11 @@ from flask import url_for
 
 from ci_queue.store.core import TERMINAL_RUN, JobState, RunRecord
 
-# status -> (icon, label); the icon is a character, coloured by the status's CSS class
+# status -> its icon: a character DejaVu Sans (Debian's default font) has, coloured by the
+# status's CSS class
 ICONS = {
     "success": "✓", "failed": "✗", "error": "✗", "canceled": "⊘", "skipped": "»", "running": "◔",
-    "pending": "◷", "created": "○", "queued": "◷", "manual": "⏸", "waiting_approval": "⏸",
+    "pending": "◷", "created": "○", "queued": "◷", "manual": "‖", "waiting_approval": "‖",
 }
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
