@@ -48,6 +48,7 @@ class Settings:
     shutdown_grace_seconds: int = 300  # a stopping worker lets running jobs finish this long
     auto_cancel: bool = True  # a newer run of a ref cancels the interruptible jobs of older ones
     state_outage_seconds: int = 600  # a worker retries recording a job's end this long while Redis is away
+    max_jobs_per_repo: int = 0  # jobs of one repository admitted or running at once (repos.yml may say); 0: no limit
 
     # -- webhooks -----------------------------------------------------------------------------
     repos_file: str = ""  # the repository registry; empty: configs/repos.yml (CIQ_REPOS_FILE)
@@ -130,6 +131,8 @@ class Settings:
                      "max_artifact_bytes", "audit_maxlen"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        if self.max_jobs_per_repo < 0:
+            raise SettingsError("CIQ_MAX_JOBS_PER_REPO must be 0 (no limit) or positive")
         for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):  # else every connection fails with a vaguer OSError
