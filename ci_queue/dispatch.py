@@ -8,6 +8,10 @@ design first had a separate ``advance`` task linked to each job; running the bar
 of the job itself saves a broker round trip per job and has the same failure story: if the
 worker dies between the barrier and the send, the sweeper re-sends pending jobs whose message
 is gone, and attempt fencing drops any duplicate.)
+
+Jobs that became ready are not published at once: they are held in Redis and admitted to the
+free slots of the workers that serve their queue, in fair-share order (``send_jobs``,
+``ci_queue.store.admission``); what is admitted goes out as one group.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Settings:
     redis_socket_timeout: float = 5.0  # connect / read timeout of the state client and the web app's broker
     retention_days: float = 30.0  # finished runs and their logs expire after this
     job_lease_seconds: int = 60  # a running job's worker renews its lease; lapsed: re-queued
-    queue_timeout_seconds: int = 3600  # a job no worker takes for this long fails as `stuck`
+    queue_timeout_seconds: int = 3600  # a job no live worker can take for this long fails as `stuck`
     system_failure_retries: int = 2  # new attempts after a lost worker (runner_system_failure)
     log_stream_maxlen: int = 200_000  # lines kept per job log stream (capped)
     max_job_timeout: int = 24 * 3600  # longest `timeout:` a job may ask for (sizes the visibility timeout)
