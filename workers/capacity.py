@@ -33,6 +33,7 @@ class Slots:
         self.name, self.queues, self.concurrency = name, queues, concurrency
         self.admission = Admission(store)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # a heartbeat in flight never re-registers a worker that stopped
 
     def start(self) -> Slots:
         self.announce()
@@ -42,7 +43,10 @@ class Slots:
     def announce(self) -> None:
         """Register the slots (renewed) and admit held jobs to those that are free."""
         try:
-            self.admission.register_worker(self.name, self.queues, self.concurrency, TTL)
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self.admission.register_worker(self.name, self.queues, self.concurrency, TTL)
             send_jobs(self.store, self.app, self.settings, None, [])
         except Exception as exc:  # Redis or the broker away: the next heartbeat tries again
             logger.warning("could not announce this worker's slots: {}", exc)
@@ -53,5 +57,5 @@ class Slots:
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(Exception):  # stopping must not fail; the slots lapse by themselves
+        with self._lock, contextlib.suppress(Exception):  # stopping must not fail; the slots lapse anyway
             self.admission.unregister_worker(self.name)

@@ -88,8 +88,16 @@ class Admission:
         names = sorted(self.r.smembers(self._q(queue, "workers")))
         if not names:
             return []
-        deadlines = self.r.zmscore(f"{self.p}workers", names)
-        return [name for name, deadline in zip(names, deadlines, strict=True) if deadline and deadline > now]
+        deadlines = self._deadlines(names)
+        return [name for name in names if deadlines[name] > now]
+
+    def _deadlines(self, names: list[str]) -> dict[str, float]:
+        """Each worker's heartbeat deadline (0: none); ZSCOREs in one round trip (ZMSCORE would
+        need Redis 6.2)."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.zscore(f"{self.p}workers", name)
+        return {name: deadline or 0.0 for name, deadline in zip(names, pipe.execute(), strict=True)}
 
     def held_since(self, queue: str, before: float, limit: int = 100) -> list[tuple[str, int, int]]:
         """Held attempts of ``queue`` that became ready before ``before`` (Redis time)."""
@@ -111,8 +119,8 @@ class Admission:
             pipe.smembers(self._q(q, "workers"))
         answers = pipe.execute()
         workers = sorted({w for k in range(len(names)) for w in answers[6 * k + 5]})
-        deadlines = dict(zip(workers, self.r.zmscore(f"{self.p}workers", workers), strict=True)) if workers else {}
-        alive = [w for w in workers if (deadlines.get(w) or 0) > now]
+        deadlines = self._deadlines(workers)
+        alive = [w for w in workers if deadlines[w] > now]
         pipe = self.r.pipeline(transaction=False)
         for w in alive:
             pipe.hget(f"{self.p}worker:{w}:info", "concurrency")

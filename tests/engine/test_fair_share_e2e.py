@@ -70,3 +70,15 @@ def test_a_worker_killed_while_jobs_are_held_loses_nothing(engine, tmp_path):
                 (1, "runner_system_failure"), (2, None)]
         else:
             assert job.attempt == 1 and len(job.attempts) == 1 and out.count(f"{job.name}") == 1, out
+
+
+def test_a_worker_announces_its_slots_and_withdraws_them_when_told_to_stop(engine):
+    def slots() -> dict[str, tuple[int, int]]:
+        return {q.queue: (q.workers, q.slots) for q in Admission(engine.store).queues()}
+
+    worker = engine.start_worker("w1", tags="docker", concurrency=3)
+    served = wait_until(lambda: slots().get("ciq.tags.docker") == (1, 3) and slots(), 10, "the slots announced")
+    assert served["ciq.default"] == (1, 3) and "ciq.control" not in served, "job queues only"
+    worker.send_signal(signal.SIGTERM)  # to the main process, as `docker stop` does
+    wait_until(lambda: "ciq.tags.docker" not in slots(), 10, "the slots withdrawn")
+    assert worker.wait(timeout=30) == 0
