@@ -28,7 +28,7 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE, job_queue
 from ci_queue.settings import Settings
 from ci_queue.store import Created, Once, Store
-from ci_queue.store.admission import Admission, ToSend
+from ci_queue.store.admission import ToSend, admission_of
 from ci_queue.store.core import TERMINAL_RUN
 from ci_queue.trust import RunTrust
 
@@ -157,7 +157,7 @@ def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str | None,
     granted to it; ``freed_groups`` are groups a finished job just released. Returns the number
     of messages published.
     """
-    to_send = Admission(store).hold_and_admit(run_id, indexes, settings.max_jobs_per_repo)
+    to_send = admission_of(store).hold_and_admit(run_id, indexes, settings.max_jobs_per_repo)
     signatures = [attempt_signature(app, settings, s.run_id, s.index, s.attempt, s.queue, s.timeout)
                   for s in to_send if s.kind in ("admit", "again")]
     others = [s for s in to_send if s.kind in ("direct", "group")]

@@ -13,6 +13,7 @@ of which attempt is sent, running or ended (``admission_lua.HOOKS``). Key names:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from ci_queue.store import admission_lua
@@ -134,3 +135,15 @@ class Admission:
                 states.append(QueueState(q, held, sent, running, len(live), sum(slots_of[w] for w in live),
                                          min(oldest) if oldest else None))
         return states
+
+
+_OF_STORE: weakref.WeakKeyDictionary[Store, Admission] = weakref.WeakKeyDictionary()
+
+
+def admission_of(store: Store) -> Admission:
+    """The store's ``Admission``, made once: its scripts are hashed when registered, and the
+    dispatch path calls it for every wave and every job's end."""
+    admission = _OF_STORE.get(store)
+    if admission is None:
+        admission = _OF_STORE[store] = Admission(store)
+    return admission
