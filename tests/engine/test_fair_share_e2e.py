@@ -29,9 +29,11 @@ def test_a_repository_of_one_job_starts_before_a_big_one_runs_8_more(engine, tmp
     engine.start_worker("w2", concurrency=2)
     a = engine.trigger(big)
     engine.wait(a, timeout=60, until=lambda r: sum(j.status == "running" for j in r.jobs) == 4)
-    assert engine.store.r.llen("ciq.default") == 0, "the broker holds no more than the free slots"
-    held = {q.queue: q.held for q in Admission(engine.store).queues()}
-    assert held["ciq.default"] == 196
+    in_broker = engine.store.r.llen("ciq.default")
+    held = {q.queue: q.held for q in Admission(engine.store).queues()}["ciq.default"]
+    ended = sum(j.status == "success" for j in engine.store.get_run(a).jobs)  # none, unless the machine crawls
+    assert in_broker <= ended, "the broker holds no more than the free slots (one per job that ended since)"
+    assert 196 - ended <= held <= 196, "the rest wait in Redis"
     b_triggered = now_iso()
     b = engine.trigger(small)
     b_run = engine.wait(b, timeout=60, until=lambda r: bool(r.jobs) and r.jobs[0].started_at is not None)
@@ -47,19 +49,24 @@ def test_a_repository_of_one_job_starts_before_a_big_one_runs_8_more(engine, tmp
 
 
 def test_a_worker_killed_while_jobs_are_held_loses_nothing(engine, tmp_path):
-    repo = tmp_path / "repo"
-    make_repo(repo, {".ci-queue.yml": "".join(f"j{i}:\n  script:\n    - echo j{i}\n    - sleep 2\n"
+    repo, go = tmp_path / "repo", tmp_path / "go"
+    wait_for_go = f"while [ ! -e {go} ]; do sleep 0.1; done"  # every job runs until the test says go
+    make_repo(repo, {".ci-queue.yml": "".join(f"j{i}:\n  script:\n    - echo j{i}\n    - '{wait_for_go}'\n"
                                               for i in range(3))})
     engine.env["CIQ_JOB_LEASE_SECONDS"] = "3"
     victim = engine.start_worker("victim", concurrency=1)
     run_id = engine.trigger(repo)
     run = engine.wait(run_id, until=lambda r: any(j.status == "running" for j in r.jobs))
     killed = next(job for job in run.jobs if job.status == "running")
-    assert engine.store.r.llen("ciq.default") == 0
-    assert wait_until(lambda: {q.queue: q.held for q in Admission(engine.store).queues()}.get("ciq.default") == 2,
-                      10, "two jobs held while the only slot is busy")
+
+    def held() -> int | None:
+        return {q.queue: q.held for q in Admission(engine.store).queues()}.get("ciq.default")
+
+    wait_until(lambda: held() == 2 and engine.store.r.llen("ciq.default") == 0, 10,
+               "two jobs held in Redis, none in the broker, while the only slot is busy")
     engine.start_worker("survivor", concurrency=1)
     os.killpg(victim.pid, signal.SIGKILL)
+    go.touch()
     run = engine.wait(run_id, timeout=90)
     assert run.status == "success", run.to_dict()
     for job in run.jobs:
