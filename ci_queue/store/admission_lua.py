@@ -93,7 +93,7 @@ local function hold(run, i)
   local kind, q, tmo = field(run, i, 'hold'), field(run, i, 'queue'), field(run, i, 'tmo') or ''
   if field(run, i, 'adm') == '1' then table.insert(out, {'again', m, q, tmo}) return end
   if kind == 'rg' then table.insert(out, {'group', m, q or '', tmo}) return end
-  if not q or kind == nil or (kind == 'delay' and att == '1') then
+  if not q or not kind or (kind == 'delay' and att == '1') then
     table.insert(out, {'direct', m, q or '', tmo}) return
   end
   local qk = P .. 'q:' .. q

@@ -215,3 +215,19 @@ def test_a_held_job_of_a_queue_no_live_worker_serves_fails_as_stuck(farm, tmp_pa
     # the ones that wait for a slot of a served queue are not stuck, however long they wait
     assert sorted(job.status for name, job in jobs_.items() if name != "gpu") == ["pending", "running"]
     assert "no worker took this job" in farm.store.read_log(run_id, jobs_["gpu"].index)[-1][1]["text"]
+
+
+def test_delayed_first_attempts_and_jobs_planned_before_holding_are_sent_directly(farm, tmp_path):
+    run_id = farm.store.create_run(repo="o/a", ref="main")
+    plan = make_plan(tmp_path, "later:\n  script: x\n  when: delayed\n  start_in: 1 minute\nold:\n  script: x\n")
+    ready = farm.store.set_plan(run_id, plan)
+    old = plan.jobs.index(next(job for job in plan.jobs if job.name == "old"))
+    # a job planned by a version without holding: none of the scheduler's fields
+    farm.client.hdel(f"{farm.store.prefix}run:{run_id}:state", *(f"n{old}.{p}" for p in ("hold", "queue", "tmo")))
+    send_jobs(farm.store, farm.app, farm.settings, run_id, ready)  # no worker has announced a slot
+    assert sorted(index for _, index, _ in farm.published()) == sorted(ready), "both sent, none held"
+    assert all(q.held == 0 for q in farm.admission.queues())
+    import json
+
+    etas = [json.loads(raw)["headers"].get("eta") for raw in farm.client.lrange(QUEUE, 0, -1)]
+    assert sorted(eta is not None for eta in etas) == [False, True], "the delayed one keeps its countdown"
