@@ -27,6 +27,7 @@ from ci_queue.pipeline.durations import format_duration
 from ci_queue.pipeline.errors import Diagnostic, PipelineError
 from ci_queue.pipeline.model import EVENT_KINDS, MergeRequest, Plan, PlanContext
 from ci_queue.pipeline.planner import plan_file, repository_root, validate_file
+from ci_queue.priority import MAX_PRIORITY
 
 EXIT_INVALID = 1
 EXIT_INTERNAL = 3
@@ -286,13 +287,16 @@ def local_repository(path_text: str, ref: str | None) -> tuple[str, str, str, st
 @click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="A pipeline variable (repeatable).")
 @click.option("--event", type=click.Choice(API_EVENTS), default="push", show_default=True,
               help="The event the run is planned for (`tag`: --ref is the tag).")
+@click.option("--priority", type=click.IntRange(-MAX_PRIORITY, MAX_PRIORITY), default=None,
+              help="The run's priority, higher first (default: the repository's in repos.yml; above it needs a "
+                   "token with the `operate` scope).")
 @click.option("--no-wait", is_flag=True, help="Print the run's id and return instead of following it.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: the final run (with --no-wait: the created run) as JSON on stdout.")
 @client_options
 @client_errors
-def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], event: str, no_wait: bool, fmt: str,
-                server: str | None, token: str | None) -> None:
+def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], event: str, priority: int | None,
+                no_wait: bool, fmt: str, server: str | None, token: str | None) -> None:
     """Trigger a run and follow it live; exit 0 only if it succeeded."""
     variables = _parse_vars(var_pairs)
     if event == "tag" and not ref:
@@ -306,7 +310,7 @@ def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], even
     client = _client(server, token)
     # one key per invocation: the client's retries (server away) answer this run, never a second one
     created = client.create_run(clone_url=clone_url, ref=ref, repo=name, sha=sha, event=event, variables=variables,
-                                idempotency_key=str(uuid.uuid4()))
+                                idempotency_key=str(uuid.uuid4()), priority=priority)
     run_id = str(created.get("id") or created.get("run_id") or "")
     if not run_id:
         raise CommandError(f"{client.server} created a run but did not say its id: {created}")

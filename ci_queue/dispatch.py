@@ -8,6 +8,10 @@ design first had a separate ``advance`` task linked to each job; running the bar
 of the job itself saves a broker round trip per job and has the same failure story: if the
 worker dies between the barrier and the send, the sweeper re-sends pending jobs whose message
 is gone, and attempt fencing drops any duplicate.)
+
+Jobs that became ready are not published at once: they are held in Redis and admitted to the
+free slots of the workers that serve their queue, in fair-share order (``send_jobs``,
+``ci_queue.store.admission``); what is admitted goes out as one group.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from loguru import logger
 
 from ci_queue.celery_app import PLAN_RUN, RUN_JOB
 from ci_queue.pipeline.model import Job
+from ci_queue.priority import Scheduling
 from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import CONTROL_QUEUE, job_queue
 from ci_queue.settings import Settings
 from ci_queue.store import Created, Once, Store
+from ci_queue.store.admission import ToSend, admission_of
 from ci_queue.store.core import TERMINAL_RUN
 from ci_queue.trust import RunTrust
 
@@ -46,16 +52,18 @@ NEVER_RETRIED = frozenset({None, "canceled", "environment_too_large", "checkout_
 def trigger_run(store: Store, app: Celery, *, repo: str, ref: str, sha: str = "", event: str = "push",
                 clone_url: str | None = None, variables: dict[str, str] | None = None,
                 context: dict[str, Any] | None = None, run_id: str | None = None,
-                trust: RunTrust | None = None, status: str = "queued") -> str:
+                trust: RunTrust | None = None, status: str = "queued", scheduling: Scheduling | None = None) -> str:
     """Record a run as ``queued`` and ask any worker to plan it; returns the run id. ``trust``:
-    its trusted facts (``ci_queue.trust``; None: untrusted). A run made ``waiting_approval`` is
+    its trusted facts (``ci_queue.trust``; None: untrusted); ``scheduling``: its priority and its
+    repository's limit (None: priority 0, the farm's limit). A run made ``waiting_approval`` is
     only recorded: ``approve`` sends it to planning.
 
     This is all a webhook or an API call does synchronously: cloning and planning happen on a
     worker, so the request answers in milliseconds whatever the repository.
     """
     run_id = store.create_run(repo=repo, ref=ref, sha=sha, event=event, clone_url=clone_url,
-                              variables=variables, context=context, run_id=run_id, trust=trust, status=status)
+                              variables=variables, context=context, run_id=run_id, trust=trust, status=status,
+                              scheduling=scheduling)
     _started(app, run_id, status, repo, ref)
     return run_id
 
@@ -100,21 +108,28 @@ def report_job_end(store: Store, app: Celery, run_id: str, index: int, run_statu
         report(store, app, run_id, "run_ended")
 
 
-def time_limits(job: Job, settings: Settings) -> tuple[int, int]:
-    """Celery's ``soft_time_limit`` / ``time_limit`` for a job: the backstop behind the runner's
-    own deadline (timeout + after_script + kill grace), plus margins."""
-    timeout = min(job.timeout or settings.default_job_timeout, settings.max_job_timeout)
+def time_limits(job_timeout: int | None, settings: Settings) -> tuple[int, int]:
+    """Celery's ``soft_time_limit`` / ``time_limit`` for a job of ``timeout:`` ``job_timeout``: the
+    backstop behind the runner's own deadline (timeout + after_script + kill grace), plus margins."""
+    timeout = min(job_timeout or settings.default_job_timeout, settings.max_job_timeout)
     soft = timeout + settings.after_script_timeout + int(settings.kill_grace_seconds) * 2 + 120
     return soft, soft + 60
 
 
 def job_signature(app: Celery, settings: Settings, run_id: str, index: int, attempt: int, job: Job) -> Any:
     """The Celery signature of one attempt of a job, routed by its tags and its trust class."""
-    soft, hard = time_limits(job, settings)
-    options: dict[str, Any] = {"queue": job_queue(job.tags, job.route), "soft_time_limit": soft, "time_limit": hard}
+    signature = attempt_signature(app, settings, run_id, index, attempt, job_queue(job.tags, job.route), job.timeout)
     if job.when == "delayed" and job.start_in and attempt == 1:
-        options["countdown"] = job.start_in
-    return app.signature(RUN_JOB, args=[run_id, index, attempt], **options)
+        signature.set(countdown=job.start_in)
+    return signature
+
+
+def attempt_signature(app: Celery, settings: Settings, run_id: str, index: int, attempt: int, queue: str,
+                      timeout: int | None) -> Any:
+    """The Celery signature of an attempt admitted to ``queue`` (what the scheduler knows of it)."""
+    soft, hard = time_limits(timeout, settings)
+    return app.signature(RUN_JOB, args=[run_id, index, attempt], queue=queue, soft_time_limit=soft,
+                         time_limit=hard)
 
 
 def publish(store: Store, settings: Settings, signatures: list[Any]) -> None:
@@ -131,29 +146,42 @@ def publish(store: Store, settings: Settings, signatures: list[Any]) -> None:
         raise
 
 
-def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str, indexes: list[int],
-              freed_groups: tuple[str, ...] = ()) -> None:
-    """Dispatch the jobs that became ready as one Celery group.
+def send_jobs(store: Store, app: Celery, settings: Settings, run_id: str | None, indexes: list[int],
+              freed_groups: tuple[str, ...] = ()) -> int:
+    """Hold the jobs of ``run_id`` that became ready, admit held jobs (of any run) to the slots
+    that are free, and publish what was admitted as one Celery group (``ci_queue.store.admission``:
+    one script). Called wherever jobs become ready and wherever a slot frees up (a job's end),
+    and by the sweeper with no jobs, as a net.
 
     A job of a ``resource_group`` joins its group's line instead and is sent when the group is
-    granted to it; ``freed_groups`` are groups a finished job just released.
+    granted to it; ``freed_groups`` are groups a finished job just released. Returns the number
+    of messages published.
     """
-    signatures = []
+    to_send = admission_of(store).hold_and_admit(run_id, indexes, settings.max_jobs_per_repo)
+    signatures = [attempt_signature(app, settings, s.run_id, s.index, s.attempt, s.queue, s.timeout)
+                  for s in to_send if s.kind in ("admit", "again")]
+    others = [s for s in to_send if s.kind in ("direct", "group")]
     lines = ResourceGroups(store, settings.job_lease_seconds)
     to_grant = set(freed_groups)
-    for index, state in zip(indexes, store.jobs(run_id, indexes), strict=True):
-        if state is None or state.status != "pending":
+    for sent, state in zip(others, _states(store, others), strict=True):
+        if state is None or state.status != "pending" or state.attempt != sent.attempt:
             continue
         job = Job.from_dict(state.spec)
         if job.resource_group:
-            lines.enqueue(job.resource_group, run_id, index, state.attempt)
-            store.waiting_for_a_group(run_id, index, state.attempt)
+            lines.enqueue(job.resource_group, sent.run_id, sent.index, sent.attempt)
+            store.waiting_for_a_group(sent.run_id, sent.index, sent.attempt)
             to_grant.add(job.resource_group)
             continue
-        signatures.append(job_signature(app, settings, run_id, index, state.attempt, job))
+        signatures.append(job_signature(app, settings, sent.run_id, sent.index, sent.attempt, job))
     for name in sorted(to_grant):
         signatures.extend(grant_next(store, app, settings, lines, name))
     publish(store, settings, signatures)
+    return len(signatures)
+
+
+def _states(store: Store, sends: list[ToSend]) -> list[Any]:
+    """The job states of the attempts that are not held (rare: their specs say how they wait)."""
+    return [store.job(s.run_id, s.index) for s in sends]
 
 
 def grant_next(store: Store, app: Celery, settings: Settings, lines: ResourceGroups, name: str) -> list[Any]:

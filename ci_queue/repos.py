@@ -18,6 +18,10 @@ behind. The file is validated once, at start, and every problem is reported as
         protected_tags: ["v*"]          # optional; default: none
         fork_pull_requests: approve     # optional: run | approve (default) | never
         protected_workers_only: false   # optional: protected jobs only on `worker --protected` hosts
+        priority: 0                     # optional: its runs' priority, higher first (-1000..1000)
+        tag_priority: 10                # optional: the priority of its tags' runs (default: priority)
+        max_concurrent_jobs: 20         # optional: its jobs admitted or running at once (default:
+                                        #   CIQ_MAX_JOBS_PER_REPO; 0: no limit)
         secrets:                        # optional: the secret names its jobs may have
           - LINT_TOKEN                  # any run but a fork's, any job
           - {name: DEPLOY_TOKEN, protected: true, environments: [production, "review/*"]}
@@ -27,8 +31,10 @@ behind. The file is validated once, at start, and every problem is reported as
       fork_pull_requests: approve       # keys win, its `secrets` add to (and override by name) these
 
 What the trust keys mean, and who decides what, is in ``ci_queue.trust`` and docs/DESIGN.md
-("Trust"). A run of a clone URL that is no registered repository's (the API) is never protected
-and gets only the secrets of ``defaults:``.
+("Trust"); the scheduling keys (``priority``, ``tag_priority``, ``max_concurrent_jobs``, which
+``defaults:`` may set too) in ``ci_queue.store.admission`` and docs/DESIGN.md ("Scheduling: fair
+share, priorities, limits"). A run of a clone URL that is no registered repository's (the API)
+is never protected and gets only the secrets of ``defaults:``.
 
 Secrets never live in this file: it names the environment variables that hold them, read when
 a request comes (so a rotated secret needs a restart of nothing but the environment). Defaults:
@@ -61,6 +67,7 @@ from typing import Any
 from ci_queue.events.model import NAME_SEGMENTS, PROVIDERS, Event, valid_ref, valid_repo_name
 from ci_queue.pipeline.errors import Diagnostic, Mark, PipelineError
 from ci_queue.pipeline.loader import YList, YMap, load_file, load_yaml
+from ci_queue.priority import MAX_PRIORITY, Scheduling, valid_priority
 from ci_queue.trust import DEFAULT_FORK_MODE, FORK_MODES, Grant, RunTrust, ref_is_protected
 
 DEFAULT_FILE = "configs/repos.yml"
@@ -81,8 +88,11 @@ DEFAULT_STATUS_TOKEN_ENV: dict[str, str | None] = {
 }
 STRING_KEYS = ("clone_url", "pipeline", "secret_env", "status_token_env", "notify", "default_branch",
                "status_api_url")
-# What `defaults:` may set for every repository (the trust keys; names and URLs are per repository).
-DEFAULT_KEYS = ("protected_branches", "protected_tags", "fork_pull_requests", "protected_workers_only", "secrets")
+# What `defaults:` may set for every repository (the trust and scheduling keys; names and URLs are
+# per repository).
+SCHEDULING_KEYS = ("priority", "tag_priority", "max_concurrent_jobs")
+DEFAULT_KEYS = ("protected_branches", "protected_tags", "fork_pull_requests", "protected_workers_only", "secrets",
+                *SCHEDULING_KEYS)
 KEYS = ("name", "provider", *STRING_KEYS, *DEFAULT_KEYS)
 GRANT_KEYS = ("name", "protected", "environments")
 _SECRET_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
@@ -113,6 +123,9 @@ class Repository:
     fork_pull_requests: str = DEFAULT_FORK_MODE
     protected_workers_only: bool = False
     secrets: tuple[Grant, ...] = ()  # with the farm-wide defaults' already merged in
+    priority: int = 0
+    tag_priority: int | None = None  # None: `priority`
+    max_concurrent_jobs: int | None = None  # None: the farm's CIQ_MAX_JOBS_PER_REPO; 0: no limit
     mark: Mark | None = field(default=None, compare=False)
 
     def secret(self, environ: Mapping[str, str] | None = None) -> str | None:
@@ -142,6 +155,11 @@ class Repository:
         return RunTrust(protected=not fork and self.protects(kind, ref, default_branch), fork=fork, registered=True,
                         protected_workers_only=self.protected_workers_only, grants=self.secrets)
 
+    def scheduling(self, kind: str) -> Scheduling:
+        """The priority and the limit of a run of event ``kind`` (a tag's: ``tag_priority``)."""
+        priority = self.tag_priority if kind == "tag" and self.tag_priority is not None else self.priority
+        return Scheduling(priority=priority, max_jobs=self.max_concurrent_jobs)
+
     def run_arguments(self, event: Event, *, default_branch: str = "main") -> dict[str, Any]:
         """The keyword arguments of ``dispatch.trigger_run`` for ``event`` on this repository:
         ``trigger_run(store, app, **repo.run_arguments(event, default_branch=settings.default_branch))``.
@@ -168,6 +186,7 @@ class Repository:
             "clone_url": self.clone_url_for(event.clone_url) or None,
             "context": context,
             "trust": self.trust(event.kind, ref or "", context["default_branch"], fork=event.is_fork),
+            "scheduling": self.scheduling(event.kind),
         }
 
     def fork_waits(self, event: Event) -> bool:
@@ -303,6 +322,7 @@ def _defaults(data: YMap, problem) -> dict[str, Any]:
         return {}
     _unknown_keys(section, DEFAULT_KEYS, problem, " in `defaults`", f"`defaults` may set {', '.join(DEFAULT_KEYS)}")
     values, _ = _trust_values(section, problem)
+    values.update(_scheduling_values(section, problem)[0])
     return values
 
 
@@ -407,6 +427,30 @@ def _trust_values(item: YMap, problem) -> tuple[dict[str, Any], bool]:
     return {k: v for k, v in values.items() if v is not None}, ok
 
 
+def _scheduling_values(item: YMap, problem) -> tuple[dict[str, int], bool]:
+    """The scheduling keys present in ``item`` (a repository or ``defaults``), validated."""
+    values: dict[str, int] = {}
+    ok = True
+    for key in ("priority", "tag_priority"):
+        value = item.get(key)
+        if value is None:
+            continue
+        if valid_priority(value):
+            values[key] = value
+        else:
+            problem(item.value_mark(key), f"`{key}` must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+            ok = False
+    limit = item.get("max_concurrent_jobs")
+    if limit is not None:
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+            values["max_concurrent_jobs"] = limit
+        else:
+            problem(item.value_mark("max_concurrent_jobs"), "`max_concurrent_jobs` must be a whole number, 0 or more",
+                    "0 means no limit; leave it out for the farm's CIQ_MAX_JOBS_PER_REPO")
+            ok = False
+    return values, ok
+
+
 def _merged_grants(defaults: tuple[Grant, ...], own: tuple[Grant, ...]) -> tuple[Grant, ...]:
     """The defaults' grants, then the repository's; a repository's grant of a name replaces the default's."""
     names = {grant.name for grant in own}
@@ -490,9 +534,10 @@ def _entry(item: YMap, mark: Mark | None, problem, defaults: dict[str, Any]) -> 
         problem(item.value_mark("status_api_url"), f"invalid status_api_url {api_url!r}", "an http(s):// URL")
         ok = False
     trust, trust_ok = _trust_values(item, problem)
-    if not ok or not trust_ok or provider is None or name is None:
+    scheduling, scheduling_ok = _scheduling_values(item, problem)
+    if not ok or not trust_ok or not scheduling_ok or provider is None or name is None:
         return None
-    chosen = {**defaults, **trust}
+    chosen = {**defaults, **trust, **scheduling}
     return Repository(
         name=name, provider=provider, clone_url=url, pipeline=pipeline,
         secret_env=values["secret_env"] or DEFAULT_SECRET_ENV[provider],
@@ -501,5 +546,7 @@ def _entry(item: YMap, mark: Mark | None, problem, defaults: dict[str, Any]) -> 
         protected_branches=chosen.get("protected_branches"), protected_tags=chosen.get("protected_tags", ()),
         fork_pull_requests=chosen.get("fork_pull_requests", DEFAULT_FORK_MODE),
         protected_workers_only=chosen.get("protected_workers_only", False),
-        secrets=_merged_grants(defaults.get("secrets", ()), trust.get("secrets", ())), mark=mark,
+        secrets=_merged_grants(defaults.get("secrets", ()), trust.get("secrets", ())),
+        priority=chosen.get("priority", 0), tag_priority=chosen.get("tag_priority"),
+        max_concurrent_jobs=chosen.get("max_concurrent_jobs"), mark=mark,
     )

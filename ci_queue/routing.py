@@ -94,6 +94,12 @@ def route_of(queue: str) -> str:
     return ROUTE_ANY
 
 
+def tags_of(queue: str) -> tuple[str, ...]:
+    """The tag set of a job queue (the inverse of ``job_queue``'s tags; ``()`` for a default queue)."""
+    rest = queue[len(_family(route_of(queue))):]
+    return tuple(rest[len("tags."):].split("+")) if rest.startswith("tags.") else ()
+
+
 def who_serves(queue: str) -> str:
     """Which workers take the jobs of ``queue``, in words (for the stuck message)."""
     route = route_of(queue)

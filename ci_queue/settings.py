@@ -41,13 +41,14 @@ class Settings:
     redis_socket_timeout: float = 5.0  # connect / read timeout of the state client and the web app's broker
     retention_days: float = 30.0  # finished runs and their logs expire after this
     job_lease_seconds: int = 60  # a running job's worker renews its lease; lapsed: re-queued
-    queue_timeout_seconds: int = 3600  # a job no worker takes for this long fails as `stuck`
+    queue_timeout_seconds: int = 3600  # a job no live worker can take for this long fails as `stuck`
     system_failure_retries: int = 2  # new attempts after a lost worker (runner_system_failure)
     log_stream_maxlen: int = 200_000  # lines kept per job log stream (capped)
     max_job_timeout: int = 24 * 3600  # longest `timeout:` a job may ask for (sizes the visibility timeout)
     shutdown_grace_seconds: int = 300  # a stopping worker lets running jobs finish this long
     auto_cancel: bool = True  # a newer run of a ref cancels the interruptible jobs of older ones
     state_outage_seconds: int = 600  # a worker retries recording a job's end this long while Redis is away
+    max_jobs_per_repo: int = 0  # jobs of one repository admitted or running at once (repos.yml may say); 0: no limit
 
     # -- webhooks -----------------------------------------------------------------------------
     repos_file: str = ""  # the repository registry; empty: configs/repos.yml (CIQ_REPOS_FILE)
@@ -132,6 +133,8 @@ class Settings:
                      "max_artifact_bytes", "audit_maxlen"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
+        if self.max_jobs_per_repo < 0:
+            raise SettingsError("CIQ_MAX_JOBS_PER_REPO must be 0 (no limit) or positive")
         for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):  # else every connection fails with a vaguer OSError

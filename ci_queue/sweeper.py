@@ -10,11 +10,16 @@ deployment has no extra process to forget. Each tick it
   worker has its tags (or, for a ``protected_workers_only`` repository's protected job, no
   ``--protected`` worker has them: the message says which kind of worker it waited for);
   a run ``waiting_approval`` has nothing queued and is never stuck: it waits for a person;
-- re-sends jobs made ready whose Celery message was never published (a crash between the
-  barrier and the publish), and runs nobody planned within two minutes (at most once per two
+- fails as ``stuck`` the held jobs (``ci_queue.store.admission``) that waited longer than
+  ``CIQ_QUEUE_TIMEOUT_SECONDS`` in a queue that no live worker consumes;
+- re-sends jobs made ready or admitted whose Celery message was never published (a crash between
+  the barrier or the admission and the publish), and runs nobody planned within two minutes (at most once per two
   minutes; a run that ``MAX_PLAN_ATTEMPTS`` planners took without planning it ends as ``error``
   with the last planner's reason);
 - grants resource groups whose holder vanished;
+- admits held jobs to free slots (a net: admission happens where jobs become ready and where
+  slots free up; a cancel frees slots without admitting, and a new worker's slots are admitted
+  to by its own heartbeat);
 - puts back job messages that a lost broker connection stranded in kombu's ``unacked`` hash
   (``ci_queue.unacked``).
 
@@ -42,6 +47,7 @@ from ci_queue.resource_groups import ResourceGroups
 from ci_queue.routing import who_serves
 from ci_queue.settings import Settings
 from ci_queue.store import Store
+from ci_queue.store.admission import Admission
 from ci_queue.unacked import recover as recover_unacked
 
 LOCK_SECONDS = 10.0
@@ -138,6 +144,8 @@ class Sweeper:
             done[self._lease_lapsed(run_id, index, attempt)] += 1
         for run_id, index, attempt in self.store.expired(self.store.queued_key, now):
             done["stuck"] += self._stuck(run_id, index, attempt)
+        for run_id, index, attempt in self._held_unserved(now):
+            done["stuck"] += self._stuck(run_id, index, attempt)
         done["granted"] = self._grant_free_groups()
         done["resent"] = self._resend_unsent(now)
         done["replanned"], done["unplannable"] = self._replan(now)
@@ -147,7 +155,20 @@ class Sweeper:
         if time.monotonic() - self._trimmed > TRIM_INTERVAL:
             self._trimmed = time.monotonic()
             done["trimmed"] = self.store.trim_indexes(now)
+        # the net under inline admission: slots freed by a cancel, or by a worker that just came
+        done["admitted"] = send_jobs(self.store, self.app, self.settings, None, [])
         return done
+
+    def _held_unserved(self, now: float | None = None) -> list[tuple[str, int, int]]:
+        """Held jobs that waited longer than the queue timeout in a queue no live worker consumes
+        (no worker has their tags). A job that waits for a slot of a served queue is not stuck,
+        however long the farm is busy: it waits its turn, as a job in a broker queue would."""
+        admission = Admission(self.store)
+        found = []
+        for queue in admission.held_queues():
+            if not admission.live_workers(queue):  # live now (by Redis's clock), whatever ``now`` says
+                found += admission.held_since(queue, (now or self.store.now()) - self.settings.queue_timeout_seconds)
+        return found
 
     def _replan(self, now: float | None = None, age: float = 120.0) -> tuple[int, int]:
         """Runs nobody planned within ``age`` seconds (the plan message was lost with a crashed

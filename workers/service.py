@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import click
 
@@ -66,11 +67,16 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     _remove_leftovers(settings)
     beat = Heartbeat(rt.store, WorkerInfo(hostname, socket.gethostname(), tuple(_split(tags)), tuple(consumed),
                                           concurrency or os.cpu_count() or 1, protected)).start()
+    from workers.capacity import Slots
+
+    # the job queues' slots, for the scheduler's admission (planning is not a job queue)
+    slots = Slots(rt.store, app, settings, hostname, [q for q in consumed if q != CONTROL_QUEUE],
+                  concurrency or os.cpu_count() or 1).start()
     sweeper = Sweeper(rt.store, app, settings).start()
     from workers.reaper import start_reaper
 
     start_reaper(rt.store)  # this host's Docker: containers a killed worker left behind
-    _hand_back_after_grace(rt.store, instance, settings.shutdown_grace_seconds, beat)
+    _hand_back_after_grace(rt.store, instance, settings.shutdown_grace_seconds, beat, slots.stop)
     argv = ["worker", "--pool=prefork", f"--hostname={hostname}", f"--queues={','.join(consumed)}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     if concurrency:
@@ -78,6 +84,7 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
     try:
         app.worker_main(argv=argv)
     finally:
+        slots.stop()
         sweeper.stop()
         beat.stop()
         hold.release()
@@ -132,14 +139,16 @@ def _remove_leftovers(settings) -> None:
     sweep(scripts_root(), f"{SCRIPTS_PREFIX}*")
 
 
-def _hand_back_after_grace(store, instance: str, grace: float, beat: Heartbeat) -> None:
+def _hand_back_after_grace(store, instance: str, grace: float, beat: Heartbeat,
+                           stopping: Callable[[], None]) -> None:
     """When the worker is told to stop, give running jobs ``grace`` seconds to finish, then ask
     them (through Redis, which every pool process polls) to stop and be handed back as new
     attempts, so another worker takes them at once instead of after a lapsed lease.
 
     (Celery 5.5's soft shutdown waits its whole timeout even when the jobs are done and offers no
     hook, so warm shutdown plus this timer is used.) Once the worker is ready, its own SIGTERM /
-    SIGINT / SIGQUIT handlers are wrapped to start the timer.
+    SIGINT / SIGQUIT handlers are wrapped to start the timer, and to call ``stopping`` (the
+    worker's slots are no longer offered: no job is admitted for a worker that takes none).
     """
     import signal
     import threading
@@ -152,6 +161,7 @@ def _hand_back_after_grace(store, instance: str, grace: float, beat: Heartbeat) 
         if started.is_set():
             return
         started.set()
+        threading.Thread(target=stopping, name="ciq-slots-stop", daemon=True).start()
 
         def later() -> None:
             beat.draining()  # the farm page shows it (from this thread: no Redis call in a signal handler)

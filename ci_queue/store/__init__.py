@@ -17,6 +17,9 @@ Key schema (``P`` is the key prefix, ``CIQ_KEY_PREFIX``; documented in docs/DESI
 - ``P queued``              sorted set ``<run>|<i>|<attempt>`` by queue deadline (stuck detection)
 - ``P delivery:<provider>:<id>``, ``P idem:<scope>:<hash>``: the first answer to a webhook delivery,
                             an API ``Idempotency-Key``'s run; written with the run, atomically
+- ``P q:<queue>:*``, ``P queues*``, ``P repo:*``, ``P workers``, ``P worker:<name>:info|running``:
+                            the scheduler's books (jobs held for a slot, admitted, running; the
+                            live workers' slots), see ``ci_queue.store.admission_lua``
 
 A run's keys get a TTL of ``CIQ_RETENTION_DAYS`` when it finishes; index entries older than
 the retention are trimmed by the sweeper and the index keys themselves carry a TTL refreshed

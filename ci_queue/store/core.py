@@ -18,6 +18,8 @@ from ci_queue import redis_urls
 from ci_queue.clock import now_iso
 from ci_queue.graph import build_graph, dependents
 from ci_queue.pipeline.model import Job, Plan
+from ci_queue.priority import Scheduling, job_priority
+from ci_queue.routing import job_queue
 from ci_queue.store import lua
 from ci_queue.trust import Grant, RunTrust
 
@@ -104,6 +106,7 @@ class RunRecord:
     grants: tuple[Grant, ...] = ()  # the secrets its jobs may have
     approved_by: str | None = None  # who let a fork's run wait no longer (`waiting_approval` -> `queued`)
     approved_at: str | None = None
+    priority: int = 0  # its jobs' priority unless a job sets CIQ_PRIORITY (``Scheduling``)
 
     @property
     def trust(self) -> RunTrust:
@@ -115,7 +118,7 @@ class RunRecord:
             "id": self.id, "status": self.status, "repo": self.repo, "ref": self.ref, "sha": self.sha,
             "event": self.event, "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "error": self.error, "protected": self.protected, "fork": self.fork,
-            "approved_by": self.approved_by, "approved_at": self.approved_at,
+            "approved_by": self.approved_by, "approved_at": self.approved_at, "priority": self.priority,
             "jobs": [job.to_dict() for job in self.jobs],
         }
 
@@ -169,18 +172,35 @@ class Transition:
 
 def _new_record(run_id: str, *, repo: str, ref: str, sha: str, event: str, clone_url: str | None,
                 variables: dict[str, str] | None, context: dict[str, Any] | None, trust: RunTrust | None,
-                status: str) -> dict[str, str]:
+                status: str, scheduling: Scheduling | None = None) -> dict[str, str]:
     """The hash of a run just triggered (``P run:<id>``), as stored: its trusted facts with it, in
     the same write (a run never exists without them)."""
     if status not in UNPLANNED_RUN:
         raise ValueError(f"a new run is queued or waiting_approval, not {status!r}")
     trust = trust or RunTrust()
+    scheduling = scheduling or Scheduling()
     return {"id": run_id, "status": status, "repo": repo, "ref": ref, "sha": sha, "event": event,
             "created_at": now_iso(), "clone_url": clone_url or "",
             "variables": json.dumps(variables or {}), "context": json.dumps(context or {}),
             "protected": _flag(trust.protected), "fork": _flag(trust.fork), "registered": _flag(trust.registered),
             "protected_workers_only": _flag(trust.protected_workers_only),
-            "grants": json.dumps([grant.to_dict() for grant in trust.grants])}
+            "grants": json.dumps([grant.to_dict() for grant in trust.grants]),
+            "priority": str(scheduling.priority),
+            "max_jobs": "" if scheduling.max_jobs is None else str(scheduling.max_jobs)}
+
+
+def _admission_fields(i: int, job: Job) -> dict[str, str]:
+    """What ``admission_lua.HOLD_ADMIT`` reads of a planned job, so that it can hold, order and
+    admit jobs of any run without their specs: its queue, how it waits (``1``: held for a slot;
+    ``rg``: in its resource group's line; ``delay``: a ``when: delayed`` job's first attempt is
+    sent with its countdown), its timeout (for the time limits) and its own ``CIQ_PRIORITY``."""
+    kind = "rg" if job.resource_group else "delay" if job.when == "delayed" and job.start_in else "1"
+    fields = {f"n{i}.queue": job_queue(job.tags, job.route), f"n{i}.hold": kind,
+              f"n{i}.tmo": str(job.timeout or "")}
+    priority = job_priority(job.variables)
+    if priority is not None:
+        fields[f"n{i}.prio"] = str(priority)
+    return fields
 
 
 def _flag(value: bool) -> str:
@@ -297,25 +317,29 @@ class Store:
 
     def create_run(self, *, repo: str, ref: str, sha: str = "", event: str = "push", clone_url: str | None = None,
                    variables: dict[str, str] | None = None, context: dict[str, Any] | None = None,
-                   run_id: str | None = None, trust: RunTrust | None = None, status: str = "queued") -> str:
+                   run_id: str | None = None, trust: RunTrust | None = None, status: str = "queued",
+                   scheduling: Scheduling | None = None) -> str:
         """Record a new run as ``queued`` (or ``waiting_approval``) with its trusted facts and index
         it, in one atomic step; returns its id. The same write arriving twice (sent again after a
         lost reply) leaves the run as it is."""
         record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
-                             clone_url=clone_url, variables=variables, context=context, trust=trust, status=status)
+                             clone_url=clone_url, variables=variables, context=context, trust=trust, status=status,
+                             scheduling=scheduling)
         self._write_run(record, None)
         return record["id"]
 
     def create_run_once(self, once: Once, *, repo: str, ref: str, sha: str = "", event: str = "push",
                         clone_url: str | None = None, variables: dict[str, str] | None = None,
                         context: dict[str, Any] | None = None, run_id: str | None = None,
-                        trust: RunTrust | None = None, status: str = "queued") -> Created:
+                        trust: RunTrust | None = None, status: str = "queued",
+                        scheduling: Scheduling | None = None) -> Created:
         """Record a new run unless ``once.key`` exists: the key (holding ``once.value``) and the
         whole run are written in the same atomic step, so a retried request (an API call with an
         ``Idempotency-Key``, a redelivered webhook) finds either both or neither, never a run
         without its key or a key without its run. A repeat gets the first value back."""
         record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
-                             clone_url=clone_url, variables=variables, context=context, trust=trust, status=status)
+                             clone_url=clone_url, variables=variables, context=context, trust=trust, status=status,
+                             scheduling=scheduling)
         return self._write_run(record, once)
 
     def _write_run(self, record: dict[str, str], once: Once | None) -> Created:
@@ -357,7 +381,8 @@ class Store:
                 state.update({f"n{i}.name": job.name, f"n{i}.when": job.when, f"n{i}.att": "1",
                               f"n{i}.needs": "1" if node.uses_needs else "0",
                               f"n{i}.om": "1" if node.optional_manual else "0",
-                              f"n{i}.spec": json.dumps(job.to_dict()), f"n{i}.attempts": "[]"})
+                              f"n{i}.spec": json.dumps(job.to_dict()), f"n{i}.attempts": "[]",
+                              **_admission_fields(i, job)})
         pipe = self.r.pipeline()
         pipe.hset(self._state(run_id), mapping=state)
         if names:
@@ -475,6 +500,7 @@ class Store:
             protected_workers_only=raw.get("protected_workers_only") == "1",
             grants=tuple(Grant.from_dict(g) for g in json.loads(raw.get("grants") or "[]")),
             approved_by=_opt(raw.get("approved_by")), approved_at=_opt(raw.get("approved_at")),
+            priority=int(raw.get("priority") or 0),
         )
         if with_jobs:
             state = results[1]

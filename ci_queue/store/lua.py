@@ -12,6 +12,8 @@ the same call. The jobs that became ready are returned exactly once, to the one 
 write finished their last predecessor.
 """
 
+from ci_queue.store.admission_lua import HOOKS
+
 # KEYS: run, the four run indexes (all, repo, ref, status queued), [once]. ARGV: run id, (unused),
 # index TTL, once value, once TTL, then the run record's field/value pairs. Records a new run and
 # indexes it by Redis's clock (the sweeper's "nobody planned it for two minutes" is on it too), and
@@ -58,7 +60,8 @@ redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 'approved'
 """
 
-# Shared functions, prepended to the scripts that move the graph forward.
+# Shared functions, prepended to the scripts that move the graph forward (with the scheduler's
+# hooks, ``admission_lua.HOOKS``, after them).
 _PRELUDE = r"""
 local run_key, st = KEYS[1], KEYS[2]
 local TERMINAL = {success=true, failed=true, canceled=true, skipped=true}
@@ -67,6 +70,7 @@ local function get(i, prop) return redis.call('HGET', st, 'n' .. i .. '.' .. pro
 local function set(i, prop, value) redis.call('HSET', st, 'n' .. i .. '.' .. prop, value) end
 local function num(i, prop) return tonumber(get(i, prop) or '0') end
 local function counter(name, delta) return redis.call('HINCRBY', st, 'c.' .. name, delta) end
+""" + HOOKS + r"""
 
 -- Append an attempt record (JSON text) to the job's list as text: decoding and re-encoding the
 -- list with Redis' cjson would turn every empty list in it into {} and round numbers to 14 digits.
@@ -213,6 +217,7 @@ if get(i, 'att') == attempt and get(i, 'st') == 'running' and get(i, 'token') ==
 if get(i, 'att') ~= attempt or get(i, 'st') ~= 'pending' then return {'stale'} end
 redis.call('ZREM', KEYS[4], member)
 if redis.call('HGET', run_key, 'canceling') == '1' then
+  sched_end(i, attempt)
   set(i, 'st', 'canceled')
   set(i, 'finished', now)
   counter('active', -1)
@@ -224,6 +229,7 @@ set(i, 'st', 'running')
 set(i, 'worker', worker)
 set(i, 'started', now)
 set(i, 'token', token)
+sched_begin(i, attempt, worker)
 redis.call('ZADD', KEYS[3], redis_now() + lease, member)
 return {'ok'}
 """
@@ -262,6 +268,7 @@ FINISH_JOB = _PRELUDE + r"""
 local i, attempt, status, allowed, fields, record, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local current = get(i, 'st')
 if get(i, 'att') ~= attempt or TERMINAL[current] then return {'stale'} end
+sched_end(i, attempt)
 set(i, 'st', status)
 set(i, 'finished', now)
 for key, value in pairs(cjson.decode(fields)) do set(i, key, tostring(value)) end
@@ -298,6 +305,7 @@ local i, attempt, record, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local current = get(i, 'st')
 if get(i, 'att') ~= attempt or (current ~= 'running' and current ~= 'pending') then return {'stale'} end
 if redis.call('HGET', run_key, 'canceling') == '1' then return {'canceled'} end
+sched_end(i, attempt)
 record_attempt(i, record)
 local next_attempt = tonumber(attempt) + 1
 set(i, 'att', next_attempt)
@@ -332,6 +340,7 @@ local running = {}
 for i = 0, jobs - 1 do
   local s = get(i, 'st')
   if s == 'pending' then
+    sched_end(i, get(i, 'att'))
     set(i, 'st', 'canceled'); set(i, 'finished', now); counter('active', -1)
   elseif s == 'created' or s == 'manual' then
     if s == 'manual' and get(i, 'om') ~= '1' then counter('blocked', -1) end
@@ -421,7 +430,7 @@ for i = 0, count - 1 do
     end
     redis.call('HDEL', st, 'n' .. i .. '.worker', 'n' .. i .. '.started', 'n' .. i .. '.finished',
                'n' .. i .. '.exit', 'n' .. i .. '.reason', 'n' .. i .. '.allowed', 'n' .. i .. '.rel',
-               'n' .. i .. '.queue', 'n' .. i .. '.cancel')
+               'n' .. i .. '.cancel')
     local deps = alldeps[i + 1]
     set(i, 'deps', (#deps > 0) and table.concat(deps, ',') or '')
     set(i, 'st', 'created')
@@ -514,6 +523,7 @@ for k = 2, #ARGV do
     table.insert(running, tonumber(i))
   elseif s == 'pending' or s == 'created' or s == 'manual' then
     if s == 'manual' and get(i, 'om') ~= '1' then counter('blocked', -1) end
+    if s == 'pending' then sched_end(i, get(i, 'att')) end
     set(i, 'st', 'canceled')
     set(i, 'finished', now)
     counter('canceled', 1)

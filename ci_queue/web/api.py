@@ -38,6 +38,7 @@ from ci_queue.limits import (
     shown,
     utf8_len,
 )
+from ci_queue.priority import MAX_PRIORITY, PRIORITY_VARIABLE, Scheduling, valid_priority
 from ci_queue.repos import Repository
 from ci_queue.settings import Settings
 from ci_queue.store import Once, Store, StoreError
@@ -45,6 +46,7 @@ from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
 from ci_queue.trust import CONTROL_PLANE_VARIABLES, RunTrust
 from ci_queue.web.auth import caller, require_token
 from ci_queue.web.links import run_links
+from ci_queue.web.queues import queue_rows
 from ci_queue.web.run_source import RunSource, default_name, run_source
 from ci_queue.web.unavailable import dependency_failure
 
@@ -117,6 +119,8 @@ def _variables(data: dict[str, Any]) -> dict[str, str]:
     for name, value in variables.items():
         if not name or "=" in name or "\0" in name:
             abort(400, f"`variables`: {shown(name)} is not a variable name (empty, or with '=' or NUL)")
+        if name == PRIORITY_VARIABLE:
+            abort(400, f"`variables`: {name} is a job's priority from the pipeline file; a run's is `priority`")
         if name in CONTROL_PLANE_VARIABLES:
             abort(400, f"`variables`: {name} is set by ci-queue from the repositories file (protected branches "
                        "and tags), never by a trigger")
@@ -158,17 +162,19 @@ def create_run() -> Any:
     step and a repeat answers the first run (200), so a client may retry blindly."""
     data = _json_body()
     fields = _trigger_fields(data)
-    trust = _trust(fields, _apply_source(fields, _string(data, "repo")).entry)
+    entry = _apply_source(fields, _string(data, "repo")).entry
+    trust = _trust(fields, entry)
+    scheduling = _scheduling(data, fields, entry)
     key = _idempotency_key()
     store, celery = _store(), current_app.config["CIQ_CELERY"]
     g.run_id = run_id = store.new_run_id()
     if key is None:
-        trigger_run(store, celery, run_id=run_id, trust=trust, **fields)
+        trigger_run(store, celery, run_id=run_id, trust=trust, scheduling=scheduling, **fields)
         return _trigger_answer(run_id, "queued", 202)
-    fingerprint = _fingerprint(fields)
+    fingerprint = _fingerprint({**fields, "priority": data.get("priority")})
     once = Once(store.idempotency_key(_token_scope(), key), json.dumps({"run_id": run_id, "request": fingerprint}),
                 max(1, min(IDEMPOTENCY_TTL, store.retention)))  # never outlives its run (`retention` after its end)
-    created = trigger_run_once(store, celery, once, run_id=run_id, trust=trust, **fields)
+    created = trigger_run_once(store, celery, once, run_id=run_id, trust=trust, scheduling=scheduling, **fields)
     if created.new:
         return _trigger_answer(run_id, "queued", 202)
     return _replay(json.loads(created.first), fingerprint)
@@ -204,6 +210,23 @@ def _trust(fields: dict[str, Any], entry: Repository | None) -> RunTrust:
     if entry is None:
         return current_app.config["CIQ_REGISTRY"].unregistered_trust()
     return entry.trust(fields["event"], fields["ref"], entry.default_branch or _settings().default_branch)
+
+
+def _scheduling(data: dict[str, Any], fields: dict[str, Any], entry: Repository | None) -> Scheduling:
+    """The run's priority and limit: its repository's (``configs/repos.yml``; an unregistered
+    clone URL: 0 and the farm's limit), or the body's ``priority``. Lowering it, or asking for
+    at most the repository's own, is a trigger's right; raising it above needs ``operate`` (403
+    otherwise), so a trigger token cannot put its runs ahead of everybody's."""
+    base = entry.scheduling(fields["event"]) if entry is not None else Scheduling()
+    if data.get("priority") is None:
+        return base
+    priority = data["priority"]
+    if not valid_priority(priority):
+        abort(400, f"`priority` must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+    if priority > base.priority and not caller().allows("operate"):
+        abort(403, f"`priority` {priority} is above the repository's ({base.priority}): that needs a token "
+                   "with the `operate` scope")
+    return Scheduling(priority=priority, max_jobs=base.max_jobs)
 
 
 def _apply_source(fields: dict[str, Any], asked_repo: str) -> RunSource:
@@ -314,6 +337,13 @@ def _job_index_or_404(run_id: str, name: str) -> int:
     if index is None:
         abort(404, f"run {run_id} has no job {name!r}")
     return index
+
+
+@api.get("/queues")
+def list_queues() -> Any:
+    """Per job queue (a tag set): jobs waiting (held in Redis + in the broker), the oldest wait,
+    running jobs, live workers and their slots (``ci_queue.web.queues``): an autoscaler's inputs."""
+    return jsonify(queues=queue_rows())
 
 
 @api.get("/runs/<run_id>")

@@ -24,6 +24,7 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "api.show_run": "read",
     "api.job_log": "read",
     "api.job_log_stream": "read",
+    "api.list_queues": "read",  # GET /queues: tag sets and counts, no repository is named
     "artifacts_api.show_job": "read",
     "artifacts_api.archive": "read",
     "artifacts_api.listing": "read",

@@ -4,8 +4,9 @@
 - Redis answers a ``PING`` within ``PING_TIMEOUT`` seconds (the state store's Redis, and the
   broker's when it is another one), and
 - every *known* queue has at least one live worker consuming it. Known queues: ``ciq.default``,
-  ``ciq.control``, and the queue of every job attempt whose message is waiting (the store's
-  ``P queued`` set, its ``n<i>.queue`` field).
+  ``ciq.control``, the queue of every job attempt whose message is waiting (the store's
+  ``P queued`` set, its ``n<i>.queue`` field) and every queue with jobs held for a slot
+  (``P queues:held``, ``ci_queue.store.admission``).
 
 else 503, with what is missing. Workers are found by Celery's broadcast control command
 ``active_queues`` (``inspect(timeout=1)``); workers run ``--without-gossip --without-mingle``
@@ -162,9 +163,11 @@ def inspect_workers(max_age: float | None = None) -> WorkerView:
 
 
 def known_queues(client: redis.Redis, store: Any) -> list[str]:
-    """The default and control queues, and the queues of the job attempts waiting to start
-    (read through ``client``, a short-timeout client of the store's Redis; key names from the store)."""
-    queues = {DEFAULT_QUEUE, CONTROL_QUEUE}
+    """The default and control queues, the queues of the job attempts waiting to start and those
+    with jobs held for a slot (read through ``client``, a short-timeout client of the store's Redis;
+    key names from the store)."""
+    held = client.smembers(f"{store.prefix}queues:held")
+    queues = {DEFAULT_QUEUE, CONTROL_QUEUE, *(q.decode() if isinstance(q, bytes) else q for q in held)}
     members = client.zrange(store.queued_key, 0, MAX_QUEUED_SCANNED - 1)
     if members:
         pipe = client.pipeline(transaction=False)

@@ -19,6 +19,10 @@ answers the same numbers:
   every queue a live worker consumes;
 - ``ciq_workers_alive`` and ``ciq_queue_workers{queue}`` (gauges): from the worker inspection
   that ``/readyz`` caches;
+- per tag set (labels ``queue`` and ``tags``, ``ci_queue.web.queues``): ``ciq_queue_jobs_waiting``
+  (held + in the broker: what an autoscaler scales on), ``ciq_queue_jobs_held``,
+  ``ciq_queue_oldest_wait_seconds``, ``ciq_queue_jobs_running``, ``ciq_queue_serving_workers``
+  and ``ciq_queue_slots`` (live workers by their heartbeat, and their concurrency);
 - ``ciq_redis_up`` (gauge, 1/0): whether the state Redis answered; when it did not, the families
   that need it are left out instead of failing the scrape.
 """
@@ -36,11 +40,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ci_queue import metrics as m
 from ci_queue.store.core import RUN_STATUSES
 from ci_queue.web import health as h
+from ci_queue.web.queues import broker_depths, queue_rows
 
 metrics_bp = Blueprint("metrics", __name__)
 
-PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport keeps priority > 0 messages in `<queue>\x06\x16<priority>`
-PRIORITY_STEPS = (3, 6, 9)
+# the scheduler's gauges per tag set: (metric, field of ``queue_rows``, help)
+SCHEDULER_GAUGES = (
+    ("ciq_queue_jobs_waiting", "waiting", "Jobs waiting per tag set: held in Redis for a slot plus in the broker "
+                                          "(scale workers on this)."),
+    ("ciq_queue_jobs_held", "held", "Jobs held in Redis until a slot of a worker that serves the tag set is free."),
+    ("ciq_queue_oldest_wait_seconds", "oldest_wait_seconds", "How long the longest-waiting job of the tag set has "
+                                                            "waited since it became ready."),
+    ("ciq_queue_jobs_running", "running", "Jobs running per tag set."),
+    ("ciq_queue_serving_workers", "workers", "Live workers (by their heartbeat) that serve the tag set."),
+    ("ciq_queue_slots", "slots", "Slots (concurrency) of the live workers that serve the tag set."),
+)
 
 
 def _format_bound(bound: float) -> str:
@@ -97,6 +111,7 @@ class StoreCollector:
         for queue in queues:
             per_queue.add_metric([queue], len(by_queue.get(queue, [])))
         yield per_queue
+        yield from self._scheduler()
 
     @staticmethod
     def _histogram(histogram: m.RedisHistogram, values: dict) -> Metric:
@@ -118,23 +133,24 @@ class StoreCollector:
 
     @staticmethod
     def _depth(queues: list[str]) -> Iterator[Metric]:
-        broker = h.broker_client()
-        if broker is None:
-            return
-        pipe = broker.pipeline(transaction=False)
-        for queue in queues:
-            pipe.llen(queue)
-            for step in PRIORITY_STEPS:
-                pipe.llen(f"{queue}{PRIORITY_SEP}{step}")
-        try:
-            lengths = pipe.execute()
-        except (redis.RedisError, OSError):
+        depths = broker_depths(queues)
+        if depths is None:
             return
         depth = GaugeMetricFamily("ciq_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"])
-        width = 1 + len(PRIORITY_STEPS)
-        for i, queue in enumerate(queues):
-            depth.add_metric([queue], sum(lengths[i * width:(i + 1) * width]))
+        for queue in queues:
+            depth.add_metric([queue], depths[queue])
         yield depth
+
+    @staticmethod
+    def _scheduler() -> Iterator[Metric]:
+        """The autoscaling signals per tag set (``ci_queue.web.queues``)."""
+        rows = queue_rows()
+        for name, key, documentation in SCHEDULER_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["queue", "tags"])
+            for row in rows:
+                if row[key] is not None:
+                    family.add_metric([row["queue"], "+".join(row["tags"])], row[key])
+            yield family
 
 
 def _registry() -> CollectorRegistry:

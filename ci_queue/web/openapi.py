@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from ci_queue.audit import FIELDS as AUDIT_FIELDS
+from ci_queue.priority import MAX_PRIORITY
 from ci_queue.store.core import JOB_STATUSES, RUN_STATUSES
 from ci_queue.tokens import SCOPES
 from ci_queue.web.api import EVENTS as API_EVENTS
@@ -100,6 +101,9 @@ RUN_FIELDS: dict[str, Any] = {
                                                 "caches"},
     "approved_by": _nullable("string", description="Who approved a fork's run (`waiting_approval` -> `queued`)"),
     "approved_at": TIME_OR_NULL,
+    "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY,
+                 "description": "Its jobs' priority (higher first, after fair share between repositories); a job's "
+                                "CIQ_PRIORITY replaces it"},
 }
 RUN_REQUIRED = list(RUN_FIELDS)
 DUPLICATE = {"const": True, "description": "Present on the answer to a repeated delivery id (nothing was started)"}
@@ -260,6 +264,31 @@ SCHEMAS: dict[str, Any] = {
                                "target": {"type": "string", "description": "A symlink's target"}}}},
         },
     },
+    "QueueList": {
+        "type": "object", "required": ["queues"], "additionalProperties": False,
+        "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
+    },
+    "Queue": {
+        "type": "object", "additionalProperties": False,
+        "required": ["queue", "tags", "route", "waiting", "held", "in_broker", "oldest_wait_seconds", "running",
+                     "workers", "slots"],
+        "description": "One job queue: a tag set of a trust class. Listed while it has jobs or a live worker.",
+        "properties": {
+            "queue": {"type": "string", "description": "The Celery queue (ciq.tags.<a+b>, ciq.default, ...)"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "route": {"enum": ["", "protected", "protected-only"], "description": "The trust class"},
+            "waiting": {"type": "integer", "minimum": 0, "description": "held + in_broker: scale workers on this"},
+            "held": {"type": "integer", "minimum": 0,
+                     "description": "Ready jobs held in Redis until a slot is free (fair share, limits)"},
+            "in_broker": {"type": "integer", "minimum": 0, "description": "Messages waiting in the Celery queue"},
+            "oldest_wait_seconds": _nullable("number", minimum=0,
+                                             description="How long the longest-waiting job has waited since it "
+                                                         "became ready; null: none waits"),
+            "running": {"type": "integer", "minimum": 0},
+            "workers": {"type": "integer", "minimum": 0, "description": "Live workers (heartbeat) consuming it"},
+            "slots": {"type": "integer", "minimum": 0, "description": "Their concurrency together"},
+        },
+    },
     "RunSummary": {
         "type": "object", "additionalProperties": False, "required": RUN_REQUIRED, "properties": RUN_FIELDS,
     },
@@ -291,6 +320,10 @@ SCHEMAS: dict[str, Any] = {
             "event": {"enum": EVENTS, "default": "push"},
             "variables": {"type": "object", "additionalProperties": {"type": "string"}},
             "pipeline": {"type": "string", "description": "The pipeline file, if not the default"},
+            "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY,
+                         "description": "The run's priority (default: the repository's `priority`, or "
+                                        "`tag_priority` for a tag, in configs/repos.yml; else 0). Above the "
+                                        "repository's needs the `operate` scope (403 otherwise)"},
             "default_branch": {"type": "string"},
             "commit_message": {"type": "string"},
         },
@@ -485,6 +518,12 @@ PATHS: dict[str, Any] = {
             {"name": "cursor", "in": "query", "schema": {"type": "number"},
              "description": "The `next_cursor` of the previous page"},
         ]),
+    },
+    "/api/v1/queues": {
+        "get": _op("list_queues", "Per tag set: jobs waiting (held + in the broker), the oldest wait, running "
+                                  "jobs, live workers and their slots (what an autoscaler needs)", {
+            "200": _json(_ref("QueueList"), "Every queue with jobs or a live worker"),
+        }, tag="queues"),
     },
     "/api/v1/runs/{run_id}": {
         "get": _op("show_run", "A run with its jobs, their attempts and steps", {
@@ -682,7 +721,8 @@ SPEC: dict[str, Any] = {
     },
     "servers": [{"url": "/"}],
     "security": [{"bearerAuth": []}],
-    "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"}, {"name": "audit"},
+    "tags": [{"name": "runs"}, {"name": "queues", "description": "The farm's queues, for autoscalers"},
+             {"name": "webhooks"}, {"name": "meta"}, {"name": "audit"},
              {"name": "farm", "description": "The build hosts: workers, what they serve and run"},
              {"name": "workers", "description": "What workers use for a running job's artifacts and caches"}],
     "paths": {**PATHS, **WORKER_PATHS, **WEBHOOKS},

@@ -81,12 +81,13 @@ def test_standalone_runs_its_own_redis_and_stores_a_private_token(standalone):
 def test_run_of_a_local_repository_succeeds_and_prints_the_final_run_as_json(standalone, tmp_path):
     repo = tmp_path / "project"
     sha = make_repo(repo, {".ci-queue.yml": PASSING})
-    result = standalone.cli("run", "--repo", str(repo), "--var", "GREETING=hi", "--format", "json")
+    result = standalone.cli("run", "--repo", str(repo), "--var", "GREETING=hi", "--priority", "-3", "--format", "json")
     no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
     run = json.loads(result.stdout)
     assert (run["status"], run["repo"], run["ref"], run["sha"], run["event"]) == ("success", "project", "main", sha,
                                                                                    "push")
+    assert run["priority"] == -3
     jobs = {job["name"]: job for job in run["jobs"]}
     assert {name: job["status"] for name, job in jobs.items()} == {
         "build": "success", "lint": "success", "unit: [a]": "success", "unit: [b]": "success",

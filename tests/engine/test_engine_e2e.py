@@ -225,6 +225,8 @@ def test_sigkill_of_the_worker_running_a_job_reruns_it_elsewhere_as_attempt_2(en
 def test_fifty_runs_of_twenty_jobs_through_two_workers(engine, tmp_path):
     """Every run ends, every job is recorded exactly once, and after the end every key of the
     runs has a TTL (retention)."""
+    import socket
+
     jobs = "\n".join(f"j{i}:\n  stage: s{i % 4}\n  script: echo {i}\n" for i in range(20))
     repo = tmp_path / "repo"
     make_repo(repo, {".ci-queue.yml": "stages: [s0, s1, s2, s3]\n" + jobs})
@@ -240,12 +242,22 @@ def test_fifty_runs_of_twenty_jobs_through_two_workers(engine, tmp_path):
             out = [e[1]["text"] for e in engine.store.read_log(run_id, job.index) if e[1]["stream"] == "out"]
             assert out == [f"$ echo {job.name[1:]}", job.name[1:]], out
     client = engine.store.r
-    for key in client.scan_iter(f"{engine.store.prefix}*", count=1000):
-        if key.endswith(("leases", "queued", "unsent", "sweeper:lock", ":metrics")):
+    prefix = engine.store.prefix
+    # the scheduler's books of the farm (ci_queue.store.admission): live workers and the queues
+    # and repositories seen; not run data, and their members go as jobs end and workers stop
+    farm = (f"{prefix}workers", f"{prefix}queues", f"{prefix}repo:limit")
+    for key in client.scan_iter(f"{prefix}*", count=1000):
+        if key.endswith(("leases", "queued", "unsent", "sweeper:lock", ":metrics")) or key in farm:
             continue  # shared sets, the lock, the metric counters: not run data (members go as jobs end)
+        if key.startswith((f"{prefix}worker:", f"{prefix}q:")) and key.endswith((":info", ":running", ":workers")):
+            continue  # live workers' slots and the queues they serve (a dead worker's info expires)
         assert client.ttl(key) > 0, f"{key} has no TTL"
     for shared in (engine.store.leases_key, engine.store.queued_key, engine.store.unsent_key):
         assert client.zcard(shared) == 0, shared
+    for name in engine.worker_names():  # every job ended: no slot is busy, nothing is held or sent
+        assert client.scard(f"{prefix}worker:{name}@{socket.gethostname()}:running") == 0
+    assert not list(client.scan_iter(f"{prefix}q:*:held*")) and not list(client.scan_iter(f"{prefix}q:*:sent"))
+    assert not client.exists(f"{prefix}repo:active", f"{prefix}queues:held", f"{prefix}q:ciq.default:running")
 
 
 def test_a_newer_run_of_a_ref_cancels_the_interruptible_jobs_of_the_older_one(engine, tmp_path):

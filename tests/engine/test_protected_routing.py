@@ -77,10 +77,14 @@ def test_a_protected_worker_refuses_ordinary_queues_on_the_command_line(engine):
 
 
 def broker_holds(engine, queue: str, run_id: str) -> bool:
-    """The broker's list of ``queue`` still holds the job message of ``run_id`` (no worker took it)."""
+    """The job of ``run_id`` still waits for a worker of ``queue`` (no worker took it): held in
+    Redis for a slot of that queue (``ci_queue.store.admission``), or its message in the broker."""
     import base64
     import json
 
+    held = engine.store.r.zrange(f"{engine.store.prefix}q:{queue}:held", 0, -1)
+    if any(member.startswith(f"{run_id}|") for member in held):
+        return True
     for raw in engine.store.r.lrange(queue, 0, -1):
         if json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0] == run_id:
             return True

@@ -11,6 +11,7 @@ import redis
 from ci_queue.celery_app import make_celery
 from ci_queue.settings import Settings
 from ci_queue.store import Store
+from ci_queue.store.admission import Admission
 from ci_queue.sweeper import MAX_PLAN_ATTEMPTS, Sweeper
 from tests.engine.conftest import release_database, reserve_database
 from tests.engine.test_store import make_plan
@@ -31,6 +32,7 @@ def test_a_job_whose_message_was_never_published_is_sent_again(broker, tmp_path)
     client, settings = broker
     store = Store(client, settings.key_prefix)
     plan = make_plan(tmp_path, "a: {script: x}\nb: {script: x, tags: [linux]}\n")
+    Admission(store).register_worker("w@h", ["ciq.default", "ciq.tags.linux"], 2, ttl=60)  # free slots
     run_id = store.create_run(repo="o/r", ref="main")
     ready = store.set_plan(run_id, plan)  # the process "dies" here: nothing is sent
     assert sorted(ready) == [0, 1] and client.zcard(store.unsent_key) == 2
@@ -56,6 +58,7 @@ def test_a_job_no_worker_takes_fails_as_stuck(broker, tmp_path):
     client, settings = broker
     store = Store(client, settings.key_prefix)
     plan = make_plan(tmp_path, "gpu: {script: x, tags: [gpu]}\nafter: {script: x, needs: [gpu], when: always}\n")
+    Admission(store).register_worker("w@h", ["ciq.default"], 1, ttl=60)  # nobody serves the gpu tag
     run_id = store.create_run(repo="o/r", ref="main")
     app = make_celery(settings)
     from ci_queue.dispatch import send_jobs

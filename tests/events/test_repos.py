@@ -160,6 +160,7 @@ def test_run_arguments_for_trigger_run():
 
     from ci_queue import events
     from ci_queue.dispatch import trigger_run
+    from ci_queue.priority import Scheduling
 
     registry = parse_registry("""
 repositories:
@@ -176,7 +177,8 @@ repositories:
         "context": {"kind": "tag", "branch": None, "tag": "v1", "default_branch": "main", "before_sha": "0" * 40,
                     "project_path": "octo/hello", "commit_message": "", "pipeline": "ci.yml",
                     "provider": "github", "notify": "on_failure", "status_token_env": "CIQ_GITHUB_TOKEN"},
-        "trust": RunTrust(protected=False, fork=False, registered=True)}  # a tag; no protected_tags
+        "trust": RunTrust(protected=False, fork=False, registered=True),  # a tag; no protected_tags
+        "scheduling": Scheduling()}
     assert set(arguments) <= set(inspect.signature(trigger_run).parameters)
     other = registry.lookup("github", "octo/other")
     assert other.run_arguments(event)["clone_url"] == "https://github.com/octo/hello.git"
@@ -184,3 +186,33 @@ repositories:
     assert other.run_arguments(event)["context"]["status_api_url"] == "https://ghe.example/api/v3"
     with pytest.raises(RegistryError, match="invalid status_api_url"):
         parse_registry("repositories:\n  - {name: a/b, provider: github, status_api_url: 'file:///x'}\n")
+
+
+def test_priorities_and_limits_of_repositories_with_their_defaults():
+    from ci_queue.priority import Scheduling
+
+    registry = parse_registry("""
+defaults: {priority: 1, max_concurrent_jobs: 8}
+repositories:
+  - {name: o/plain, provider: github}
+  - {name: o/release, provider: github, priority: 5, tag_priority: 50, max_concurrent_jobs: 0}
+""")
+    plain, release = registry.lookup("github", "o/plain"), registry.lookup("github", "o/release")
+    assert plain.scheduling("push") == plain.scheduling("tag") == Scheduling(priority=1, max_jobs=8)
+    assert release.scheduling("push") == Scheduling(priority=5, max_jobs=0)
+    assert release.scheduling("tag") == Scheduling(priority=50, max_jobs=0)
+
+
+def test_bad_priorities_and_limits_are_reported_at_their_positions():
+    with pytest.raises(RegistryError) as caught:
+        parse_registry("""repositories:
+  - name: o/a
+    provider: github
+    priority: high
+    tag_priority: 5000
+    max_concurrent_jobs: -1
+""")
+    lines = str(caught.value).splitlines()
+    assert any(line.startswith("repos.yml:4:15: `priority` must be a whole number") for line in lines), lines
+    assert any(line.startswith("repos.yml:5:19: `tag_priority` must be a whole number") for line in lines), lines
+    assert any(line.startswith("repos.yml:6:26: `max_concurrent_jobs` must be") for line in lines), lines

@@ -75,6 +75,13 @@ class Api:
                 found.append((message["headers"]["task"], args))
         return found
 
+    def slots(self, count: int, queue: str = "ciq.default", worker: str = "w1@host") -> None:
+        """What a live worker announces: ``count`` slots for ``queue`` (ready jobs are held in Redis
+        until such a slot is free, ``ci_queue.store.admission``; no process consumes them here)."""
+        from ci_queue.store.admission import Admission
+
+        Admission(self.store).register_worker(worker, [queue], count, ttl=3600)
+
     def planned_run(self, text: str, **create: Any) -> tuple[str, dict[str, int], list[int]]:
         """A run planned from pipeline ``text``: (id, job indexes by name, first wave)."""
         plan = make_plan(self.tmp_path, text)

@@ -16,7 +16,7 @@ from tests.web.conftest import TOKENS, make_api
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 RUN_KEYS = ["id", "status", "repo", "ref", "sha", "event", "created_at", "started_at", "finished_at", "error",
-            "protected", "fork", "approved_by", "approved_at", "jobs"]
+            "protected", "fork", "approved_by", "approved_at", "priority", "jobs"]
 JOB_KEYS = ["name", "stage", "status", "when", "allow_failure", "attempt", "worker", "exit_code", "failure_reason",
             "queue", "started_at", "finished_at", "attempts", "steps", "artifacts", "test_summary", "secrets",
             "refused_secrets"]
@@ -448,6 +448,7 @@ def test_cancel(api):
 
 
 def test_play_a_manual_job_and_not_another(api):
+    api.slots(1)
     run_id, index, _ = api.planned_run(ODD_NAMES)
     finish(api, run_id, index["build: [a, b]"])
     finish(api, run_id, index["fedora/test"])
@@ -464,6 +465,7 @@ def test_play_a_manual_job_and_not_another(api):
 
 
 def test_retry_runs_the_failed_jobs_again_through_the_broker(api):
+    api.slots(1)
     run_id, index, _ = api.planned_run(TWO_STAGES)
     response = api.post(f"/api/v1/runs/{run_id}/retry")
     assert response.status_code == 409 and response.is_json  # running, nothing failed yet

@@ -363,6 +363,10 @@ def test_real_responses_of_every_route_match_the_description(api, broker_url, tm
     assert check.post(f"{runs}/{failed}/cancel", cancel).get_json()["status"] == "canceled"
     check.post(f"{runs}/{unknown}/cancel", cancel)
 
+    # queues: a worker's slots and the jobs of a run made ready
+    api.slots(1)
+    assert any(row["slots"] == 1 for row in check.get("/api/v1/queues", "/api/v1/queues").get_json()["queues"])
+
     # an Idempotency-Key: a repeat answers the first run (200), another request with it is refused (422)
     key = {"Idempotency-Key": uuid.uuid4().hex}
     trigger = {"repo": "o/r", "clone_url": "file:///r", "ref": "main"}

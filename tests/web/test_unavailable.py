@@ -180,6 +180,7 @@ def test_with_the_broker_away_what_the_state_recorded_is_answered_and_sent_later
     topology), frozen. A trigger and a retry are recorded, so they are answered as done (a 503
     would make the client repeat them); their messages are the sweeper's to send."""
     api = make_api(store, own_redis.url, tmp_path, redis_socket_timeout=SOCKET_TIMEOUT)
+    api.slots(1)
     failed, index, _ = api.planned_run(TWO_STAGES)
     finish(api, failed, index["build"], "failed", exit=1, reason="script_failure")
     own_redis.freeze()
