@@ -140,9 +140,7 @@ def plan(file: str, kind: str | None, branch: str | None, tag: str | None, defau
 def _plan_table(result: Plan, ctx: PlanContext) -> str:
     what = f"tag {ctx.tag}" if ctx.tag else f"{ctx.kind} to {ctx.ref_name}" if ctx.ref_name else ctx.kind
     if result.skipped_reason:
-        return f"No pipeline for {what}: {result.skipped_reason}."
-    if not result.jobs:
-        return f"No jobs for {what}: the rules of every job exclude this event."
+        return f"No pipeline for {what}: {result.skipped_reason.rstrip('.')}."
     lines = [f"Pipeline{' ' + repr(result.name) if result.name else ''} for {what}: "
              f"{len(result.jobs)} job{'s' * (len(result.jobs) != 1)} in {len(result.stages)} "
              f"stage{'s' * (len(result.stages) != 1)}"]

@@ -332,8 +332,7 @@ class Normalizer:
         try:
             expressions.parse(value)
         except expressions.ExpressionError as exc:
-            column = mark.col + 1 + exc.position if mark else 0
-            where = Mark(mark.file, mark.line, column) if mark and "\n" not in value else mark
+            where = mark.within(exc.position, value) if mark else None
             self.error(where, f"invalid expression in `{what}`: {exc}")
             return None
         return value

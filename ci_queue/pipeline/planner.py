@@ -21,6 +21,8 @@ from ci_queue.pipeline.specs import JobSpec, NeedSpec, PipelineSpec, RuleSpec
 from ci_queue.pipeline.variables import expand_all, expand_text, job_predefined, predefined
 
 PIPELINE_FILES = (".ci-queue.yml", ".gitlab-ci.yml")
+NO_JOBS = "No stages / jobs for this pipeline."
+"""GitLab's reason for an event whose rules leave no job: no pipeline is created (run: ``skipped``)."""
 
 
 def find_pipeline_file(repo_dir: str | os.PathLike) -> Path | None:
@@ -170,6 +172,8 @@ class _Planner:
         if plan.jobs and all(j.stage in (".pre", ".post") for j in plan.jobs):
             plan.skipped_reason = "the pipeline would only hold .pre/.post jobs"
             plan.jobs, plan.stages = [], []
+        elif not plan.jobs:
+            plan.skipped_reason = NO_JOBS
         return plan
 
     def job(self, inst: _Instance, global_vars: dict[str, str], workflow_vars: dict[str, str],

@@ -73,6 +73,18 @@ def test_an_invalid_pipeline_fails_the_run_with_positions(engine, tmp_path):
     assert run.error.startswith(".ci-queue.yml:3:10: ") and "stage `nope` is not defined" in run.error
 
 
+def test_a_pipeline_with_no_jobs_for_its_event_is_skipped_not_a_success(engine, tmp_path):
+    """GitLab creates no pipeline when the rules leave no job: the run ends as `skipped`, with
+    GitLab's reason, and nothing is queued."""
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "release:\n  script: make\n  rules:\n    - if: $CI_COMMIT_TAG\n"})
+    engine.start_worker("w1")
+    run = engine.wait(engine.trigger(repo))
+    assert (run.status, run.jobs) == ("skipped", [])
+    assert run.error == "no pipeline: No stages / jobs for this pipeline."
+    assert run.to_dict()["status"] == "skipped"
+
+
 def test_needs_start_a_job_while_a_slow_job_of_the_earlier_stage_runs(engine, tmp_path):
     repo = tmp_path / "repo"
     make_repo(repo, {".ci-queue.yml": """

@@ -512,6 +512,33 @@ def test_only_except_start_in_and_rules_are_exclusive(problems):
     ]
 
 
+def test_expression_errors_point_at_the_fault_however_the_value_is_written(problems):
+    """The column is that of the faulty character: after the quote of a quoted value, at the
+    value itself for a plain one; a block scalar's text is elsewhere, so its start is given."""
+    text = """
+        job:
+          rules:
+            - if: $A == "x" &&
+            - if: '$A == "x" &&'
+            - if: "$A == \\"x\\" &&"
+            - if: >-
+                $A == "x" &&
+          script: x
+        other:
+          only:
+            variables: [$A = "x", '$A = "x"']
+          script: x
+    """
+    assert [line.split(": invalid")[0] for line in problems(text)] == [
+        ".gitlab-ci.yml:4:23",  # plain: the value starts at column 11, the fault is 12 further
+        ".gitlab-ci.yml:5:24",  # quoted: one more for the quote
+        ".gitlab-ci.yml:6:24",  # (an escape inside double quotes would shift it; rare)
+        ".gitlab-ci.yml:7:11",  # a block scalar: where the value starts
+        ".gitlab-ci.yml:12:20",
+        ".gitlab-ci.yml:12:31",
+    ]
+
+
 def test_only_except_errors(problems, hints):
     text = """
         a:
