@@ -56,8 +56,14 @@ __all__ = [
     "YList",
     "YMap",
     "copy_node",
+    "item_mark",
+    "key_mark",
+    "load_document",
     "load_file",
     "load_yaml",
+    "node_mark",
+    "read_file",
+    "value_mark",
 ]
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
@@ -162,6 +168,29 @@ class YList(list):
         return new
 
 
+def key_mark(mapping: Any, key: Any) -> Mark | None:
+    """Where ``key`` is written in ``mapping`` (or the mapping itself, or None)."""
+    getter = getattr(mapping, "key_mark", None)
+    return getter(key) if getter else None
+
+
+def value_mark(mapping: Any, key: Any) -> Mark | None:
+    """Where the value of ``key`` is written in ``mapping``."""
+    getter = getattr(mapping, "value_mark", None)
+    return getter(key) if getter else None
+
+
+def item_mark(items: Any, index: int) -> Mark | None:
+    """Where item ``index`` of a list is written."""
+    getter = getattr(items, "item_mark", None)
+    return getter(index) if getter else None
+
+
+def node_mark(node: Any) -> Mark | None:
+    """Where a mapping or list starts."""
+    return getattr(node, "mark", None)
+
+
 @dataclass(frozen=True)
 class Reference:
     """GitLab's ``!reference [job, key, ...]``: a path into the configuration, resolved later.
@@ -210,6 +239,19 @@ def load_yaml(
     ``file`` is the name used in marks. An empty file gives ``None``. A ``spec:`` header
     document before ``---`` is skipped. Warnings (duplicate keys) come sorted by position.
     """
+    _, data, warnings = load_document(text, file, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
+    return data, warnings
+
+
+def load_document(
+    text: str | bytes,
+    file: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_nodes: int = DEFAULT_MAX_NODES,
+) -> tuple[Any, Any, list[Diagnostic]]:
+    """Like :func:`load_yaml`, with the ``spec:`` header: ``(header or None, data, warnings)``."""
     source = _decode(text, file, max_bytes)
     loader = _LOADER_CLASS(source, file, max_depth, max_nodes)
     try:
@@ -219,7 +261,7 @@ def load_yaml(
     except RecursionError:
         raise error(Mark(file, 1, 1), "the document is nested too deeply to load") from None
     warnings = sorted(loader.warnings, key=lambda d: (d.mark.line, d.mark.col) if d.mark else (0, 0))
-    return data, warnings
+    return loader.header, data, warnings
 
 
 def load_file(
@@ -235,15 +277,21 @@ def load_file(
     A file over ``max_bytes`` is refused from its size, before being read.
     """
     name = display_name if display_name is not None else os.fspath(path)
+    data = read_file(path, name, max_bytes)
+    return load_yaml(data, name, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
+
+
+def read_file(path: str | os.PathLike[str], name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a pipeline file on disk (``name`` in errors); one over ``max_bytes`` is
+    refused from its size, before being read."""
     try:
         with open(path, "rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             if size > max_bytes:
                 raise _too_large(name, size, max_bytes)
-            data = stream.read(max_bytes + 1)  # the file may grow while it is read
+            return stream.read(max_bytes + 1)  # the file may grow while it is read
     except OSError as exc:
         raise error(Mark(name, 1, 1), f"cannot read the file: {exc.strerror or exc}") from None
-    return load_yaml(data, name, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
 
 
 # -- text checks ---------------------------------------------------------------------------------
@@ -360,6 +408,7 @@ class _Builder(SafeConstructor, Resolver):
         self.max_depth = max_depth
         self.max_nodes = max_nodes
         self.warnings: list[Diagnostic] = []
+        self.header: Any = None  # the `spec:` header document, when the stream has one
         self._flat_pairs: dict[Node, dict[Any, tuple[Node, Node]]] = {}
         self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
 
@@ -386,6 +435,7 @@ class _Builder(SafeConstructor, Resolver):
         if self.check_event(StreamEndEvent):
             return data
         if _is_spec_header(data):
+            self.header = data
             data = self.construct_document(self._compose_document())
             if self.check_event(StreamEndEvent):
                 return data

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ci_queue.pipeline import expressions
-from ci_queue.pipeline.compose import item_mark, key_mark, node_mark, value_mark
 from ci_queue.pipeline.durations import DurationError, parse_duration
 from ci_queue.pipeline.errors import Diagnostic, Mark
+from ci_queue.pipeline.loader import item_mark, key_mark, node_mark, value_mark
 from ci_queue.pipeline.model import Retry
 from ci_queue.pipeline.schema import (
     ARTIFACTS_KEYS,
