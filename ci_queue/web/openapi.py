@@ -288,6 +288,12 @@ SCHEMAS: dict[str, Any] = {
                     "description": "Default: the head of `ref` when the run is planned"},
             "event": {"enum": EVENTS, "default": "push"},
             "variables": {"type": "object", "additionalProperties": {"type": "string"}},
+            "inputs": {"type": "object", "maxProperties": 50,
+                       "additionalProperties": {"oneOf": [
+                           {"type": ["string", "number", "boolean"]},
+                           {"type": "array", "items": {"type": ["string", "number", "boolean"]}}]},
+                       "description": "The `spec:inputs` of the pipeline file; a string reads as the input's "
+                                      "type. Checked against the file when the run is planned (an error fails it)"},
             "pipeline": {"type": "string", "description": "The pipeline file, if not the default"},
             "default_branch": {"type": "string"},
             "commit_message": {"type": "string"},
