@@ -221,27 +221,42 @@ class Interpolation:
     # -- the blocks -------------------------------------------------------------------------------
 
     def replace(self, node: Any, values: dict[str, Any], mark: Mark | None = None) -> Any:
-        """A copy of ``node`` with the blocks of its keys and strings replaced."""
+        """``node`` with the blocks of its keys and strings replaced: a copy where something
+        changed, the node itself where nothing did (most of a file: no copy, no allocation)."""
+        if isinstance(node, str):
+            return self.text(node, values, mark) if "$[[" in node else node
         if isinstance(node, YMap):
-            result = YMap()
-            result.mark = node.mark
-            for key, value in node.items():
-                key_mark = node.key_mark(key)
-                new_key = self.replace(key, values, key_mark) if isinstance(key, str) else key
-                if not _hashable(new_key):
-                    self.error(key_mark, "an input that is a list cannot be a key")
-                    continue
-                result[new_key] = self.replace(value, values, node.value_mark(key))
-                result.key_marks[new_key] = key_mark
-                result.value_marks[new_key] = node.value_mark(key)
-            return result
+            return self._replace_map(node, values)
         if isinstance(node, YList):
-            result_list = YList(self.replace(item, values, node.item_mark(i)) for i, item in enumerate(node))
+            items = [self.replace(item, values, node.item_mark(i) if isinstance(item, str) else None)
+                     for i, item in enumerate(node)]
+            if all(new is old for new, old in zip(items, node, strict=True)):
+                return node
+            result_list = YList(items)
             result_list.mark, result_list.item_marks = node.mark, list(node.item_marks)
             return result_list
-        if isinstance(node, str) and "$[[" in node:
-            return self.text(node, values, mark)
         return node
+
+    def _replace_map(self, node: YMap, values: dict[str, Any]) -> YMap:
+        pairs = []
+        changed = False
+        for key, value in node.items():
+            new_key = self.replace(key, values, node.key_mark(key)) if isinstance(key, str) and "$[[" in key else key
+            if not _hashable(new_key):
+                self.error(node.key_mark(key), "an input that is a list cannot be a key")
+                new_key = key
+            new_value = self.replace(value, values, node.value_mark(key) if isinstance(value, str) else None)
+            changed = changed or new_key is not key or new_value is not value
+            pairs.append((key, new_key, new_value))
+        if not changed:
+            return node
+        result = YMap()
+        result.mark = node.mark
+        for key, new_key, new_value in pairs:
+            result[new_key] = new_value
+            result.key_marks[new_key] = node.key_mark(key)
+            result.value_marks[new_key] = node.value_mark(key)
+        return result
 
     def text(self, text: str, values: dict[str, Any], mark: Mark | None) -> Any:
         """One string: its typed value when it is a single block, else the text with each block's text."""
