@@ -100,7 +100,8 @@ class RemoteIncludes:
         if scheme not in ("https", "http") or not host:
             raise IncludeSourceError(f"remote include {url!r} must be an https:// URL")
         if parts.username or parts.password:
-            raise IncludeSourceError(f"remote include {url!r}: credentials in the URL are refused")
+            raise IncludeSourceError(f"a remote include URL with credentials is refused (host {host}); it is "
+                                     "not shown, so that they do not travel further")
         if not self.allow_hosts:
             raise IncludeSourceError(f"remote includes are not allowed here ({url!r})", ALLOW_HINT)
         if not any(fnmatch.fnmatchcase(host, pattern) for pattern in self.allow_hosts):

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipeline.conftest import serve
+
 REPO = Path(__file__).resolve().parents[1]
 POSITION = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): ")
 
 
-def ci_queue(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def ci_queue(*args: str, cwd: Path | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "ci_queue.cli", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=timeout, env=env)
 
@@ -188,6 +191,20 @@ def test_plan_and_validate_with_inputs_and_project_dirs_offline(tmp_path):
     bad = ci_queue("plan", str(path), "--input", "copies")
     assert bad.returncode == 2 and "expected NAME=VALUE" in bad.stderr
     assert_no_traceback(bad)
+
+
+def test_plan_fetches_remote_includes_from_the_allowed_hosts_only(tmp_path):
+    with serve() as served:
+        served.pages["/lint.yml"] = (200, b"lint: {script: ruff}\n", {})
+        path = write(tmp_path, f"include: {served.url('/lint.yml')}\njob: {{script: x}}\n")
+        allowed = {"CIQ_INCLUDE_REMOTE_HOSTS": "127.0.0.1", "CIQ_CLONE_ALLOW_HOSTS": "127.0.0.1"}
+        result = ci_queue("plan", str(path), "--format", "json", env=allowed)
+        assert result.returncode == 0, result.stderr
+        assert [j["name"] for j in json.loads(result.stdout)["jobs"]] == ["lint", "job"]
+        refused = ci_queue("plan", str(path), env={"CIQ_INCLUDE_REMOTE_HOSTS": ""})
+        assert refused.returncode == 1 and "remote includes are not allowed here" in refused.stderr
+        assert "CIQ_INCLUDE_REMOTE_HOSTS" in refused.stderr
+        assert len(served.requests) == 1
 
 
 HOSTILE = {

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -107,52 +103,6 @@ def test_validate_reads_project_dirs_too(repo, templates):
 # -- include: remote ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    """The test's HTTP server: ``pages`` by path (status, body, headers); what it was asked."""
-
-    port: int = 0
-    pages: dict[str, tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
-    release: threading.Event = field(default_factory=threading.Event)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-
-@pytest.fixture
-def served() -> Iterator[Served]:
-    state = Served()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.requests.append((self.path, self.headers.get("Host", "")))
-            if self.path == "/slow.yml":
-                state.release.wait(30)  # answers only once the test is over
-            status, body, headers = state.pages.get(self.path, (404, b"not found", {}))
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        state.release.set()
-        server.shutdown()
-        server.server_close()
-
-
 def remote(**fields) -> RemoteIncludes:
     return RemoteIncludes(**{"allow_hosts": ("127.0.0.1",), "policy": LOOPBACK, "timeout": 5, **fields})
 
@@ -184,6 +134,13 @@ def test_without_an_allow_list_remote_includes_are_refused_saying_how_to_allow_t
          "list the host in CIQ_INCLUDE_REMOTE_HOSTS (comma list of names, `*.` globs, addresses) where pipelines "
          "are planned (the workers; the shell running `ci-queue plan`)")]
     assert served.requests == []
+
+
+def test_credentials_in_a_remote_url_are_refused_without_showing_them():
+    refused = r"a remote include URL with credentials is refused \(host ci.example\)"
+    with pytest.raises(Exception, match=refused) as info:
+        remote(allow_hosts=("ci.example",))("https://user:s3cret@ci.example/x.yml")
+    assert "s3cret" not in str(info.value)
 
 
 def test_a_host_off_the_allow_list_is_refused(served):
