@@ -144,10 +144,10 @@ class Composer:
         if self.errors:
             raise PipelineError(self.errors)
 
-    def _read(self, file: _File) -> bytes:
-        """The bytes of ``file``; raises PipelineError or IncludeSourceError."""
+    def _read(self, file: _File, name: str) -> bytes:
+        """The bytes of ``file`` (``name`` in messages); raises PipelineError or IncludeSourceError."""
         if file.disk is not None:
-            return read_file(file.disk, file.name, self.max_bytes)
+            return read_file(file.disk, name, self.max_bytes)
         if file.url is not None:
             if self.sources.remote is None:
                 raise IncludeSourceError("include `remote:` is not available here",
@@ -162,7 +162,7 @@ class Composer:
     def _load(self, file: _File, inputs: InputValues | None, display_name: str | None = None) -> YMap | None:
         """One file, interpolated with its inputs; None (with errors noted) when it cannot be used."""
         name = display_name or file.name
-        header, data, warnings = load_document(self._read(file), name, max_bytes=self.max_bytes)
+        header, data, warnings = load_document(self._read(file, name), name, max_bytes=self.max_bytes)
         self.warnings.extend(warnings)
         interpolation = Interpolation(Mark(name, 1, 1), self.variables)
         data = interpolation.apply(header, data, inputs)
@@ -278,7 +278,7 @@ class Composer:
             if not isinstance(local, str) or not local:
                 self.errors.append(Diagnostic(value_mark(entry, "local"), "include `local:` must be a path"))
                 return []
-            return self._local(local, value_mark(entry, "local") or mark, current)
+            return self._local(local, mark, current)
         if "project" in entry:
             return self._project(entry, mark)
         if "remote" in entry:
@@ -356,7 +356,7 @@ class Composer:
             self.errors.append(Diagnostic(mark, f"cannot include {local!r}: no repository directory is known"))
             return []
         relative = local.lstrip("/")
-        if self._path_error(relative, mark, "the repository"):
+        if self._path_error(local, mark, "the repository"):
             return []
         if "*" in relative:
             pattern = str(self.repo_dir / relative.replace("**", "**/*"))
