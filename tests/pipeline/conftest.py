@@ -4,6 +4,7 @@ server on 127.0.0.1 for `include: remote:`."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -35,12 +36,13 @@ class Served:
     """The test's HTTP server: ``pages`` by path (status, body, headers); what it was asked."""
 
     port: int = 0
+    scheme: str = "http"
     pages: dict[str, tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
     release: threading.Event = field(default_factory=threading.Event)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
 
 @pytest.fixture
@@ -51,9 +53,10 @@ def served() -> Iterator[Served]:
 
 
 @contextlib.contextmanager
-def serve() -> Iterator[Served]:
-    """An HTTP server on 127.0.0.1 answering ``pages``; ``/slow.yml`` answers only at the end."""
-    state = Served()
+def serve(certificate: tuple[Path, Path] | None = None) -> Iterator[Served]:
+    """An HTTP server on 127.0.0.1 answering ``pages``; ``/slow.yml`` answers only at the end.
+    With ``certificate`` (cert file, key file): HTTPS."""
+    state = Served(scheme="https" if certificate else "http")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -73,6 +76,10 @@ def serve() -> Iterator[Served]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if certificate is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

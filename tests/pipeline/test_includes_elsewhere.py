@@ -16,7 +16,8 @@ from ci_queue.pipeline.model import PlanContext
 from ci_queue.pipeline.planner import plan_file, validate_file
 from ci_queue.pipeline.sources import IncludeSources, directory_projects
 from ci_queue.remote_includes import RemoteIncludes
-from tests.pipeline.conftest import write
+from tests.pipeline.conftest import serve, write
+from tests.secure_redis import make_tls_files
 
 LOOPBACK = ClonePolicy(allow_networks=(ipaddress.ip_network("127.0.0.1/32"),))  # as CIQ_CLONE_ALLOW_HOSTS=127.0.0.1
 
@@ -190,6 +191,18 @@ def test_a_server_that_does_not_answer_times_out(repo, served):
     [(text, _)] = plan_errors(repo, f"include: {served.url('/slow.yml')}\n",
                               IncludeSources(remote=remote(timeout=0.5)))
     assert text.endswith("no answer within 0.5s")
+
+
+def test_https_is_verified_against_the_name_and_the_trusted_authorities(tmp_path, monkeypatch):
+    """A server whose certificate no trusted authority signed is refused; trusting its authority
+    (as a host's CA bundle would) lets the same fetch through, TLS checked for 127.0.0.1."""
+    tls = make_tls_files(tmp_path / "tls")
+    with serve((tls.server_cert, tls.server_key)) as https:
+        https.pages["/tls.yml"] = (200, b"tls: {script: x}\n", {})
+        with pytest.raises(Exception, match="certificate verify failed"):
+            remote(cache_seconds=0)(https.url("/tls.yml"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca))
+        assert remote(cache_seconds=0)(https.url("/tls.yml")) == b"tls: {script: x}\n"
 
 
 def test_errors_in_a_remote_file_are_placed_in_it(repo, served):
