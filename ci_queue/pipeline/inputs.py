@@ -190,6 +190,8 @@ class Interpolation:
                 if given.text:
                     value = _from_text(value, spec.type)
                 values[name] = self.checked(spec, value, "provided", where)
+                if spec.has_default and not _has_type(spec.default, spec.type):  # GitLab checks it anyway
+                    self.checked(spec, spec.default, "default", spec.default_mark or spec.mark)
             elif spec.has_default:
                 values[name] = self.checked(spec, spec.default, "default", spec.default_mark or spec.mark)
             else:

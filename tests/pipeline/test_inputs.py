@@ -209,6 +209,11 @@ def test_declarations_are_checked(repo, declaration, col, message):
         f".gitlab-ci.yml:3:{col}: {message}"]
 
 
+def test_a_default_of_the_wrong_type_is_an_error_even_when_a_value_is_given(repo):
+    text = "spec:\n  inputs:\n    n: {type: number, default: many}\n---\njob: {script: x}\n"
+    assert errors(repo, text, inputs={"n": "2"}) == [".gitlab-ci.yml:3:32: `n` input: default value is not a number"]
+
+
 def test_errors_of_an_included_file_name_that_file(repo):
     template = "spec:\n  inputs:\n    x: {default: 1, type: number}\n---\njob: {script: '$[[ inputs.y ]]'}\n"
     assert errors(repo, "include: tpl.yml\n", files={"tpl.yml": template}) == [
