@@ -7,6 +7,7 @@ Every failure a user can cause ends in a clear message and an exit status, never
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -25,8 +26,10 @@ import click
 
 from ci_queue.pipeline.durations import format_duration
 from ci_queue.pipeline.errors import Diagnostic, PipelineError
+from ci_queue.pipeline.inputs import parse_input_pairs
 from ci_queue.pipeline.model import EVENT_KINDS, MergeRequest, Plan, PlanContext
 from ci_queue.pipeline.planner import plan_file, repository_root, validate_file
+from ci_queue.pipeline.sources import IncludeSources, directory_projects
 from ci_queue.priority import MAX_PRIORITY
 
 EXIT_INVALID = 1
@@ -56,15 +59,56 @@ def cli() -> None:
     """ci-queue: a distributed CI backend for GitLab-CI-compatible pipelines."""
 
 
+_INPUT_OPTION = click.option(
+    "--input", "input_pairs", multiple=True, metavar="NAME=VALUE",
+    help="A `spec:inputs` value of the pipeline file (repeatable; read as the input's type: 3, true, [\"a\"]).")
+_PROJECT_DIR_OPTION = click.option(
+    "--project-dir", "project_dirs", multiple=True, metavar="NAME=PATH",
+    help="Read `include: project: NAME` files from directory PATH (repeatable): check a file offline.")
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_input_pairs(pairs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input") from None
+
+
+def _include_sources(project_dirs: tuple[str, ...]) -> IncludeSources:
+    """``project:`` includes from the ``--project-dir`` directories, ``remote:`` ones fetched as a
+    worker fetches them (``CIQ_INCLUDE_REMOTE_HOSTS`` and the address rule)."""
+    from ci_queue.remote_includes import RemoteIncludes
+    from ci_queue.settings import SettingsError, get_settings
+
+    directories: dict[str, str] = {}
+    for pair in project_dirs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip("/") or not path:
+            raise click.BadParameter(f"{pair!r} is not NAME=PATH", param_hint="--project-dir")
+        if not Path(path).is_dir():
+            raise click.BadParameter(f"{path!r} is not a directory", param_hint="--project-dir")
+        directories[name.strip("/")] = path
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    return IncludeSources(project=directory_projects(directories, settings.pipeline_max_bytes) if directories
+                          else None, remote=RemoteIncludes.from_settings(settings))
+
+
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--repo-dir", type=click.Path(file_okay=False, exists=True),
               help="Directory `include: local` paths are relative to (default: the file's git work tree).")
-def validate(files: tuple[str, ...], repo_dir: str | None) -> None:
+@_INPUT_OPTION
+@_PROJECT_DIR_OPTION
+def validate(files: tuple[str, ...], repo_dir: str | None, input_pairs: tuple[str, ...],
+             project_dirs: tuple[str, ...]) -> None:
     """Check pipeline files; print every problem as FILE:LINE:COL: message."""
     invalid = False
+    inputs, sources = _parse_inputs(input_pairs), _include_sources(project_dirs)
     for name in files:
-        diagnostics = validate_file(Path(name), repo_dir, display_name=name)
+        diagnostics = validate_file(Path(name), repo_dir, display_name=name, sources=sources, inputs=inputs)
         _print_diagnostics(diagnostics)
         errors = [d for d in diagnostics if d.severity == "error"]
         invalid |= bool(errors)
@@ -120,14 +164,17 @@ def event_context(kind: str | None, branch: str | None, tag: str | None, default
 @click.option("--repo-dir", type=click.Path(file_okay=False, exists=True),
               help="Repository tree for `include: local` and `exists:` (default: the file's git work tree).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_INPUT_OPTION
+@_PROJECT_DIR_OPTION
 def plan(file: str, kind: str | None, branch: str | None, tag: str | None, default_branch: str,
          target_branch: str | None, var_pairs: tuple[str, ...], changed: tuple[str, ...],
-         repo_dir: str | None, fmt: str) -> None:
+         repo_dir: str | None, fmt: str, input_pairs: tuple[str, ...], project_dirs: tuple[str, ...]) -> None:
     """Show the jobs a pipeline file runs for an event."""
     root = Path(repo_dir) if repo_dir else repository_root(file)
     ctx = event_context(kind, branch, tag, default_branch, target_branch, var_pairs, repo_dir=root, changed=changed)
+    ctx = dataclasses.replace(ctx, inputs=_parse_inputs(input_pairs))
     try:
-        result = plan_file(file, ctx, root, display_name=file)
+        result = plan_file(file, ctx, root, display_name=file, sources=_include_sources(project_dirs))
     except PipelineError as exc:
         _print_diagnostics(exc.diagnostics)
         sys.exit(EXIT_INVALID)
@@ -141,9 +188,7 @@ def plan(file: str, kind: str | None, branch: str | None, tag: str | None, defau
 def _plan_table(result: Plan, ctx: PlanContext) -> str:
     what = f"tag {ctx.tag}" if ctx.tag else f"{ctx.kind} to {ctx.ref_name}" if ctx.ref_name else ctx.kind
     if result.skipped_reason:
-        return f"No pipeline for {what}: {result.skipped_reason}."
-    if not result.jobs:
-        return f"No jobs for {what}: the rules of every job exclude this event."
+        return f"No pipeline for {what}: {result.skipped_reason.rstrip('.')}."
     lines = [f"Pipeline{' ' + repr(result.name) if result.name else ''} for {what}: "
              f"{len(result.jobs)} job{'s' * (len(result.jobs) != 1)} in {len(result.stages)} "
              f"stage{'s' * (len(result.stages) != 1)}"]
@@ -285,6 +330,7 @@ def local_repository(path_text: str, ref: str | None) -> tuple[str, str, str, st
               help="A local git repository (its file:// URL, current branch and HEAD) or a clone URL (needs --ref).")
 @click.option("--ref", default=None, help="Branch or tag to run (a local repository: default its current branch).")
 @click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="A pipeline variable (repeatable).")
+@_INPUT_OPTION
 @click.option("--event", type=click.Choice(API_EVENTS), default="push", show_default=True,
               help="The event the run is planned for (`tag`: --ref is the tag).")
 @click.option("--priority", type=click.IntRange(-MAX_PRIORITY, MAX_PRIORITY), default=None,
@@ -295,10 +341,11 @@ def local_repository(path_text: str, ref: str | None) -> tuple[str, str, str, st
               help="json: the final run (with --no-wait: the created run) as JSON on stdout.")
 @client_options
 @client_errors
-def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], event: str, priority: int | None,
-                no_wait: bool, fmt: str, server: str | None, token: str | None) -> None:
+def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], input_pairs: tuple[str, ...],
+                event: str, priority: int | None, no_wait: bool, fmt: str, server: str | None,
+                token: str | None) -> None:
     """Trigger a run and follow it live; exit 0 only if it succeeded."""
-    variables = _parse_vars(var_pairs)
+    variables, inputs = _parse_vars(var_pairs), _parse_inputs(input_pairs)
     if event == "tag" and not ref:
         raise click.UsageError("--event tag needs --ref TAG")
     if _is_url(repo_arg):
@@ -310,7 +357,7 @@ def run_command(repo_arg: str, ref: str | None, var_pairs: tuple[str, ...], even
     client = _client(server, token)
     # one key per invocation: the client's retries (server away) answer this run, never a second one
     created = client.create_run(clone_url=clone_url, ref=ref, repo=name, sha=sha, event=event, variables=variables,
-                                idempotency_key=str(uuid.uuid4()), priority=priority)
+                                inputs=inputs, idempotency_key=str(uuid.uuid4()), priority=priority)
     run_id = str(created.get("id") or created.get("run_id") or "")
     if not run_id:
         raise CommandError(f"{client.server} created a run but did not say its id: {created}")

@@ -141,10 +141,10 @@ class Client:
 
     def create_run(self, *, clone_url: str, ref: str, repo: str = "", sha: str = "", event: str = "push",
                    variables: dict[str, str] | None = None, idempotency_key: str | None = None,
-                   priority: int | None = None) -> dict[str, Any]:
-        """Trigger a run (``priority``: None, the repository's). With ``idempotency_key`` (one per
-        run the caller wants) the request is retried while the server is away: every attempt
-        answers the same run at most."""
+                   priority: int | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Trigger a run (``priority``: None, the repository's; ``inputs``: the pipeline file's
+        ``spec:inputs``). With ``idempotency_key`` (one per run the caller wants) the request is
+        retried while the server is away: every attempt answers the same run at most."""
         body: dict[str, Any] = {"clone_url": clone_url, "ref": ref, "event": event, "variables": variables or {}}
         if repo:
             body["repo"] = repo
@@ -152,6 +152,8 @@ class Client:
             body["priority"] = priority
         if sha:
             body["sha"] = sha
+        if inputs:
+            body["inputs"] = inputs
         if idempotency_key is None:
             return self._json("POST", "/api/v1/runs", json=body)
         return self._json("POST", "/api/v1/runs", json=body, headers={"Idempotency-Key": idempotency_key},

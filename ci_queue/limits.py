@@ -37,6 +37,8 @@ MAX_MESSAGE_BYTES = 64 * 1024  # a commit message (CI_COMMIT_MESSAGE): well unde
 MAX_ARG_STRLEN = 32 * 4096  # Linux: one argument or environment string, its NUL included
 DEFAULT_ARG_MAX = 2 * 1024 * 1024  # Linux with the default 8 MiB stack limit
 MAX_TRIGGER_VARIABLES_BYTES = DEFAULT_ARG_MAX // 4  # 512 KiB
+MAX_TRIGGER_INPUTS = 50  # `spec:inputs` values of a trigger (GitLab caps a file's inputs the same way)
+MAX_TRIGGER_INPUTS_BYTES = 64 * 1024  # together, as JSON
 POINTER_BYTES = 8  # each string also costs its pointer in envp
 _SHORT_REF_PREFIXES = ("refs/heads/", "refs/tags/")
 

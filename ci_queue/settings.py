@@ -26,6 +26,9 @@ class Settings:
     log_format: str = "auto"  # auto (human on a terminal, JSON otherwise) | human | json
     log_level: str = "INFO"
     pipeline_max_bytes: int = 4 * 1024 * 1024  # larger pipeline files are refused
+    include_remote_hosts: str = ""  # hosts `include: remote:` may fetch from (names, `*.` globs); empty: none
+    include_remote_timeout: float = 10.0  # seconds for one remote include's whole fetch
+    include_remote_cache_seconds: float = 60.0  # a fetched remote include is reused this long (0: never)
     default_branch: str = "main"  # used when an event does not say which branch is the default
 
     # -- the engine: broker, state, leases ------------------------------------------------------
@@ -130,7 +133,7 @@ class Settings:
         if self.executor not in ("auto", "shell", "docker"):
             raise SettingsError(f"CIQ_EXECUTOR must be auto, shell or docker, not {self.executor!r}")
         for name in ("default_job_timeout", "after_script_timeout", "max_log_bytes", "redis_socket_timeout",
-                     "max_artifact_bytes", "audit_maxlen"):
+                     "max_artifact_bytes", "audit_maxlen", "include_remote_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")
         if self.max_jobs_per_repo < 0:

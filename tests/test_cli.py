@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipeline.conftest import serve
+
 REPO = Path(__file__).resolve().parents[1]
 POSITION = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): ")
 
 
-def ci_queue(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def ci_queue(*args: str, cwd: Path | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "ci_queue.cli", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=timeout, env=env)
 
@@ -152,6 +155,56 @@ def test_plan_of_an_invalid_file_fails_with_positions(tmp_path):
     result = ci_queue("plan", str(path))
     assert result.returncode == 1
     assert POSITION.match(result.stderr).group("line", "col") == ("3", "11")
+
+
+def test_plan_says_when_no_pipeline_is_created(tmp_path):
+    path = write(tmp_path, "release:\n  script: publish\n  rules: [{if: $CI_COMMIT_TAG}]\n")
+    result = ci_queue("plan", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "No pipeline for push to main: No stages / jobs for this pipeline."
+    result = ci_queue("plan", str(path), "--format", "json")
+    assert json.loads(result.stdout)["skipped_reason"] == "No stages / jobs for this pipeline."
+
+
+def test_plan_and_validate_with_inputs_and_project_dirs_offline(tmp_path):
+    """A file with `spec:inputs` and `include: project:` checked without any server: --input and
+    --project-dir (the project's own `local:` includes are its files)."""
+    templates = tmp_path / "templates"
+    (templates / "ci").mkdir(parents=True)
+    (templates / "ci" / "build.yml").write_text("include: ci/common.yml\nbuild: {extends: .common, script: make}\n")
+    (templates / "ci" / "common.yml").write_text(".common: {tags: [shared]}\n")
+    path = write(tmp_path, "spec:\n  inputs:\n    copies: {type: number}\n---\n"
+                           "include: {project: group/templates, file: ci/build.yml}\n"
+                           "test: {script: x, parallel: '$[[ inputs.copies ]]'}\n")
+    project = f"--project-dir=group/templates={templates}"
+    result = ci_queue("plan", str(path), "--format", "json", "--input", "copies=2", project)
+    assert result.returncode == 0, result.stderr
+    assert [(j["name"], j["tags"]) for j in json.loads(result.stdout)["jobs"]] == [
+        ("build", ["shared"]), ("test 1/2", []), ("test 2/2", [])]
+    assert ci_queue("validate", str(path), "--input", "copies=2", project).returncode == 0
+    missing = ci_queue("validate", str(path), project)
+    assert missing.returncode == 1 and POSITION.match(missing.stderr).group("line", "col") == ("3", "5")
+    assert "`copies` input: required value has not been provided" in missing.stderr
+    offline = ci_queue("plan", str(path), "--input", "copies=2")
+    assert offline.returncode == 1
+    assert "--project-dir NAME=PATH" in offline.stderr
+    bad = ci_queue("plan", str(path), "--input", "copies")
+    assert bad.returncode == 2 and "expected NAME=VALUE" in bad.stderr
+    assert_no_traceback(bad)
+
+
+def test_plan_fetches_remote_includes_from_the_allowed_hosts_only(tmp_path):
+    with serve() as served:
+        served.pages["/lint.yml"] = (200, b"lint: {script: ruff}\n", {})
+        path = write(tmp_path, f"include: {served.url('/lint.yml')}\njob: {{script: x}}\n")
+        allowed = {"CIQ_INCLUDE_REMOTE_HOSTS": "127.0.0.1", "CIQ_CLONE_ALLOW_HOSTS": "127.0.0.1"}
+        result = ci_queue("plan", str(path), "--format", "json", env=allowed)
+        assert result.returncode == 0, result.stderr
+        assert [j["name"] for j in json.loads(result.stdout)["jobs"]] == ["lint", "job"]
+        refused = ci_queue("plan", str(path), env={"CIQ_INCLUDE_REMOTE_HOSTS": ""})
+        assert refused.returncode == 1 and "remote includes are not allowed here" in refused.stderr
+        assert "CIQ_INCLUDE_REMOTE_HOSTS" in refused.stderr
+        assert len(served.requests) == 1
 
 
 HOSTILE = {

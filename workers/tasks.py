@@ -41,6 +41,7 @@ from workers.identity import instance_id
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import LogLine
 from workers.planning import PlanningClaim, attempts_text, retry_delay
+from workers.project_files import include_sources
 from workers.runners.base import InfrastructureError
 from workers.transfer import JobChannel
 from workers.workspace import Workspace
@@ -311,7 +312,8 @@ def _plan(rt: _Runtime, run: RunRecord, claim: PlanningClaim) -> None:
                 _end_unplanned(store, rt.celery, run_id, reason, "failed")
                 return
             ctx = plan_context(run, sha, workspace.builds_dir)
-            plan = plan_file(path, ctx, workspace.builds_dir, display_name=path.name)
+            plan = plan_file(path, ctx, workspace.builds_dir, display_name=path.name,
+                             sources=include_sources(rt.settings))
     except PipelineError as exc:
         log.info("pipeline file invalid: {}", exc)
         _end_unplanned(store, rt.celery, run_id, str(exc), "failed")

@@ -3,9 +3,12 @@
 GitLab builds a pipeline's configuration in this order (``Gitlab::Ci::Config#build_config``),
 and so do we, because the order decides what a key means:
 
-1. load the YAML of the main file;
-2. ``include: local`` files, recursively; all included files deep-merged in order, then the main
-   file deep-merged on top (so the including file wins);
+1. load the YAML of the main file, and interpolate its ``spec: inputs`` (``inputs``);
+2. its includes, recursively, each loaded and interpolated with the ``inputs:`` of its entry:
+   ``local`` files of the repository, ``project`` files of other repositories and ``remote``
+   URLs (read through ``sources``; a ``local`` include in a project's file is a file of that
+   project, as in GitLab); all included files deep-merged in order, then the including file
+   deep-merged on top (so the including file wins);
 3. ``extends`` of every job, multi-level: parents deep-merged in order, the job on top
    (hashes merge, everything else - lists included - is replaced);
 4. ``!reference [job, key, ...]`` tags replaced by the value they point at, after ``extends``.
@@ -17,13 +20,27 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ci_queue.pipeline.errors import Diagnostic, Mark, PipelineError
-from ci_queue.pipeline.loader import Reference, YList, YMap, load_file
+from ci_queue.pipeline.inputs import InputValues, Interpolation
+from ci_queue.pipeline.loader import (
+    DEFAULT_MAX_BYTES,
+    Reference,
+    YList,
+    YMap,
+    item_mark,
+    key_mark,
+    load_document,
+    node_mark,
+    read_file,
+    value_mark,
+)
 from ci_queue.pipeline.schema import GLOBAL_KEYS, INCLUDE_KEYS, did_you_mean
+from ci_queue.pipeline.sources import IncludeSourceError, IncludeSources
 
 MAX_INCLUDES = 150  # GitLab's limit of included files per pipeline
 MAX_EXTENDS_DEPTH = 11  # GitLab's limit of `extends` nesting
@@ -35,29 +52,6 @@ MAX_REFERENCE_NODES = 200_000
 
 # Decides whether an `include:` entry with `rules:` applies: gets the rules and their mark.
 IncludeFilter = Callable[[Any, Mark | None], bool]
-
-
-def key_mark(mapping: Any, key: Any) -> Mark | None:
-    """Where ``key`` is written in ``mapping`` (or the mapping itself, or None)."""
-    getter = getattr(mapping, "key_mark", None)
-    return getter(key) if getter else None
-
-
-def value_mark(mapping: Any, key: Any) -> Mark | None:
-    """Where the value of ``key`` is written in ``mapping``."""
-    getter = getattr(mapping, "value_mark", None)
-    return getter(key) if getter else None
-
-
-def item_mark(items: Any, index: int) -> Mark | None:
-    """Where item ``index`` of a list is written."""
-    getter = getattr(items, "item_mark", None)
-    return getter(index) if getter else None
-
-
-def node_mark(node: Any) -> Mark | None:
-    """Where a mapping or list starts."""
-    return getattr(node, "mark", None)
 
 
 def new_map(mark: Mark | None = None) -> YMap:
@@ -99,26 +93,46 @@ def deep_merge(base: Any, override: Any) -> Any:
     return merged
 
 
+@dataclass(frozen=True)
+class _File:
+    """A file of the pipeline: ``name`` is how marks and include loops name it; ``project`` the
+    repository its ``local:`` includes are relative to (None: the one being planned)."""
+
+    name: str
+    path: str | None = None  # inside its repository (None for a remote file)
+    project: str | None = None
+    ref: str | None = None
+    url: str | None = None
+    disk: Path | None = None  # a file of the repository being planned, on disk
+
+
 class Composer:
-    """Builds the configuration of one pipeline from its main file and the repository tree."""
+    """Builds the configuration of one pipeline from its main file, the repository tree, and the
+    ``sources`` of includes from elsewhere (other projects, URLs)."""
 
     def __init__(self, repo_dir: str | os.PathLike | None, include_filter: IncludeFilter | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, sources: IncludeSources | None = None,
+                 variables: Mapping[str, str] | None = None) -> None:
         self.repo_dir = Path(repo_dir).resolve() if repo_dir is not None else None
         self.include_filter = include_filter
-        self.load_limits = {"max_bytes": max_bytes} if max_bytes else {}
+        self.max_bytes = max_bytes or DEFAULT_MAX_BYTES
+        self.sources = sources or IncludeSources()
+        self.variables = variables or {}  # what `expand_vars` of an input may expand
         self.warnings: list[Diagnostic] = []
         self.errors: list[Diagnostic] = []
-        self.included: list[str] = []
+        self.included: list[tuple[str, str]] = []  # (file name, its inputs): each loaded once
         self.reference_nodes = 0
         self.reference_mark: Mark | None = None  # the !reference being expanded, for messages
 
     # -- step 1 and 2: files and includes ------------------------------------------------------
-    def compose_file(self, path: str | os.PathLike, display_name: str | None = None) -> YMap:
-        """Load ``path`` with its includes and resolve ``extends`` and ``!reference``."""
+    def compose_file(self, path: str | os.PathLike, display_name: str | None = None,
+                     inputs: InputValues | None = None) -> YMap:
+        """Load ``path`` (interpolated with ``inputs``) with its includes and resolve ``extends``
+        and ``!reference``."""
         path = Path(path)
         display_name = display_name or str(path)
-        config = self._load_with_includes(path, display_name, chain=(self._include_name(path, display_name),))
+        main = _File(self._include_name(path, display_name), disk=path)
+        config = self._load_with_includes(main, (main.name,), inputs, display_name)
         self._raise_errors()
         config = self._resolve_extends(config)
         self._raise_errors()
@@ -130,13 +144,35 @@ class Composer:
         if self.errors:
             raise PipelineError(self.errors)
 
-    def _load(self, path: Path, display_name: str) -> YMap:
-        data, warnings = load_file(path, display_name, **self.load_limits)
+    def _read(self, file: _File, name: str) -> bytes:
+        """The bytes of ``file`` (``name`` in messages); raises PipelineError or IncludeSourceError."""
+        if file.disk is not None:
+            return read_file(file.disk, name, self.max_bytes)
+        if file.url is not None:
+            if self.sources.remote is None:
+                raise IncludeSourceError("include `remote:` is not available here",
+                                         "copy the file into the repository and include it with `local:`")
+            return self.sources.remote(file.url)
+        if self.sources.project is None:
+            raise IncludeSourceError(f"cannot include {file.path!r} of project {file.project!r}: no other "
+                                     "repository can be read here",
+                                     "offline (`plan`, `validate`), give `--project-dir NAME=PATH`")
+        return self.sources.project(file.project or "", file.ref, file.path or "")
+
+    def _load(self, file: _File, inputs: InputValues | None, display_name: str | None = None) -> YMap | None:
+        """One file, interpolated with its inputs; None (with errors noted) when it cannot be used."""
+        name = display_name or file.name
+        header, data, warnings = load_document(self._read(file, name), name, max_bytes=self.max_bytes)
         self.warnings.extend(warnings)
+        interpolation = Interpolation(Mark(name, 1, 1), self.variables)
+        data = interpolation.apply(header, data, inputs)
+        if interpolation.errors:
+            self.errors.extend(interpolation.errors)
+            return None
         if data is None:
-            return new_map(Mark(display_name, 1, 1))
+            return new_map(Mark(name, 1, 1))
         if not isinstance(data, dict):
-            raise PipelineError([Diagnostic(node_mark(data) or Mark(display_name, 1, 1),
+            raise PipelineError([Diagnostic(node_mark(data) or Mark(name, 1, 1),
                                             "a pipeline file must be a mapping of keywords and jobs")])
         return data
 
@@ -148,33 +184,41 @@ class Composer:
             return str(resolved.relative_to(self.repo_dir))
         return display_name
 
-    def _load_with_includes(self, path: Path, display_name: str, chain: tuple[str, ...]) -> YMap:
-        """``chain``: the include names of the files being loaded, this one last."""
-        config = self._load(path, display_name)
+    def _load_with_includes(self, file: _File, chain: tuple[str, ...], inputs: InputValues | None,
+                            display_name: str | None = None) -> YMap:
+        """``chain``: the names of the files being loaded, this one last."""
+        config = self._load(file, inputs, display_name)
+        if config is None:
+            return new_map(None)
         if "include" not in config:
             return config
         merged: Any = new_map(node_mark(config))
-        for include_path, include_name in self._include_paths(config, display_name):
-            if include_name in chain:
-                self.errors.append(Diagnostic(value_mark(config, "include"),
-                                              f"include loop: {' -> '.join((*chain, include_name))}"))
+        for included, included_inputs, mark in self._includes(config, file):
+            if included.name in chain:
+                self.errors.append(Diagnostic(mark, f"include loop: {' -> '.join((*chain, included.name))}"))
                 continue
-            if include_name in self.included:
-                continue  # GitLab ignores a file included twice
-            self.included.append(include_name)
+            key = (included.name, included_inputs.key())
+            if key in self.included:
+                continue  # GitLab ignores a file included twice (with the same inputs)
+            self.included.append(key)
             if len(self.included) > MAX_INCLUDES:
-                raise PipelineError([Diagnostic(value_mark(config, "include"),
-                                                f"more than {MAX_INCLUDES} included files")])
-            included = self._load_with_includes(include_path, include_name, (*chain, include_name))
-            merged = deep_merge(merged, included)
+                raise PipelineError([*self.errors, Diagnostic(
+                    mark, f"more than {MAX_INCLUDES} included files (GitLab's limit)")])
+            try:
+                loaded = self._load_with_includes(included, (*chain, included.name), included_inputs)
+            except IncludeSourceError as exc:
+                self.errors.append(Diagnostic(mark, exc.message, exc.hint))
+                continue
+            merged = deep_merge(merged, loaded)
         body = new_map(node_mark(config))
         for key, value in config.items():
             if key != "include":
                 set_item(body, key, value, config)
         return deep_merge(merged, body)
 
-    def _include_paths(self, config: YMap, display_name: str) -> list[tuple[Path, str]]:
-        """The local files an ``include:`` names, in order (wildcards expanded, sorted)."""
+    def _includes(self, config: YMap, current: _File) -> list[tuple[_File, InputValues, Mark | None]]:
+        """The files an ``include:`` names, in order (wildcards expanded, sorted), each with its
+        inputs and the mark of its entry."""
         spec = config["include"]
         mark = value_mark(config, "include")
         entries: list[tuple[Any, Mark | None]]
@@ -182,64 +226,137 @@ class Composer:
             entries = [(entry, item_mark(spec, i) or mark) for i, entry in enumerate(spec)]
         else:
             entries = [(spec, mark)]
-        paths: list[tuple[Path, str]] = []
+        files: list[tuple[_File, InputValues, Mark | None]] = []
         for entry, entry_mark in entries:
-            local = self._local_of(entry, entry_mark)
-            if local is None:
+            if not self._applies(entry, entry_mark):
                 continue
-            paths.extend(self._expand_local(local, entry_mark, display_name))
-        return paths
+            inputs = self._inputs_of(entry, entry_mark)
+            files.extend((file, inputs, entry_mark) for file in self._files_of(entry, entry_mark, current))
+        return files
 
-    def _local_of(self, entry: Any, mark: Mark | None) -> str | None:
-        """The local path of one include entry, or None (with an error or when rules exclude it)."""
+    def _applies(self, entry: Any, mark: Mark | None) -> bool:
+        """Whether an entry is well-formed and its ``rules:`` (if any) take it for this event."""
         if isinstance(entry, str):
-            if entry.startswith(("http://", "https://")):
-                self.errors.append(Diagnostic(mark, f"include of remote file {entry!r} is not supported here",
-                                              "copy the file into the repository and include it with `local:`"))
-                return None
-            return entry
+            return True
         if not isinstance(entry, dict):
-            self.errors.append(Diagnostic(mark, "include entry must be a path or a mapping with `local:`"))
-            return None
+            self.errors.append(Diagnostic(mark, "include entry must be a path or a mapping "
+                                                "(`local:`, `project:`, `remote:`)"))
+            return False
         for key in entry:
             if key not in INCLUDE_KEYS:
                 self.errors.append(Diagnostic(key_mark(entry, key), f"unknown include key `{key}`",
                                               did_you_mean(key, INCLUDE_KEYS)))
-                return None
+                return False
         if "rules" in entry and self.include_filter is not None:
             try:
-                if not self.include_filter(entry["rules"], value_mark(entry, "rules")):
-                    return None
+                return self.include_filter(entry["rules"], value_mark(entry, "rules"))
             except PipelineError as exc:  # invalid rules: reported with the other errors
                 self.errors.extend(exc.errors)
-                return None
+                return False
+        return True
+
+    def _inputs_of(self, entry: Any, entry_mark: Mark | None) -> InputValues:
+        """The ``inputs:`` of an include entry, with their marks (none: at the entry)."""
+        if not isinstance(entry, dict) or "inputs" not in entry:
+            return InputValues({}, entry_mark)
+        given = entry["inputs"]
+        mark = value_mark(entry, "inputs")
+        if not isinstance(given, dict):
+            self.errors.append(Diagnostic(mark, "include `inputs:` must be a mapping of input names to values"))
+            return InputValues({}, mark)
+        return InputValues({str(k): v for k, v in given.items()}, mark,
+                           {str(k): value_mark(given, k) or mark for k in given})
+
+    def _files_of(self, entry: Any, mark: Mark | None, current: _File) -> list[_File]:
+        """The files of one (applying) include entry; [] with an error when it names none."""
+        if isinstance(entry, str):
+            if entry.startswith(("http://", "https://")):
+                return [_File(entry, url=entry)]
+            return self._local(entry, mark, current)
         if "local" in entry:
             local = entry["local"]
             if not isinstance(local, str) or not local:
                 self.errors.append(Diagnostic(value_mark(entry, "local"), "include `local:` must be a path"))
-                return None
-            return local
-        kind = next((k for k in ("project", "file", "remote", "template", "component") if k in entry), None)
+                return []
+            return self._local(local, mark, current)
+        if "project" in entry:
+            return self._project(entry, mark)
+        if "remote" in entry:
+            url = entry["remote"]
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                self.errors.append(Diagnostic(value_mark(entry, "remote"), "include `remote:` must be an https URL"))
+                return []
+            return [_File(url, url=url)]
+        if "file" in entry:
+            self.errors.append(Diagnostic(key_mark(entry, "file"), "include `file:` needs `project:`",
+                                          "write `project: group/name` with `file:` (and `ref:`)"))
+            return []
+        kind = next((k for k in ("template", "component") if k in entry), None)
         if kind is None:
-            self.errors.append(Diagnostic(mark, "include entry needs `local:`"))
-            return None
-        what = {"file": "project", "project": "project"}.get(kind, kind)
-        self.errors.append(Diagnostic(key_mark(entry, kind), f"include `{what}` is not supported here; "
-                                      "only `include: local` files of the same repository are",
-                                      "copy the file into the repository and include it with `local:`"))
-        return None
+            self.errors.append(Diagnostic(mark, "include entry needs `local:`, `project:` or `remote:`"))
+            return []
+        self.errors.append(Diagnostic(key_mark(entry, kind), f"include `{kind}` is not supported here",
+                                      f"put the {kind}'s file in a registered repository and include it with "
+                                      "`project:` (`file:`, `ref:`), or copy it into this one and use `local:`"))
+        return []
 
-    def _expand_local(self, local: str, mark: Mark | None, display_name: str) -> list[tuple[Path, str]]:
+    def _project(self, entry: Any, mark: Mark | None) -> list[_File]:
+        """``project: group/name``, ``file:`` (one or a list), ``ref:`` (default: its default branch)."""
+        project, ref, paths = entry["project"], entry.get("ref"), entry.get("file")
+        if not isinstance(project, str) or not project.strip("/"):
+            self.errors.append(Diagnostic(value_mark(entry, "project"), "include `project:` must be a project path"))
+            return []
+        if ref is not None and (not isinstance(ref, str | int | float) or isinstance(ref, bool) or ref == ""):
+            self.errors.append(Diagnostic(value_mark(entry, "ref"), "include `ref:` must be a branch, tag or commit"))
+            return []
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            self.errors.append(Diagnostic(value_mark(entry, "file") if "file" in entry else key_mark(entry, "project"),
+                                          "include `project:` needs `file:`, a path or a list of paths"))
+            return []
+        project = project.strip("/")
+        files = []
+        for path in paths:
+            if self._path_error(path, value_mark(entry, "file") or mark, f"project {project!r}"):
+                continue
+            files.append(self._project_file(project, None if ref is None else str(ref), path.lstrip("/")))
+        return files
+
+    @staticmethod
+    def _project_file(project: str, ref: str | None, path: str) -> _File:
+        return _File(f"{project}{'@' + ref if ref else ''}:{path}", path=path, project=project, ref=ref)
+
+    def _path_error(self, path: str, mark: Mark | None, where: str) -> bool:
+        """Whether ``path`` cannot be an included file (noted as an error)."""
+        if not path.endswith((".yml", ".yaml")):
+            self.errors.append(Diagnostic(mark, f"included file {path!r} must be a .yml or .yaml file"))
+            return True
+        if any(part == ".." for part in Path(path.lstrip("/")).parts):
+            self.errors.append(Diagnostic(mark, f"included file {path!r} must stay inside {where}"))
+            return True
+        return False
+
+    def _local(self, local: str, mark: Mark | None, current: _File) -> list[_File]:
+        """A ``local:`` path: in the repository being planned, or in the project ``current`` came from."""
+        if current.project is not None:
+            if "*" in local:
+                self.errors.append(Diagnostic(mark, f"wildcard local include {local!r} in a file of project "
+                                                    f"{current.project!r} is not supported",
+                                              "name the files one by one"))
+                return []
+            if self._path_error(local, mark, f"project {current.project!r}"):
+                return []
+            return [self._project_file(current.project, current.ref, local.lstrip("/"))]
+        return [_File(name, path=name, disk=path) for path, name in self._expand_local(local, mark)]
+
+    def _expand_local(self, local: str, mark: Mark | None) -> list[tuple[Path, str]]:
         """Resolve a ``local:`` path (maybe with ``*`` / ``**``) inside the repository."""
         if self.repo_dir is None:
             self.errors.append(Diagnostic(mark, f"cannot include {local!r}: no repository directory is known"))
             return []
         relative = local.lstrip("/")
-        if not relative.endswith((".yml", ".yaml")):
-            self.errors.append(Diagnostic(mark, f"included file {local!r} must be a .yml or .yaml file"))
-            return []
-        if any(part == ".." for part in Path(relative).parts):
-            self.errors.append(Diagnostic(mark, f"included file {local!r} must stay inside the repository"))
+        if self._path_error(local, mark, "the repository"):
             return []
         if "*" in relative:
             pattern = str(self.repo_dir / relative.replace("**", "**/*"))

@@ -16,6 +16,17 @@ class Mark:
     file: str
     line: int
     col: int
+    # For a scalar value: columns from the mark to its text's first character (0 plain, 1 after a
+    # quote), None when the text does not start on this line (block scalars). Lets a message point
+    # inside the value (an expression's fault); not part of the position's identity.
+    text_offset: int | None = field(default=0, compare=False, repr=False)
+
+    def within(self, offset: int, text: str) -> Mark:
+        """The position of character ``offset`` of a one-line scalar ``text`` written at this mark
+        (this mark itself when that cannot be known: multi-line or block text)."""
+        if self.text_offset is None or "\n" in text:
+            return self
+        return Mark(self.file, self.line, self.col + self.text_offset + offset)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"

@@ -198,6 +198,15 @@ def _compile(regex: str, flags: str, source: str) -> Pattern:
     return Pattern(source, re2.compile(regex.encode("utf-8", "surrogatepass"), _RE2_OPTIONS).search)
 
 
+def compile_pattern(regex: str) -> Pattern:
+    """An RE2 pattern without flags, searched (not anchored), as GitLab's ``UntrustedRegexp``
+    (``spec:inputs:regex``). Raises ExpressionError with RE2's reason."""
+    try:
+        return _compile(regex, "", regex)
+    except re2.error as error:
+        raise ExpressionError(f"invalid regular expression: {_reason(error)}", 0) from None
+
+
 @functools.lru_cache(maxsize=256)
 def _pattern_in_value(value: str) -> Pattern | None:
     """The pattern a variable's value spells (``/^release/i``), or None when it spells none."""

@@ -56,8 +56,14 @@ __all__ = [
     "YList",
     "YMap",
     "copy_node",
+    "item_mark",
+    "key_mark",
+    "load_document",
     "load_file",
     "load_yaml",
+    "node_mark",
+    "read_file",
+    "value_mark",
 ]
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
@@ -75,6 +81,8 @@ nodes); a "billion laughs" document is far above it."""
 MULTIPLE_DOCUMENTS = "multiple YAML documents; only a `spec:` header document may come before the pipeline"
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_STR_TAG = "tag:yaml.org,2002:str"
 _VALUE_TAG = "tag:yaml.org,2002:value"
 _STANDARD_TAG_PREFIX = "tag:yaml.org,2002:"
 _REFERENCE_TAG = "!reference"
@@ -83,6 +91,15 @@ _SCALAR_TAGS = frozenset(
     _STANDARD_TAG_PREFIX + name
     for name in ("null", "bool", "int", "float", "binary", "timestamp", "str", "merge", "value")
 )
+
+# Psych's patterns of a time and a date (ScalarScanner::TIME and the date case of #tokenize). A
+# plain scalar that matches one is a Time or a Date for Psych, classes GitLab's `YAML.safe_load`
+# does not permit: the whole file is refused. Anything else, even what PyYAML's resolver would
+# take for a timestamp (2024-13-01), is a string there.
+_PSYCH_TIME = re.compile(
+    r"-?\d{4}-\d{1,2}-\d{1,2}(?:[Tt]|\s+)\d{1,2}:\d\d:\d\d(?:\.\d*)?(?:\s*(?:Z|[-+]\d{1,2}:?(?:\d\d)?))?",
+    re.ASCII)
+_PSYCH_DATE = re.compile(r"\d{4}-(?:1[012]|0\d|\d)-(?:[12]\d|3[01]|0\d|\d)", re.ASCII)
 
 # Characters YAML forbids anywhere in a stream (both parsers refuse them, without a line number).
 _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -151,6 +168,29 @@ class YList(list):
         return new
 
 
+def key_mark(mapping: Any, key: Any) -> Mark | None:
+    """Where ``key`` is written in ``mapping`` (or the mapping itself, or None)."""
+    getter = getattr(mapping, "key_mark", None)
+    return getter(key) if getter else None
+
+
+def value_mark(mapping: Any, key: Any) -> Mark | None:
+    """Where the value of ``key`` is written in ``mapping``."""
+    getter = getattr(mapping, "value_mark", None)
+    return getter(key) if getter else None
+
+
+def item_mark(items: Any, index: int) -> Mark | None:
+    """Where item ``index`` of a list is written."""
+    getter = getattr(items, "item_mark", None)
+    return getter(index) if getter else None
+
+
+def node_mark(node: Any) -> Mark | None:
+    """Where a mapping or list starts."""
+    return getattr(node, "mark", None)
+
+
 @dataclass(frozen=True)
 class Reference:
     """GitLab's ``!reference [job, key, ...]``: a path into the configuration, resolved later.
@@ -199,6 +239,19 @@ def load_yaml(
     ``file`` is the name used in marks. An empty file gives ``None``. A ``spec:`` header
     document before ``---`` is skipped. Warnings (duplicate keys) come sorted by position.
     """
+    _, data, warnings = load_document(text, file, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
+    return data, warnings
+
+
+def load_document(
+    text: str | bytes,
+    file: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_nodes: int = DEFAULT_MAX_NODES,
+) -> tuple[Any, Any, list[Diagnostic]]:
+    """Like :func:`load_yaml`, with the ``spec:`` header: ``(header or None, data, warnings)``."""
     source = _decode(text, file, max_bytes)
     loader = _LOADER_CLASS(source, file, max_depth, max_nodes)
     try:
@@ -208,7 +261,7 @@ def load_yaml(
     except RecursionError:
         raise error(Mark(file, 1, 1), "the document is nested too deeply to load") from None
     warnings = sorted(loader.warnings, key=lambda d: (d.mark.line, d.mark.col) if d.mark else (0, 0))
-    return data, warnings
+    return loader.header, data, warnings
 
 
 def load_file(
@@ -224,15 +277,21 @@ def load_file(
     A file over ``max_bytes`` is refused from its size, before being read.
     """
     name = display_name if display_name is not None else os.fspath(path)
+    data = read_file(path, name, max_bytes)
+    return load_yaml(data, name, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
+
+
+def read_file(path: str | os.PathLike[str], name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a pipeline file on disk (``name`` in errors); one over ``max_bytes`` is
+    refused from its size, before being read."""
     try:
         with open(path, "rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             if size > max_bytes:
                 raise _too_large(name, size, max_bytes)
-            data = stream.read(max_bytes + 1)  # the file may grow while it is read
+            return stream.read(max_bytes + 1)  # the file may grow while it is read
     except OSError as exc:
         raise error(Mark(name, 1, 1), f"cannot read the file: {exc.strerror or exc}") from None
-    return load_yaml(data, name, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
 
 
 # -- text checks ---------------------------------------------------------------------------------
@@ -349,12 +408,21 @@ class _Builder(SafeConstructor, Resolver):
         self.max_depth = max_depth
         self.max_nodes = max_nodes
         self.warnings: list[Diagnostic] = []
+        self.header: Any = None  # the `spec:` header document, when the stream has one
         self._flat_pairs: dict[Node, dict[Any, tuple[Node, Node]]] = {}
         self._resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
 
     def _mark(self, mark: yaml.Mark) -> Mark:
         """PyYAML's 0-based mark as a 1-based Mark in this file, as editors count."""
         return Mark(self.file, mark.line + 1, mark.column + 1)
+
+    def _value_mark(self, node: Node) -> Mark:
+        """Where a value starts, and for a scalar where its text starts (see ``Mark.text_offset``)."""
+        mark = node.start_mark
+        if type(node) is not ScalarNode or not node.style:
+            return Mark(self.file, mark.line + 1, mark.column + 1)
+        offset = 1 if node.style in ("'", '"') else None
+        return Mark(self.file, mark.line + 1, mark.column + 1, offset)
 
     # -- stream and documents
 
@@ -367,6 +435,7 @@ class _Builder(SafeConstructor, Resolver):
         if self.check_event(StreamEndEvent):
             return data
         if _is_spec_header(data):
+            self.header = data
             data = self.construct_document(self._compose_document())
             if self.check_event(StreamEndEvent):
                 return data
@@ -442,10 +511,18 @@ class _Builder(SafeConstructor, Resolver):
                 frame.key = None
 
     def _resolve_scalar(self, value: str, implicit: tuple[bool, bool]) -> str:
-        """The implicit tag of a scalar (``!!int`` for ``12``...), cached: many values repeat."""
+        """The implicit tag of a scalar (``!!int`` for ``12``...), cached: many values repeat.
+
+        Dates and times are Psych's (``_PSYCH_DATE``, ``_PSYCH_TIME``), not YAML 1.1's.
+        """
         tag = self._resolved.get((value, implicit))
         if tag is None:
-            tag = self._resolved[value, implicit] = self.resolve(ScalarNode, value, implicit)
+            tag = self.resolve(ScalarNode, value, implicit)
+            if implicit[0] and (_PSYCH_DATE.fullmatch(value) or _PSYCH_TIME.fullmatch(value)):
+                tag = _TIMESTAMP_TAG
+            elif tag == _TIMESTAMP_TAG:
+                tag = _STR_TAG
+            self._resolved[value, implicit] = tag
         return tag
 
     def _alias_target(self, event: AliasEvent, anchors: dict[str, Node], finished: dict[int, Any]) -> Node:
@@ -496,7 +573,7 @@ class _Builder(SafeConstructor, Resolver):
         for key, (key_node, value_node) in self._pairs(node).items():
             data[key] = self.construct_object(value_node)
             data.key_marks[key] = self._mark(key_node.start_mark)
-            data.value_marks[key] = self._mark(value_node.start_mark)
+            data.value_marks[key] = self._value_mark(value_node)
 
     def construct_ylist(self, node: Node) -> Iterator[YList]:
         """A sequence as a YList with the mark of each item."""
@@ -507,7 +584,7 @@ class _Builder(SafeConstructor, Resolver):
         yield data
         for child in node.value:
             data.append(self.construct_object(child))
-            data.item_marks.append(self._mark(child.start_mark))
+            data.item_marks.append(self._value_mark(child))
 
     def construct_reference(self, node: Node) -> Reference:
         """``!reference [job, key, ...]``: a non-empty list of strings, as GitLab requires."""
@@ -524,6 +601,15 @@ class _Builder(SafeConstructor, Resolver):
             path.append(name)
         return Reference(tuple(path), mark)
 
+    def construct_refused_timestamp(self, node: Node) -> Any:
+        """An unquoted date or time: GitLab's loader refuses the file (``YAML.safe_load`` permits
+        no Date or Time class), so it is an error here too rather than a string or a date."""
+        kind = "Date" if _PSYCH_DATE.fullmatch(node.value) else "Time"
+        raise error(self._mark(node.start_mark),
+                    f"unquoted {kind.lower()} {node.value!r}: GitLab refuses it "
+                    f"(Tried to load unspecified class: {kind})",
+                    f"quote it to keep it a string: '{node.value}'")
+
     def construct_unknown(self, node: Node) -> Any:
         """Any other tag is an error: GitLab would refuse it too, and it must not run code."""
         raise error(self._mark(node.start_mark), f"unknown tag '{_pretty_tag(node.tag)}'",
@@ -532,29 +618,34 @@ class _Builder(SafeConstructor, Resolver):
     def _pairs(self, node: MappingNode) -> dict[Any, tuple[Node, Node]]:
         """The (key node, value node) of each key of a mapping, merge keys applied (memoized per node).
 
-        YAML 1.1 merge: explicit keys win over merged ones, and in ``<<: [*a, *b]`` the earlier
-        mapping wins. Of two ``<<`` keys in one mapping the later wins, as in PyYAML and Psych.
-        A key written twice keeps its last value, as in GitLab, with a warning; overriding a
-        merged key is normal and silent. Keys keep the order in which they first appear.
+        Pairs apply in the order they are written, as Psych's ``revive_hash`` applies them (GitLab
+        loads pipelines with Psych): a key replaces what an earlier ``<<`` brought, and a ``<<``
+        replaces the keys written before it (with a warning: it surprises). In ``<<: [*a, *b]``
+        the earlier mapping wins. A key written twice keeps its last value, as in GitLab, with a
+        warning. Keys keep the place where they first appear (Ruby's and Python's hashes agree).
         """
         cached = self._flat_pairs.get(node)
         if cached is not None:
             return cached
-        explicit: dict[Any, tuple[Node, Node]] = {}
-        merged: dict[Any, tuple[Node, Node]] = {}
-        first_line: dict[Any, int] = {}
-        order: list[Any] = []  # each pair's key, or the keys a `<<` brings
+        pairs: dict[Any, tuple[Node, Node]] = {}
+        first_line: dict[Any, int] = {}  # keys written in this mapping (not merged): their first line
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 entry: dict[Any, tuple[Node, Node]] = {}
                 for source in self._merge_sources(value_node):
                     for key, pair in self._pairs(source).items():
                         entry.setdefault(key, pair)
-                merged.update(entry)
-                order.extend(entry)
+                for key in (k for k in entry if k in first_line):
+                    self.warnings.append(Diagnostic(
+                        self._mark(key_node.start_mark),
+                        f"merge key '<<' replaces {key!r} written before it (line {first_line[key]}), "
+                        "as GitLab does; write '<<' first to keep your own value",
+                        severity="warning",
+                    ))
+                pairs.update(entry)
                 continue
             key = self._construct_key(key_node)
-            if key in explicit:
+            if key in first_line:
                 self.warnings.append(Diagnostic(
                     self._mark(key_node.start_mark),
                     f"duplicate key {key!r} (first defined at line {first_line[key]}); the last one is used",
@@ -562,9 +653,7 @@ class _Builder(SafeConstructor, Resolver):
                 ))
             else:
                 first_line[key] = key_node.start_mark.line + 1
-            explicit[key] = (key_node, value_node)
-            order.append(key)
-        pairs = {key: explicit[key] if key in explicit else merged[key] for key in order}
+            pairs[key] = (key_node, value_node)
         self._flat_pairs[node] = pairs
         return pairs
 
@@ -591,6 +680,7 @@ class _Builder(SafeConstructor, Resolver):
 _Builder.add_constructor("tag:yaml.org,2002:map", _Builder.construct_ymap)
 _Builder.add_constructor("tag:yaml.org,2002:seq", _Builder.construct_ylist)
 _Builder.add_constructor(_REFERENCE_TAG, _Builder.construct_reference)
+_Builder.add_constructor(_TIMESTAMP_TAG, _Builder.construct_refused_timestamp)
 _Builder.add_constructor(None, _Builder.construct_unknown)
 # Plain `<<` and `=` outside a key are strings (as in Psych); PyYAML would have no constructor.
 _Builder.add_constructor(_MERGE_TAG, SafeConstructor.construct_yaml_str)

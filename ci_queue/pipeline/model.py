@@ -66,6 +66,7 @@ class PlanContext:
     changed_files: tuple[str, ...] | None = None
     repo_dir: str | None = None
     protected: bool | None = None  # CI_COMMIT_REF_PROTECTED; None: only the default branch is
+    inputs: dict[str, Any] = field(default_factory=dict)  # the top-level file's `spec:inputs` (trigger's)
 
     @property
     def is_protected(self) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ci_queue.pipeline import expressions
-from ci_queue.pipeline.compose import item_mark, key_mark, node_mark, value_mark
 from ci_queue.pipeline.durations import DurationError, parse_duration
 from ci_queue.pipeline.errors import Diagnostic, Mark
+from ci_queue.pipeline.loader import item_mark, key_mark, node_mark, value_mark
 from ci_queue.pipeline.model import Retry
 from ci_queue.pipeline.schema import (
     ARTIFACTS_KEYS,
@@ -332,8 +332,7 @@ class Normalizer:
         try:
             expressions.parse(value)
         except expressions.ExpressionError as exc:
-            column = mark.col + 1 + exc.position if mark else 0
-            where = Mark(mark.file, mark.line, column) if mark and "\n" not in value else mark
+            where = mark.within(exc.position, value) if mark else None
             self.error(where, f"invalid expression in `{what}`: {exc}")
             return None
         return value

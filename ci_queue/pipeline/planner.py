@@ -7,6 +7,7 @@ parse (``loader``) -> compose (``include``, ``extends``, ``!reference``) -> lint
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,17 @@ from typing import Any
 from ci_queue.pipeline.compose import Composer, IncludeFilter
 from ci_queue.pipeline.conditions import DEFAULT_ONLY, Conditions
 from ci_queue.pipeline.errors import Diagnostic, Mark, PipelineError
+from ci_queue.pipeline.inputs import InputValues
 from ci_queue.pipeline.model import Job, Need, Plan, PlanContext
 from ci_queue.pipeline.normalize import Normalizer, find_cycle
 from ci_queue.pipeline.schema import INCLUDE_RULE_KEYS, INCLUDE_RULE_WHEN
+from ci_queue.pipeline.sources import IncludeSources
 from ci_queue.pipeline.specs import JobSpec, NeedSpec, PipelineSpec, RuleSpec
 from ci_queue.pipeline.variables import expand_all, expand_text, job_predefined, predefined
 
 PIPELINE_FILES = (".ci-queue.yml", ".gitlab-ci.yml")
+NO_JOBS = "No stages / jobs for this pipeline."
+"""GitLab's reason for an event whose rules leave no job: no pipeline is created (run: ``skipped``)."""
 
 
 def find_pipeline_file(repo_dir: str | os.PathLike) -> Path | None:
@@ -48,12 +53,19 @@ def _sorted(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 def load_spec(path: str | os.PathLike, repo_dir: str | os.PathLike | None = None,
               display_name: str | None = None, ctx: PlanContext | None = None,
-              max_bytes: int | None = None) -> tuple[PipelineSpec, list[Diagnostic]]:
-    """Parse, compose and validate a pipeline file; raises PipelineError (errors and warnings)."""
+              max_bytes: int | None = None, sources: IncludeSources | None = None,
+              inputs: Mapping[str, Any] | None = None) -> tuple[PipelineSpec, list[Diagnostic]]:
+    """Parse, compose and validate a pipeline file; raises PipelineError (errors and warnings).
+
+    ``inputs``: the top-level file's ``spec:inputs`` values (default: the event's, ``ctx.inputs``);
+    ``sources``: where ``project:`` and ``remote:`` includes are read from.
+    """
     root = Path(repo_dir) if repo_dir is not None else repository_root(path)
-    composer = Composer(root, _include_filter(ctx), max_bytes=max_bytes)
+    variables = {**predefined(ctx), **ctx.variables} if ctx is not None else {}
+    composer = Composer(root, _include_filter(ctx), max_bytes=max_bytes, sources=sources, variables=variables)
+    given = inputs if inputs is not None else (ctx.inputs if ctx is not None else {})
     try:
-        config = composer.compose_file(path, display_name)
+        config = composer.compose_file(path, display_name, InputValues(dict(given), text=True) if given else None)
     except PipelineError as exc:
         raise PipelineError(_sorted(composer.warnings) + _sorted(exc.errors)) from None
     normalizer = Normalizer()
@@ -65,21 +77,22 @@ def load_spec(path: str | os.PathLike, repo_dir: str | os.PathLike | None = None
 
 
 def validate_file(path: str | os.PathLike, repo_dir: str | os.PathLike | None = None,
-                  display_name: str | None = None) -> list[Diagnostic]:
+                  display_name: str | None = None, sources: IncludeSources | None = None,
+                  inputs: Mapping[str, Any] | None = None) -> list[Diagnostic]:
     """Every warning and error of a pipeline file (all includes taken, whatever their rules)."""
     try:
-        _, warnings = load_spec(path, repo_dir, display_name)
+        _, warnings = load_spec(path, repo_dir, display_name, sources=sources, inputs=inputs)
     except PipelineError as exc:
         return exc.diagnostics
     return warnings
 
 
 def plan_file(path: str | os.PathLike, ctx: PlanContext, repo_dir: str | os.PathLike | None = None,
-              display_name: str | None = None) -> Plan:
-    """The plan of a pipeline file for one event; raises PipelineError."""
+              display_name: str | None = None, sources: IncludeSources | None = None) -> Plan:
+    """The plan of a pipeline file for one event (its inputs: ``ctx.inputs``); raises PipelineError."""
     if repo_dir is None and ctx.repo_dir is not None:
         repo_dir = ctx.repo_dir
-    spec, warnings = load_spec(path, repo_dir, display_name, ctx)
+    spec, warnings = load_spec(path, repo_dir, display_name, ctx, sources=sources)
     plan = plan_spec(spec, ctx)
     plan.warnings = warnings + plan.warnings
     return plan
@@ -170,6 +183,8 @@ class _Planner:
         if plan.jobs and all(j.stage in (".pre", ".post") for j in plan.jobs):
             plan.skipped_reason = "the pipeline would only hold .pre/.post jobs"
             plan.jobs, plan.stages = [], []
+        elif not plan.jobs:
+            plan.skipped_reason = NO_JOBS
         return plan
 
     def job(self, inst: _Instance, global_vars: dict[str, str], workflow_vars: dict[str, str],

@@ -30,6 +30,8 @@ from ci_queue.limits import (
     MAX_PIPELINE_PATH_BYTES,
     MAX_REF_BYTES,
     MAX_REPO_NAME_LENGTH,
+    MAX_TRIGGER_INPUTS,
+    MAX_TRIGGER_INPUTS_BYTES,
     MAX_TRIGGER_VARIABLES_BYTES,
     MAX_VARIABLE_NAME_BYTES,
     env_string_bytes,
@@ -138,8 +140,38 @@ def _variables(data: dict[str, Any]) -> dict[str, str]:
     return variables
 
 
+def _inputs(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``spec:inputs`` values of the pipeline file: an object of names to strings, numbers,
+    booleans or lists of them (a string reads as the input's type, as from the command line).
+    Checked against the file's ``spec:`` when the run is planned; bounded here."""
+    inputs = data.get("inputs")
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, dict):
+        abort(400, "`inputs` must be an object of input names to values")
+    if len(inputs) > MAX_TRIGGER_INPUTS:
+        abort(400, f"`inputs`: {len(inputs)} inputs, at most {MAX_TRIGGER_INPUTS}")
+    for name, value in inputs.items():
+        if not name or utf8_len(name) > MAX_VARIABLE_NAME_BYTES:
+            abort(400, f"`inputs`: {shown(name)} is not an input name (empty or over {MAX_VARIABLE_NAME_BYTES} bytes)")
+        if not (_scalar(value) or (isinstance(value, list) and all(_scalar(v) for v in value))):
+            abort(400, f"`inputs`: the value of {shown(name)} must be a string, a number, a boolean or a list of them")
+    size = len(json.dumps(inputs))
+    if size > MAX_TRIGGER_INPUTS_BYTES:
+        abort(400, f"`inputs` are {size} bytes as JSON, at most {MAX_TRIGGER_INPUTS_BYTES}")
+    return inputs
+
+
+def _scalar(value: Any) -> bool:
+    """A value an input may have (lists aside): JSON's scalars, finite numbers only."""
+    return isinstance(value, str | int | bool) or (isinstance(value, float) and math.isfinite(value))
+
+
 def _context(data: dict[str, Any], event: str, ref: str) -> dict[str, Any]:
     context: dict[str, Any] = {"kind": event}
+    inputs = _inputs(data)
+    if inputs:
+        context["inputs"] = inputs
     if event == "tag":
         context["tag"] = ref
     else:
@@ -155,7 +187,7 @@ def _context(data: dict[str, Any], event: str, ref: str) -> dict[str, Any]:
 
 @api.post("/runs")
 def create_run() -> Any:
-    """Trigger a run: ``{repo, clone_url, ref, sha?, event?, variables?, pipeline?}``.
+    """Trigger a run: ``{repo, clone_url, ref, sha?, event?, variables?, inputs?, pipeline?}``.
 
     The run id is chosen before the write, so that a 503 (Redis too slow: the write may still
     land) can name it. With an ``Idempotency-Key`` the key and the run are written in one atomic

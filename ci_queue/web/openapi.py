@@ -319,6 +319,12 @@ SCHEMAS: dict[str, Any] = {
                     "description": "Default: the head of `ref` when the run is planned"},
             "event": {"enum": EVENTS, "default": "push"},
             "variables": {"type": "object", "additionalProperties": {"type": "string"}},
+            "inputs": {"type": "object", "maxProperties": 50,
+                       "additionalProperties": {"oneOf": [
+                           {"type": ["string", "number", "boolean"]},
+                           {"type": "array", "items": {"type": ["string", "number", "boolean"]}}]},
+                       "description": "The `spec:inputs` of the pipeline file; a string reads as the input's "
+                                      "type. Checked against the file when the run is planned (an error fails it)"},
             "pipeline": {"type": "string", "description": "The pipeline file, if not the default"},
             "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY,
                          "description": "The run's priority (default: the repository's `priority`, or "

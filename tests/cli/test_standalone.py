@@ -100,6 +100,21 @@ def test_run_of_a_local_repository_succeeds_and_prints_the_final_run_as_json(sta
     assert report.returncode == 0 and "reporting hi" in report.stdout
 
 
+def test_run_with_inputs_gives_them_to_the_pipeline_files_spec_inputs(standalone, tmp_path):
+    repo = tmp_path / "with-inputs"
+    make_repo(repo, {".ci-queue.yml": "spec:\n  inputs:\n    copies: {type: number}\n    word: {default: plain}\n"
+                                      "---\ngreet:\n  parallel: $[[ inputs.copies ]]\n"
+                                      "  script: echo $[[ inputs.word | posix_escape ]]\n"})
+    result = standalone.cli("run", "--repo", str(repo), "--input", "copies=2", "--input", "word=hello world",
+                            "--format", "json")
+    no_traceback(result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = json.loads(result.stdout)
+    assert sorted(job["name"] for job in run["jobs"]) == ["greet 1/2", "greet 2/2"]
+    log = standalone.cli("logs", run["id"], "greet 2/2")
+    assert log.returncode == 0 and "hello world" in log.stdout
+
+
 def test_run_from_inside_a_repository_in_text_mode(standalone, tmp_path):
     repo = tmp_path / "inside"
     make_repo(repo, {".ci-queue.yml": "only:\n  script: echo from the current directory\n"})

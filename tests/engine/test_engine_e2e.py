@@ -73,6 +73,18 @@ def test_an_invalid_pipeline_fails_the_run_with_positions(engine, tmp_path):
     assert run.error.startswith(".ci-queue.yml:3:10: ") and "stage `nope` is not defined" in run.error
 
 
+def test_a_pipeline_with_no_jobs_for_its_event_is_skipped_not_a_success(engine, tmp_path):
+    """GitLab creates no pipeline when the rules leave no job: the run ends as `skipped`, with
+    GitLab's reason, and nothing is queued."""
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "release:\n  script: make\n  rules:\n    - if: $CI_COMMIT_TAG\n"})
+    engine.start_worker("w1")
+    run = engine.wait(engine.trigger(repo))
+    assert (run.status, run.jobs) == ("skipped", [])
+    assert run.error == "no pipeline: No stages / jobs for this pipeline."
+    assert run.to_dict()["status"] == "skipped"
+
+
 def test_needs_start_a_job_while_a_slow_job_of_the_earlier_stage_runs(engine, tmp_path):
     repo = tmp_path / "repo"
     make_repo(repo, {".ci-queue.yml": """
@@ -388,3 +400,33 @@ def test_state_can_live_in_its_own_redis_database(engine, tmp_path):
         assert not list(broker.scan_iter(f"{engine.settings.key_prefix}run:*")), "run state leaked into the broker"
     finally:
         release_database(state, token, engine.settings.key_prefix)
+
+
+def test_a_project_include_is_read_from_the_registered_repository_and_inputs_come_from_the_trigger(engine, tmp_path):
+    """`include: project:` on a real worker: the registered repository's file at its default branch
+    (and its own `local:` include), read through the git mirror cache; the run's `inputs` reach
+    the top-level file's `spec:inputs`. An unregistered project fails the run naming it."""
+    templates = tmp_path / "templates"
+    make_repo(templates, {
+        "ci/build.yml": "spec: {inputs: {target: }}\n---\ninclude: {local: ci/common.yml}\n"
+                        "build-$[[ inputs.target ]]:\n  extends: .common\n  script: echo built $[[ inputs.target ]]\n",
+        "ci/common.yml": ".common: {stage: build}\n",
+    })
+    registry = tmp_path / "repos.yml"
+    registry.write_text(f"repositories:\n  - name: group/templates\n    provider: gitlab\n"
+                        f"    clone_url: file://{templates}\n    notify: never\n")
+    repo = tmp_path / "repo"
+    make_repo(repo, {".ci-queue.yml": "spec: {inputs: {target: {default: linux}}}\n---\n"
+                                      "include:\n  - project: group/templates\n    file: ci/build.yml\n"
+                                      "    inputs: {target: '$[[ inputs.target ]]'}\n"
+                                      "  - {project: group/missing, file: x.yml, rules: [{if: $BROKEN}]}\n"})
+    engine.start_worker("w1", extra_env={"CIQ_REPOS_FILE": str(registry)})
+    run = engine.wait(engine.trigger(repo, context={"inputs": {"target": "arm64"}}))
+    assert run.status == "success", run.to_dict()
+    [job] = run.jobs
+    assert (job.name, job.stage) == ("build-arm64", "build")
+    log = engine.store.read_log(run.id, engine.store.job_index(run.id, "build-arm64"))
+    assert "built arm64" in [fields["text"] for _, fields in log if fields["stream"] == "out"]
+    broken = engine.wait(engine.trigger(repo, variables={"BROKEN": "1"}))
+    assert broken.status == "failed"
+    assert broken.error.startswith(".ci-queue.yml:7:5: project 'group/missing' is not a registered repository")

@@ -214,11 +214,15 @@ five: {<<: *deeper, image: debian}
 
 def test_merge_keys(backend: type) -> None:
     data, warnings = load(backend, MERGE)
-    assert warnings == []  # overriding a merged key is not a duplicate
-    assert data["one"] == {"image": "alpine", "script": ["own"]}  # explicit keys win
+    # overriding a merged key is normal and silent; a `<<` replacing a key written before it
+    # (job `four`) is what Psych does, hence GitLab, and deserves a warning
+    assert [w.format() for w in warnings] == [
+        "f.yml:17:3: warning: merge key '<<' replaces 'script' written before it (line 16), as GitLab does; "
+        "write '<<' first to keep your own value"]
+    assert data["one"] == {"image": "alpine", "script": ["own"]}  # a key after `<<` wins
     assert data["two"] == {"script": ["extra"], "tags": ["docker"], "image": "alpine"}  # earlier map wins
     assert data["three"] == {"image": "alpine", "script": ["extra"], "tags": ["docker"]}  # later `<<` wins
-    assert data["four"] == {"script": ["own"], "image": "alpine"}
+    assert data["four"] == {"script": ["base"], "image": "alpine"}  # `<<` after a key wins, in its place
     assert data["five"] == {"image": "debian", "script": ["base"], "when": "manual"}
     assert list(data["one"]) == ["image", "script"]
 
@@ -243,6 +247,39 @@ def test_merge_needs_mappings(backend: type, text: str, where: Mark) -> None:
     diagnostic = load_error(backend, text)
     assert diagnostic.mark == where
     assert diagnostic.message == "merge key '<<' needs a mapping or a list of mappings"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: 2024-13-01\n", "2024-13-01"),  # no date for Psych (PyYAML would refuse it as a timestamp)
+        ("a: '2024-01-05'\n", "2024-01-05"),
+        ("a: v2024-01-05\n", "v2024-01-05"),
+        ("a: 20240105\n", 20240105),
+    ],
+)
+def test_what_psych_does_not_read_as_a_date_stays_a_value(backend: type, text: str, expected: object) -> None:
+    assert load(backend, text)[0] == {"a": expected}
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "kind"),
+    [
+        ("a: 2024-1-5\n", m(1, 4), "Date"),  # Psych's date pattern, wider than YAML 1.1's
+        ("a: [x, 2024-01-05]\n", m(1, 8), "Date"),
+        ("2024-01-05: x\n", m(1, 1), "Date"),
+        ("a: 2024-01-05 10:30:00\n", m(1, 4), "Time"),
+        ("a: 2001-12-14t21:59:43.10-05:00\n", m(1, 4), "Time"),
+    ],
+)
+def test_unquoted_dates_and_times_are_refused_as_gitlab_refuses_them(backend: type, text: str, where: Mark,
+                                                                     kind: str) -> None:
+    """GitLab loads with ``YAML.safe_load(permitted_classes: [Symbol])``: Psych makes a Date or
+    Time of such a scalar, which is not permitted, and the file is refused."""
+    diagnostic = load_error(backend, text)
+    assert diagnostic.mark == where
+    assert diagnostic.message.endswith(f"GitLab refuses it (Tried to load unspecified class: {kind})")
+    assert diagnostic.hint.startswith("quote it to keep it a string")
 
 
 # -- duplicate keys ------------------------------------------------------------------------------
@@ -298,7 +335,8 @@ def test_reference_tag(backend: type) -> None:
         ("a: !!int ''\n", m(1, 4), "cannot read '' as !!int"),
         ("a: !!bool x\n", m(1, 4), "cannot read 'x' as !!bool"),
         ("a: !!set x\n", m(1, 4), "expected a mapping node, but found scalar"),
-        ("a: 2024-13-45\n", m(1, 4), "cannot read '2024-13-45' as !!timestamp (month must be in 1..12)"),
+        ("a: 2024-01-05\n", m(1, 4), "unquoted date '2024-01-05': GitLab refuses it "
+                                     "(Tried to load unspecified class: Date)"),
         ("a: !!map [x]\n", m(1, 4), "tag !!map needs a mapping"),
         ("a: !!seq x\n", m(1, 4), "tag !!seq needs a sequence"),
         ("? [a]\n: 1\n", m(1, 3), "a list cannot be a mapping key"),
@@ -395,7 +433,21 @@ def test_bird_spec_header(backend: type) -> None:
 
 
 class ReferenceSafeLoader(yaml.SafeLoader):
-    """PyYAML's safe_load, plus `!reference` (with a dummy mark), to compare against."""
+    """PyYAML's safe_load, plus `!reference` (with a dummy mark) and Psych's merge order, to
+    compare against: pairs apply as written, so a `<<` replaces the keys written before it
+    (PyYAML would keep them; GitLab reads with Psych)."""
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        pairs = []
+        for key_node, value_node in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                pairs.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in reversed(sources):  # the earlier mapping of `<<: [*a, *b]` wins
+                self.flatten_mapping(source)
+                pairs.extend(source.value)
+        node.value = pairs
 
 
 ReferenceSafeLoader.add_constructor(

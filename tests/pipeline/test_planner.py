@@ -132,6 +132,18 @@ def test_a_pipeline_of_only_pre_and_post_jobs_is_not_created(plan):
     assert result.jobs == [] and result.skipped_reason
 
 
+def test_a_pipeline_whose_rules_leave_no_job_is_not_created(plan):
+    """GitLab: "No stages / jobs for this pipeline." (before, the plan had 0 jobs and no reason,
+    and the run became a `success` of nothing)."""
+    result = plan("""
+        release: {script: r, rules: [{if: $CI_COMMIT_TAG}]}
+        nightly: {script: n, only: [schedules]}
+    """)
+    assert (result.jobs, result.stages) == ([], [])
+    assert result.skipped_reason == "No stages / jobs for this pipeline."
+    assert result.to_dict()["skipped_reason"] == result.skipped_reason
+
+
 def test_types_is_the_old_name_of_stages(plan):
     result = plan("""
         types: [one, two]

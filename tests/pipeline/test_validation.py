@@ -512,6 +512,33 @@ def test_only_except_start_in_and_rules_are_exclusive(problems):
     ]
 
 
+def test_expression_errors_point_at_the_fault_however_the_value_is_written(problems):
+    """The column is that of the faulty character: after the quote of a quoted value, at the
+    value itself for a plain one; a block scalar's text is elsewhere, so its start is given."""
+    text = """
+        job:
+          rules:
+            - if: $A == "x" &&
+            - if: '$A == "x" &&'
+            - if: "$A == \\"x\\" &&"
+            - if: >-
+                $A == "x" &&
+          script: x
+        other:
+          only:
+            variables: [$A = "x", '$A = "x"']
+          script: x
+    """
+    assert [line.split(": invalid")[0] for line in problems(text)] == [
+        ".gitlab-ci.yml:4:23",  # plain: the value starts at column 11, the fault is 12 further
+        ".gitlab-ci.yml:5:24",  # quoted: one more for the quote
+        ".gitlab-ci.yml:6:24",  # (an escape inside double quotes would shift it; rare)
+        ".gitlab-ci.yml:7:11",  # a block scalar: where the value starts
+        ".gitlab-ci.yml:12:20",
+        ".gitlab-ci.yml:12:31",
+    ]
+
+
 def test_only_except_errors(problems, hints):
     text = """
         a:
@@ -875,22 +902,45 @@ def test_include_of_a_file_that_is_not_yaml(problems):
 
 
 @pytest.mark.parametrize(("entry", "col", "what"), [
-    ("{remote: 'https://example.com/ci.yml'}", 6, "remote"),
     ("{template: Auto-DevOps.gitlab-ci.yml}", 6, "template"),
-    ("{project: group/other, file: ci.yml}", 6, "project"),
-    ("{file: ci.yml, project: group/other}", 20, "project"),
     ("{component: gitlab.com/group/comp@1.0}", 6, "component"),
+    ("{rules: [{if: $X}], component: gitlab.com/group/comp@1.0}", 25, "component"),
 ])
-def test_include_kinds_that_are_not_supported_here(problems, hints, entry, col, what):
+def test_template_and_component_includes_are_refused_naming_project_includes(problems, hints, entry, col, what):
     text = f"include:\n  - {entry}\njob: {{script: x}}\n"
-    assert problems(text) == [f".gitlab-ci.yml:2:{col}: include `{what}` is not supported here; "
-                              "only `include: local` files of the same repository are"]
-    assert hints(text) == ["copy the file into the repository and include it with `local:`"]
+    assert problems(text) == [f".gitlab-ci.yml:2:{col}: include `{what}` is not supported here"]
+    assert hints(text) == [f"put the {what}'s file in a registered repository and include it with `project:` "
+                           "(`file:`, `ref:`), or copy it into this one and use `local:`"]
 
 
-def test_include_of_a_url_string(problems):
-    assert problems("include: 'https://example.com/ci.yml'\njob: {script: x}\n") == [
-        ".gitlab-ci.yml:1:10: include of remote file 'https://example.com/ci.yml' is not supported here"]
+@pytest.mark.parametrize(("entry", "message", "hint"), [
+    ("'https://example.com/ci.yml'", "include `remote:` is not available here",
+     "copy the file into the repository and include it with `local:`"),
+    ("{remote: 'https://example.com/ci.yml'}", "include `remote:` is not available here",
+     "copy the file into the repository and include it with `local:`"),
+    ("{project: group/other, file: ci.yml}",
+     "cannot include 'ci.yml' of project 'group/other': no other repository can be read here",
+     "offline (`plan`, `validate`), give `--project-dir NAME=PATH`"),
+])
+def test_includes_from_elsewhere_without_a_reader_say_how_to_get_one(diagnostics, entry, message, hint):
+    [diagnostic] = diagnostics(f"include:\n  - {entry}\njob: {{script: x}}\n")
+    assert (diagnostic.format(), diagnostic.hint) == (f".gitlab-ci.yml:2:5: {message}", hint)
+
+
+@pytest.mark.parametrize(("entry", "where", "message"), [
+    ("{file: ci.yml}", "2:6", "include `file:` needs `project:`"),
+    ("{project: group/other}", "2:6", "include `project:` needs `file:`, a path or a list of paths"),
+    ("{project: group/other, file: [ci.yml, 3]}", "2:34", "include `project:` needs `file:`, a path or a list of "
+                                                          "paths"),
+    ("{project: group/other, file: ci.sh}", "2:34", "included file 'ci.sh' must be a .yml or .yaml file"),
+    ("{project: group/other, file: ../x.yml}", "2:34", "included file '../x.yml' must stay inside project "
+                                                      "'group/other'"),
+    ("{project: '', file: ci.yml}", "2:15", "include `project:` must be a project path"),
+    ("{project: group/other, ref: [main], file: ci.yml}", "2:33", "include `ref:` must be a branch, tag or commit"),
+    ("{remote: 'ftp://example.com/ci.yml'}", "2:14", "include `remote:` must be an https URL"),
+])
+def test_malformed_project_and_remote_includes(problems, entry, where, message):
+    assert problems(f"include:\n  - {entry}\njob: {{script: x}}\n") == [f".gitlab-ci.yml:{where}: {message}"]
 
 
 def test_include_entry_errors(problems, hints):
@@ -904,8 +954,8 @@ def test_include_entry_errors(problems, hints):
     """
     assert problems(text) == [
         ".gitlab-ci.yml:3:6: unknown include key `locl`",
-        ".gitlab-ci.yml:4:5: include entry needs `local:`",
-        ".gitlab-ci.yml:5:5: include entry must be a path or a mapping with `local:`",
+        ".gitlab-ci.yml:4:5: include entry needs `local:`, `project:` or `remote:`",
+        ".gitlab-ci.yml:5:5: include entry must be a path or a mapping (`local:`, `project:`, `remote:`)",
         ".gitlab-ci.yml:6:13: include `local:` must be a path",
     ]
     assert hints(text)[0] == "did you mean `local`?"

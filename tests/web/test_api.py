@@ -161,6 +161,16 @@ def test_no_configured_token_refuses_everything_and_healthz_is_open(store, broke
      "'BIG' is 131073 bytes as NAME=value; a job's environment string has at most 131072"),
     ({"clone_url": "file:///r", "ref": "main", "variables": {f"V{i}": "x" * 120_000 for i in range(5)}},
      "`variables` are 600060 bytes together, at most 524288"),
+    # `spec:inputs` values: JSON scalars or lists of them, bounded
+    ({"clone_url": "file:///r", "ref": "main", "inputs": ["a=1"]}, "`inputs` must be an object"),
+    ({"clone_url": "file:///r", "ref": "main", "inputs": {"a": {"b": 1}}}, "the value of 'a' must be a string"),
+    ({"clone_url": "file:///r", "ref": "main", "inputs": {"a": [[1]]}}, "the value of 'a' must be a string"),
+    ({"clone_url": "file:///r", "ref": "main", "inputs": {"a": None}}, "the value of 'a' must be a string"),
+    ('{"clone_url": "file:///r", "ref": "main", "inputs": {"a": NaN}}', "the value of 'a' must be a string"),
+    ({"clone_url": "file:///r", "ref": "main", "inputs": {"": 1}}, "is not an input name"),
+    ({"clone_url": "file:///r", "ref": "main", "inputs": {f"i{n}": n for n in range(51)}},
+     "`inputs`: 51 inputs, at most 50"),
+    ({"clone_url": "file:///r", "ref": "main", "inputs": {"big": "x" * 70_000}}, "`inputs` are 70011 bytes as JSON"),
 ])
 def test_trigger_validation_errors_are_400_with_a_message_and_store_nothing(api, body, message):
     if isinstance(body, str):
@@ -218,6 +228,14 @@ def test_trigger_queues_a_run_and_asks_a_worker_to_plan_it(api):
     # no repo given: named after the clone URL
     response = api.post("/api/v1/runs", json={"clone_url": "https://example.com/g/proj.git/", "ref": "main"})
     assert api.store.get_run(response.get_json()["run_id"]).repo == "proj"
+
+
+def test_trigger_inputs_travel_in_the_runs_context_to_the_planner(api):
+    inputs = {"target": "arm64", "count": 3, "debug": True, "only": ["a", 1.5]}
+    response = api.post("/api/v1/runs", json={"clone_url": "file:///srv/r.git", "ref": "main", "inputs": inputs})
+    assert response.status_code == 202
+    assert api.store.get_run(response.get_json()["run_id"]).context == {"kind": "push", "branch": "main",
+                                                                       "inputs": inputs}
 
 
 def test_the_status_url_uses_the_public_url(store, broker_url, tmp_path):
