@@ -296,10 +296,19 @@ def _report(store: Store, app: Celery, run_id: str, event: str, job: int | str |
             target: ReportTarget | None, settings: Settings) -> None:
     if event not in EVENTS:
         raise ValueError(f"unknown report event {event!r}; one of {', '.join(EVENTS)}")
-    run = store.get_run(run_id, with_jobs=event in ("run_planned", "run_ended"))
+    run = store.get_run(run_id, with_jobs=False)
     if run is None:
         return
     target = target or target_for_run(run, settings)
+    if target.status is None and target.provider not in PROVIDERS:
+        # no commit statuses for this repository (nothing to warn about either): one read, and the
+        # chat at the end; what every job of a farm without a forge would otherwise pay for
+        ended = event == "run_ended" or (event == "run_planned" and run.status in TERMINAL_RUN)
+        if ended and settings.slack_webhook_url and target.notify != "never":
+            _maybe_notify(store, app, store.get_run(run_id) or run, target, settings, run_url(settings, run_id))
+        return
+    if event in ("run_planned", "run_ended"):
+        run = store.get_run(run_id) or run
     url = run_url(settings, run_id)
     prefix = settings.status_context_prefix
     pipeline = f"{prefix}/pipeline"
