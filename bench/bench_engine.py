@@ -80,13 +80,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def make_repo(path: Path, pipeline: str) -> None:
+def make_repo(path: Path, pipeline: str) -> str:
+    """A repository with one commit holding ``pipeline``; its sha."""
     path.mkdir(parents=True)
     subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
     (path / ".ci-queue.yml").write_text(pipeline)
     git = ["git", "-C", str(path), "-c", "user.email=b@example.com", "-c", "user.name=b"]
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "bench"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
@@ -115,12 +117,14 @@ class Bench:
         self.client, self.store, self.tmp = client, store, tmp
         self.app = make_celery(settings)
         self.one, self.many = tmp / "one", tmp / "many"
-        make_repo(self.one, "job:\n  script: 'true'\n")
-        make_repo(self.many, "".join(f"j{i}:\n  script: 'true'\n" for i in range(jobs)))
+        self.shas = {self.one: make_repo(self.one, "job:\n  script: 'true'\n"),
+                     self.many: make_repo(self.many, "".join(f"j{i}:\n  script: 'true'\n" for i in range(jobs)))}
         self.jobs = jobs
 
     def _trigger(self, repo: Path) -> str:
-        return trigger_run(self.store, self.app, repo=repo.name, ref="main", clone_url=f"file://{repo}")
+        """A run as a webhook's push starts it: with its commit (no ``git ls-remote`` for the ref)."""
+        return trigger_run(self.store, self.app, repo=repo.name, ref="main", sha=self.shas[repo],
+                           clone_url=f"file://{repo}")
 
     def _succeeded(self, run_id: str, timeout: float):  # -> RunRecord
         def done():

@@ -387,9 +387,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     if begun.status != "ok":
         return  # stale message (redelivered, or an older attempt) or the run was canceled
     report(store, rt.celery, run_id, "job_started", index)
-    state, run, variables = until_stored(settings, lambda: (store.job(run_id, index),
-                                                             store.get_run(run_id, with_jobs=False),
-                                                             store.pipeline_variables(run_id)))
+    state, run, variables = until_stored(settings, lambda: store.job_start(run_id, index))
     if state is None or run is None:
         return
     job = Job.from_dict(state.spec)

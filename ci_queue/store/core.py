@@ -29,6 +29,7 @@ TERMINAL_RUN = frozenset({"success", "failed", "canceled", "skipped", "error"})
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
 MAX_PLAN_ERROR = 2000  # characters of a planner's failure kept for the run's error
 _JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "finished", "allowed")
+_JOB_PROPS = ("name", "spec", "attempts", "artifacts", "tests", *_JOB_FIELDS)  # what a JobState is read from
 
 
 WAIT_MILLISECONDS = 1000  # how long a durable write waits for its replicas
@@ -398,10 +399,6 @@ class Store:
         """The planned stages of the run, in order."""
         return json.loads(self.r.hget(self._run(run_id), "stages") or "[]")
 
-    def pipeline_variables(self, run_id: str) -> dict[str, str]:
-        """The plan's predefined pipeline variables (``CI_PIPELINE_SOURCE``...), for the jobs."""
-        return json.loads(self.r.hget(self._run(run_id), "pipeline_variables") or "{}")
-
     def claim_planning(self, run_id: str, owner: str, ttl: int = 120) -> bool:
         """Only one planner plans a run. The claim is re-entrant: its ``owner`` (the Celery task
         id, which a retry keeps) takes it again and renews it; it expires so that a crashed
@@ -464,7 +461,28 @@ class Store:
         raw = results[0]
         if not raw:
             return None
-        record = RunRecord(
+        record = self._run_record(raw)
+        if with_jobs:
+            state = results[1]
+            count = int(raw.get("job_count") or 0)
+            record.jobs = [self._job_from_state(state, i) for i in range(count)]
+        return record
+
+    def job_start(self, run_id: str, index: int) -> tuple[JobState | None, RunRecord | None, dict[str, str]]:
+        """What a worker reads to start a job, in one round trip: the job, its run (without the
+        other jobs) and the plan's pipeline variables."""
+        pipe = self.r.pipeline(transaction=False)
+        fields = self._job_fields([index])
+        pipe.hmget(self._state(run_id), fields)
+        pipe.hgetall(self._run(run_id))
+        values, raw = pipe.execute()
+        if not raw:
+            return self._jobs_from_values([index], fields, values)[0], None, {}
+        return (self._jobs_from_values([index], fields, values)[0], self._run_record(raw),
+                json.loads(raw.get("pipeline_variables") or "{}"))
+
+    def _run_record(self, raw: dict[str, str]) -> RunRecord:
+        return RunRecord(
             id=raw["id"], status=raw.get("status", "queued"), repo=raw.get("repo", ""), ref=raw.get("ref", ""),
             sha=raw.get("sha", ""), event=raw.get("event", ""), created_at=raw.get("created_at", ""),
             started_at=_opt(raw.get("started_at")), finished_at=_opt(raw.get("finished_at")),
@@ -476,11 +494,6 @@ class Store:
             grants=tuple(Grant.from_dict(g) for g in json.loads(raw.get("grants") or "[]")),
             approved_by=_opt(raw.get("approved_by")), approved_at=_opt(raw.get("approved_at")),
         )
-        if with_jobs:
-            state = results[1]
-            count = int(raw.get("job_count") or 0)
-            record.jobs = [self._job_from_state(state, i) for i in range(count)]
-        return record
 
     @staticmethod
     def _job_from_state(state: dict[str, str], i: int) -> JobState:
@@ -503,9 +516,17 @@ class Store:
 
     def jobs(self, run_id: str, indexes: list[int]) -> list[JobState | None]:
         """Several jobs of a run in one round trip (None for an index the run does not have)."""
-        props = ("name", "spec", "attempts", "artifacts", "tests", *_JOB_FIELDS)
-        fields = [f"n{i}.{p}" for i in indexes for p in props]
+        fields = self._job_fields(indexes)
         values = self.r.hmget(self._state(run_id), fields) if fields else []
+        return self._jobs_from_values(indexes, fields, values)
+
+    @staticmethod
+    def _job_fields(indexes: list[int]) -> list[str]:
+        return [f"n{i}.{p}" for i in indexes for p in _JOB_PROPS]
+
+    def _jobs_from_values(self, indexes: list[int], fields: list[str],
+                          values: list[str | None]) -> list[JobState | None]:
+        props = _JOB_PROPS
         found: list[JobState | None] = []
         for k, index in enumerate(indexes):
             chunk = dict(zip(fields[k * len(props):(k + 1) * len(props)],

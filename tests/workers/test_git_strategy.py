@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ci_queue.clone_policy import ClonePolicy
 from tests.workers.test_checkout import Origin, assert_clean_detached, git, git_env, origin  # noqa: F401  (fixtures)
 from workers.checkout import CheckoutError, checkout
 from workers.git_options import GitOptions
@@ -174,6 +176,20 @@ def test_submodule_strategies(origin: Origin, tmp_path: Path, git_env: dict[str,
             assert not (build / "sub" / "stray").exists(), "a submodule's leftovers are gone too"
             assert git("status", "--porcelain", "--untracked-files=all", cwd=build, env=origin.env) == ""
             (build / "sub" / "stray").write_text("x\n")
+
+
+def test_a_submodule_url_the_clone_policy_refuses_is_never_fetched(tmp_path: Path, git_env: dict[str, str]) -> None:
+    """A private address in .gitmodules (resolved nowhere, contacted never): refused before git runs."""
+    origin = make_repo(tmp_path / "plain", git_env, {"a.txt": "a\n"})  # a path the clone policy takes
+    (origin.path / ".gitmodules").write_text('[submodule "inner"]\n\tpath = inner\n\turl = https://10.0.0.7/x.git\n')
+    git("update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},inner", cwd=origin.path, env=origin.env)
+    sha = origin.commit({}, "a submodule on a private network")
+    options = GitOptions.from_variables({"GIT_STRATEGY": "clone", "GIT_SUBMODULE_STRATEGY": "normal"})
+    with pytest.raises(CheckoutError, match=re.escape("refused clone URL 'https://10.0.0.7/x.git'")) as refused:
+        checkout(origin.url, sha, tmp_path / "build", cache_dir=tmp_path / "cache", env=origin.env, options=options,
+                 policy=ClonePolicy(allow_local=True))
+    assert not refused.value.retryable
+    assert not (tmp_path / "build").exists() or list((tmp_path / "build").iterdir()) == []
 
 
 def test_trust_domains_never_share_a_directory(origin: Origin, tmp_path: Path) -> None:
