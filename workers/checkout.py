@@ -53,8 +53,8 @@ clean tree. How:
    repository and fetches that many commits from the mirror; ``GIT_SUBMODULE_STRATEGY`` runs
    ``git submodule update --init`` level by level after checking every submodule URL with the
    clone policy (credentials only to the parent's host).
-6. **The planner reads the pipeline file from the mirror** (``read_files``: ``git ls-tree`` and
-   ``git cat-file``, no workspace) when nothing else of the tree is needed
+6. **The planner reads the pipeline file from the mirror** (``read_files``: one ``git cat-file
+   --batch --follow-symlinks``, no workspace) when nothing else of the tree is needed
    (``workers.planning.pipeline_alone``).
 
 Credentials (HTTP(S) only; ssh uses the worker's keys / agent) come from the worker's
@@ -405,6 +405,7 @@ class _Result:
     returncode: int
     stdout: str
     stderr: str
+    raw: bytes = b""  # stdout as git wrote it
 
 
 class _Git:
@@ -431,8 +432,10 @@ class _Git:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, args: Sequence[str], *, network: bool = False, cwd: Path | None = None) -> _Result:
-        """Run ``git <args>``; a timeout or a missing git raises ``CheckoutError``, a failure does not."""
+    def run(self, args: Sequence[str], *, network: bool = False, cwd: Path | None = None,
+            input: bytes | None = None) -> _Result:
+        """Run ``git <args>`` (``input`` on its stdin); a timeout or a missing git raises
+        ``CheckoutError``, a failure does not."""
         remaining = self.remaining()
         if remaining <= 0:
             raise self.timeout_error(args)
@@ -443,7 +446,7 @@ class _Git:
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self.env,
@@ -455,7 +458,7 @@ class _Git:
         except OSError as exc:
             raise CheckoutError(f"cannot run git: {exc.strerror}") from None
         try:
-            out, err = proc.communicate(timeout=remaining)
+            out, err = proc.communicate(input, timeout=remaining)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -465,7 +468,7 @@ class _Git:
                 proc.kill()
                 proc.wait()
             raise self.timeout_error(args) from None
-        return _Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        return _Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), out)
 
     def timeout_error(self, args: Sequence[str]) -> CheckoutError:
         what = next((a for a in args if not a.startswith("-") and "=" not in a), "git")
@@ -730,38 +733,53 @@ def _cached(remote: Remote, sha: str, pins: list[str], env: Mapping[str, str] | 
 
 def read_files(clone_url: str, sha: str, paths: Sequence[str], *, cache_dir: Path | None = None,
                env: Mapping[str, str] | None = None, timeout: float = 600,
-               policy: ClonePolicy | None = None) -> dict[str, tuple[str, str]]:
+               policy: ClonePolicy | None = None) -> dict[str, bytes | None]:
     """Files of commit ``sha`` read straight from the host's mirror, without a workspace (the
-    planner's pipeline file): ``path -> (git mode, text)`` for each of ``paths`` that the commit
-    has as a blob. Two git commands (``ls-tree``, ``cat-file``) when the mirror has the commit;
-    otherwise the mirror is fetched as for ``checkout``. Raises ``CheckoutError``."""
+    planner's pipeline file): ``path -> content`` for each of ``paths`` the commit has, a symlink
+    inside the repository followed as a checkout would; ``None`` for one that only a checkout can
+    answer (a symlink out of the repository, dangling, a loop). One ``git cat-file --batch`` when
+    the mirror has the commit; otherwise the mirror is fetched as for ``checkout``. Raises
+    ``CheckoutError``."""
     started = time.monotonic()
     sha = validate_sha(sha)
     remote = parse_clone_url(clone_url)
     git, mirror = _cached(remote, sha, checked_pins(clone_url, remote, policy), env, cache_dir, started, timeout)
+    request = "".join(f"{sha}:{path}\n" for path in paths).encode("utf-8", "surrogateescape")
     for attempt in range(2):
         with mirror.locked(exclusive=False):
-            listing = git.run(mirror.git_args("ls-tree", "-z", "--full-name", sha, "--", *paths)) \
-                if mirror.path.exists() else None
-            if listing is not None and listing.returncode == 0:
-                return _blobs(git, mirror, listing.stdout)
+            if mirror.path.exists():
+                batch = git.run(mirror.git_args("cat-file", "--batch", "--follow-symlinks"), input=request)
+                if batch.returncode != 0:
+                    raise CheckoutError(f"cannot read the git cache of {remote.clean}: {git.summary(batch)}")
+                try:
+                    found = _batch_answers(batch.raw, paths)
+                except (ValueError, IndexError):
+                    raise CheckoutError(f"git cat-file gave an unreadable answer in the git cache of "
+                                        f"{remote.clean}") from None
+                if found or mirror.has(sha):  # nothing found: an unknown commit, or none of the files
+                    return found
         if attempt == 0:
             mirror.ensure(sha)
-    raise CheckoutError(f"cannot read {', '.join(paths)} of {sha} in the git cache of {remote.clean}: "
-                        f"{git.summary(listing) if listing is not None else 'no cache'}")
+    raise CheckoutError(f"commit {sha} not found in {remote.clean}", retryable=False)
 
 
-def _blobs(git: _Git, mirror: _Mirror, listing: str) -> dict[str, tuple[str, str]]:
-    found: dict[str, tuple[str, str]] = {}
-    for entry in filter(None, listing.split("\0")):
-        info, _, path = entry.partition("\t")
-        mode, kind, oid = info.split(" ")
-        if kind != "blob":
+def _batch_answers(raw: bytes, paths: Sequence[str]) -> dict[str, bytes | None]:
+    """``git cat-file --batch --follow-symlinks`` output, one answer per path in order."""
+    found: dict[str, bytes | None] = {}
+    at = 0
+    for path in paths:
+        end = raw.index(b"\n", at)
+        header = raw[at:end].split(b" ")
+        at = end + 1
+        if header[-1] == b"missing":
             continue
-        content = git.run(mirror.git_args("cat-file", "blob", oid))
-        if content.returncode != 0:
-            raise CheckoutError(f"cannot read {path} in the git cache: {git.summary(content)}")
-        found[path] = (mode, content.stdout)
+        if len(header) == 3:  # <oid> <type> <size>, then the content
+            size = int(header[2])
+            found[path] = raw[at:at + size] if header[1] == b"blob" else None
+            at += size + 1
+        else:  # symlink | dangling | loop | notdir <size>, then that many bytes of a name
+            found[path] = None
+            at += int(header[1]) + 1
     return found
 
 

@@ -34,7 +34,6 @@ from workers.checkout import read_files
 # files), `exists:` (the tree), and YAML escapes that could spell either inside a quoted key.
 NEEDS_TREE = re.compile(r"include|exists|\\[xuU]")
 _PLAIN_PATH = re.compile(r"[\w.-]+(/[\w.-]+)*")
-REGULAR_FILES = ("100644", "100755")
 CLAIM_SECONDS = 120  # a planner that stopped renewing is replaced after this
 PLAN_RETRIES = 3  # more attempts of a checkout that failed for a reason of the moment
 PLAN_BACKOFF = 2.0  # seconds before the first retry, doubled for each next one (2, 4, 8)
@@ -109,17 +108,20 @@ def pipeline_alone(clone_url: str, sha: str, configured: str | None, policy: Clo
                    cache_dir: Path | None = None, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
     """``(path, text)`` of the run's pipeline file, read from the host's git mirror, when it can
     be planned without the rest of the repository (no ``include``, no ``exists``: see
-    ``NEEDS_TREE``); None when the planner needs a checkout (such a file, a symlink, no pipeline
-    file at all, an unusual configured path). Saves the checkout for most pipelines: two git
-    commands instead of a workspace. Raises ``CheckoutError`` as a checkout would."""
+    ``NEEDS_TREE``); None when the planner needs a checkout (such a file, a symlink leaving the
+    repository, no pipeline file at all, an unusual configured path, text that is not UTF-8).
+    Saves the checkout for most pipelines: one git command instead of a workspace. Raises
+    ``CheckoutError`` as a checkout would."""
     if configured and (not _PLAIN_PATH.fullmatch(configured) or ".." in configured.split("/")):
         return None
     candidates = [configured] if configured else list(PIPELINE_FILES)
     files = read_files(clone_url, sha, candidates, policy=policy, cache_dir=cache_dir, env=env)
     name = next((candidate for candidate in candidates if candidate in files), None)
-    if name is None:
+    content = files.get(name) if name is not None else None
+    if name is None or content is None:
         return None
-    mode, text = files[name]
-    if mode not in REGULAR_FILES or NEEDS_TREE.search(text) or "\ufffd" in text:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:  # the loader's own message, from the checkout
         return None
-    return name, text
+    return None if NEEDS_TREE.search(text) else (name, text)

@@ -235,6 +235,12 @@ def test_the_planner_reads_a_plain_pipeline_file_from_the_mirror(origin: Origin,
         assert alone(origin.commit({".gitlab-ci.yml": text})) is None, text
     (origin.path / ".gitlab-ci.yml").unlink()
     os.symlink("ci/main.yml", origin.path / ".gitlab-ci.yml")
-    assert alone(origin.commit({})) is None, "a symlink is followed by the checkout, not here"
+    assert alone(origin.commit({})) == (".gitlab-ci.yml", "job: {script: x}\n"), "followed, as open() would"
+    (origin.path / ".gitlab-ci.yml").unlink()
+    os.symlink("../../etc/hostname", origin.path / ".gitlab-ci.yml")
+    assert alone(origin.commit({})) is None, "a symlink out of the repository: the checkout's rules decide"
+    (origin.path / ".gitlab-ci.yml").unlink()
+    (origin.path / ".gitlab-ci.yml").write_bytes(b"job: {script: '\xff'}\n")
+    assert alone(origin.commit({})) is None, "not UTF-8: the loader says so, from the checkout"
     with pytest.raises(CheckoutError, match="not found"):
         alone("0" * 40)
