@@ -891,9 +891,14 @@ def _clean(git: _Git, dest: Path, work: list[str], options: GitOptions) -> None:
 
 def _strip_git_dir(dot_git: Path) -> bool:
     """Remove from a reused ``.git`` everything but objects and refs (``_KEPT_GIT_ENTRIES``), and
-    the local branches and replace refs; False when it is not a plain repository directory."""
+    the local branches and replace refs; False when it is not a plain repository directory, or
+    holds a symlink in what is kept: git, run as the worker, would write through it (a job could
+    point ``objects/pack`` at any directory of the host)."""
     for name in ("objects", "refs"):
         if not (dot_git / name).is_dir() or (dot_git / name).is_symlink():
+            return False
+    for name in _KEPT_GIT_ENTRIES:
+        if _holds_symlink(dot_git / name):
             return False
     for entry in os.scandir(dot_git):
         if entry.name not in _KEPT_GIT_ENTRIES:
@@ -920,6 +925,16 @@ def _strip_git_dir(dot_git: Path) -> bool:
     (dot_git / "HEAD").write_text("ref: refs/heads/ciq-unborn\n")
     (dot_git / "refs" / "heads").mkdir(exist_ok=True)
     return True
+
+
+def _holds_symlink(path: Path) -> bool:
+    """Whether ``path`` is, or (a directory) holds anywhere below it, a symlink."""
+    if path.is_symlink():
+        return True
+    for top, directories, files in os.walk(path):  # followlinks=False: a symlinked directory is listed, not entered
+        if any(os.path.islink(os.path.join(top, name)) for name in (*directories, *files)):
+            return True
+    return False
 
 
 def _remove(path: Path) -> None:

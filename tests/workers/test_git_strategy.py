@@ -89,6 +89,26 @@ def test_a_forged_index_does_not_keep_a_changed_file(origin: Origin, tmp_path: P
         assert (build / "a.txt").read_text() == (build / "b.txt").read_text() == "original\n"
 
 
+def test_a_symlink_left_in_git_never_sends_the_workers_writes_elsewhere(origin: Origin, tmp_path: Path) -> None:
+    """A job points .git/objects/pack at another directory; the next job needs a new commit
+    (a fetch): git, run as the worker, must not write the pack there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = origin.commit({"a.txt": "one\n"})
+    with job(origin, first, tmp_path) as build:
+        pack = build / ".git" / "objects" / "pack"
+        for entry in pack.iterdir():
+            entry.rename(elsewhere / entry.name)
+        pack.rmdir()
+        pack.symlink_to(elsewhere)
+        before = sorted(p.name for p in elsewhere.iterdir())
+    second = origin.commit({"b.txt": "two\n"})
+    with job(origin, second, tmp_path) as build:
+        assert_clean_detached(build, second, origin.env)
+        assert not (build / ".git" / "objects" / "pack").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+
+
 def test_clean_flags_decide_what_stays(origin: Origin, tmp_path: Path) -> None:
     sha = origin.commit({"a.txt": "one\n", ".gitignore": "cache/\n"})
     with job(origin, sha, tmp_path) as build:
