@@ -365,7 +365,8 @@ class Store:
             pipe.hset(self._names(run_id), mapping=names)
         fields = {"node_count": len(nodes), "job_count": len(plan.jobs), "stages": json.dumps(plan.stages),
                   "pipeline_variables": json.dumps(plan.variables), "name": plan.name or "",
-                  "uses_artifacts": "1" if any(job.artifacts for job in plan.jobs) else "0"}
+                  "uses_artifacts": "1" if any(job.artifacts for job in plan.jobs) else "0",
+                  "interruptible": "1" if any(job.interruptible for job in plan.jobs) else "0"}
         if sha:
             fields["sha"] = sha
         pipe.hset(self._run(run_id), mapping=fields)
@@ -778,7 +779,8 @@ class Store:
         return result[0], [int(i) for i in result[1:]]
 
     def superseded(self, run_id: str) -> list[str]:
-        """Older runs of the same repository and ref that are still going (for auto-cancel)."""
+        """Older runs of the same repository and ref that are still going and have an
+        ``interruptible`` job (for auto-cancel): a busy ref's planner reads only those whole."""
         raw = self.r.hmget(self._run(run_id), ["repo", "ref"])
         if raw[0] is None:
             return []
@@ -789,8 +791,9 @@ class Store:
         older = self.r.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=50)
         pipe = self.r.pipeline(transaction=False)
         for other in older:
-            pipe.hget(self._run(other), "status")
-        return [other for other, status in zip(older, pipe.execute(), strict=True) if status == "running"]
+            pipe.hmget(self._run(other), ["status", "interruptible"])
+        return [other for other, (status, interruptible) in zip(older, pipe.execute(), strict=True)
+                if status == "running" and interruptible != "0"]  # unset: planned before the flag existed
 
     # -- logs ----------------------------------------------------------------------------------------
     def append_log(self, run_id: str, index: int, lines: list[dict[str, Any]], maxlen: int = 200_000) -> None:
