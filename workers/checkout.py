@@ -47,7 +47,8 @@ clean tree. How:
    alternates or submodule repositories; ``GIT_NO_REPLACE_OBJECTS``), then ``git checkout
    --force --detach`` of the sha rewrites every tracked file (no index: a job's forged
    ``assume-unchanged`` cannot hide a change) and ``git clean`` with ``GIT_CLEAN_FLAGS`` removes
-   the rest. Two git commands when the commit is there; otherwise it is fetched from the mirror
+   the rest (with the default ``-ffdx`` the work tree is emptied before the checkout instead, which
+   leaves the same tree). One git command when the commit is there; otherwise it is fetched from the mirror
    with every branch and tag. Anything unusable (no repository, shallow when the whole history is
    wanted, a failed fetch) falls back to a clone. ``none`` runs no git; ``GIT_DEPTH`` makes a new
    repository and fetches that many commits from the mirror; ``GIT_SUBMODULE_STRATEGY`` runs
@@ -121,8 +122,9 @@ from loguru import logger
 
 from ci_queue.clone_policy import ClonePolicy, CloneRefused, HostUnresolved
 from ci_queue.settings import Settings, get_settings
-from workers.git_options import GitOptions
+from workers.git_options import DEFAULT_CLEAN_FLAGS, GitOptions
 from workers.runners.base import InfrastructureError
+from workers.workspace import remove_tree
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 MASK = "[MASKED]"
@@ -863,19 +865,27 @@ def _reuse(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions
 
 
 def _checked_out_in_place(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions) -> bool:
-    """The common case of GIT_STRATEGY=fetch, in two git commands: the reused repository has the
-    commit; check it out (every file written again: the index, which a job could have forged to
-    hide a changed file, was dropped) and clean. False when it cannot (the caller fetches)."""
+    """The common case of GIT_STRATEGY=fetch: the reused repository has the commit; check it out
+    (every file written again: the index, which a job could have forged to hide a changed file,
+    was dropped) and clean. With the default ``GIT_CLEAN_FLAGS`` (``-ffdx``: nothing but the
+    commit's files stays) the work tree is emptied first instead, so one git command does it all.
+    False when it cannot (the caller fetches)."""
     dot_git = dest / ".git"
     if not dot_git.is_dir() or dot_git.is_symlink() or (dot_git / "shallow").exists() or not _strip_git_dir(dot_git):
         return False
     _write_config(dot_git, mirror)
     work = [f"--git-dir={dot_git}", f"--work-tree={dest}", "-c", f"safe.directory={dest}"]
+    cleared = options.clean_flags == DEFAULT_CLEAN_FLAGS
+    if cleared:  # what `clean -ffdx` leaves after the checkout is the checkout of an empty tree: one command less
+        for entry in os.scandir(dest):
+            if entry.name != ".git":
+                remove_tree(Path(entry.path))
     check = git.run([*work, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "--detach", sha,
                      "--"], cwd=dest)
     if check.returncode != 0:
         return False
-    _clean(git, dest, work, options)
+    if not cleared:
+        _clean(git, dest, work, options)
     return True
 
 
