@@ -146,7 +146,7 @@ class Workspace:
             self._give_back_to_pool()
         self._path = None
         try:
-            remove_tree(path)
+            _remove_workspace(path)
             logger.debug("workspace {} removed", path)
         except OSError as exc:
             logger.warning("could not remove workspace {}: {}", path, exc)
@@ -246,6 +246,17 @@ def close_to_users(builds_dir: Path) -> None:
     """After the job: its workspace is root's only again (a kept one, CIQ_KEEP_WORKSPACES, too)."""
     with contextlib.suppress(OSError):
         os.chmod(builds_dir.parent, 0o700)
+
+
+def _remove_workspace(path: Path) -> None:
+    """A workspace whose ``build`` went back to the pool is two empty directories most of the
+    time: ``rmdir`` them (no tree walk); anything else goes through ``remove_tree``."""
+    try:
+        for leftover in (path / "tmp", path / "build", path):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(leftover)
+    except OSError:  # not empty: the job's files (a fresh checkout, TMPDIR contents)
+        remove_tree(path)
 
 
 def remove_tree(path: Path) -> None:
