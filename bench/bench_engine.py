@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -249,6 +250,7 @@ def main() -> None:
             for key in client.scan_iter(pattern):
                 client.delete(key)
         client.delete("ciq-test:reserved")
+        shutil.rmtree(tmp, ignore_errors=True)  # repositories, git cache, workspaces, logs
 
     median = {name: statistics.median(values) for name, values in figures.items()}
     lat_ratio = median["lat50"] / median["rt50"]

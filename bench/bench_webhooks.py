@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -163,6 +164,7 @@ def main() -> None:
             for key in client.scan_iter(pattern):
                 client.delete(key)
         client.delete("ciq-test:reserved")
+        shutil.rmtree(tmp, ignore_errors=True)  # repositories, git cache, workspaces, logs
     print(f"{options.requests} signed pushes, {options.concurrency} concurrent clients, gunicorn "
           f"{options.workers} x gthread(16) on 127.0.0.1")
     rate, p95 = report("ci-queue POST /webhooks/github", ci)
