@@ -55,6 +55,7 @@ run: $(STAMP)
 		token_file="$${XDG_CONFIG_HOME:-$$HOME/.config}/ci-queue/token"; \
 		echo; \
 		echo "ci-queue keeps running at $(SERVER) (pid $$(cat $(RUN_DIR)/standalone.pid 2>/dev/null), log $(RUN_DIR)/standalone.log)"; \
+		echo "web pages: open $(SERVER)/ in a browser and log in with the API token"; \
 		if [ -f "$$token_file" ]; then echo "API token: $$(cat "$$token_file") (in $$token_file)"; fi; \
 		echo "try:  $(BIN)/ci-queue run --repo $(EXAMPLE_REPO) --server $(SERVER)"; \
 		echo "      curl -H \"Authorization: Bearer \$$(cat $$token_file)\" $(SERVER)/api/v1/runs"; \

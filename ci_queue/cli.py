@@ -715,6 +715,31 @@ def retry_command(run_id: str, fmt: str, wait: bool, server: str | None, token: 
     sys.exit(0 if final.get("status") == "success" else 1)
 
 
+# -- the farm (issue #12) --
+@cli.command("workers")
+@_FORMAT
+@client_options
+@client_errors
+def workers_command(fmt: str, server: str | None, token: str | None) -> None:
+    """Show every worker seen in the last hour: state, tags, load, running jobs, last heartbeat."""
+    data = _client(server, token).workers()
+    _answer(data, fmt, workers_table(data["workers"]))
+
+
+def workers_table(workers: list[dict[str, Any]]) -> str:
+    if not workers:
+        return "no worker was seen in the last hour"
+    rows = [("WORKER", "STATE", "TAGS", "LOAD", "HEARTBEAT", "RUNNING")]
+    for worker in workers:
+        running = ", ".join(f"{job['run_id'][:8]}/{job['job']}" for job in worker["running"]) or "-"
+        rows.append((worker["name"], worker["state"], ",".join(worker["tags"]) or "-",
+                     f"{len(worker['running'])}/{worker['concurrency']}",
+                     f"{worker['seconds_since_heartbeat']:g}s ago", running))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+                     for row in rows)
+
+
 @cli.command("artifacts")
 @click.argument("run_id", metavar="RUN")
 @click.argument("job")

@@ -81,23 +81,37 @@ def is_private(path: Path) -> bool:
 
 def ensure_stored_token(path: Path | None = None) -> tuple[str, bool]:
     """The token of the standalone mode: the stored one when the file exists and is private,
-    else a new random one written atomically with mode 0600. Returns ``(token, created)``."""
-    path = path or token_path()
+    else a new random one written with mode 0600. Returns ``(token, created)``."""
+    return ensure_stored_secret(path or token_path())
+
+
+def ensure_stored_secret(path: Path) -> tuple[str, bool]:
+    """A random secret kept in ``path`` (mode 0600): the stored one when the file exists and is
+    private, else a new one. Returns ``(secret, created)``. The file is linked into place, never
+    replaced: when several processes start at once (gunicorn's workers), the first one's secret
+    wins and every other process reads it, so they all sign with one key."""
     existing = read_stored_token(path) if is_private(path) else None
     if existing:
         return existing, False
-    token = secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".token-", dir=path.parent)  # created 0600
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # created 0600
     try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
+            handle.write(secret + "\n")
         os.chmod(temp, 0o600)
-        os.replace(temp, path)
-    except BaseException:
+        if path.exists() and not is_private(path):
+            path.unlink()  # readable by others: not a secret any more
+        try:
+            os.link(temp, path)
+        except FileExistsError:  # another process made it first: use its secret
+            stored = read_stored_token(path) if is_private(path) else None
+            if stored is None:
+                raise
+            return stored, False
+    finally:
         Path(temp).unlink(missing_ok=True)
-        raise
-    return token, True
+    return secret, True
 
 
 def resolve_token(given: str | None, env_token: str | None) -> str | None:
@@ -160,6 +174,10 @@ class Client:
     def audit(self, **filters: Any) -> dict[str, Any]:
         """A page of the audit log (``before``, ``since``, ``limit``, ``action``, ``token``, ``run_id``)."""
         return self._json("GET", "/api/v1/audit", params={k: v for k, v in filters.items() if v is not None})
+
+    def workers(self) -> dict[str, Any]:
+        """The farm: every worker seen in the last hour (``GET /api/v1/workers``)."""
+        return self._json("GET", "/api/v1/workers")
 
     def artifacts_listing(self, run_id: str, job: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/runs/{_segment(run_id)}/jobs/{_segment(job)}/artifacts.json")

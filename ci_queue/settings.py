@@ -62,6 +62,8 @@ class Settings:
     public_url: str = ""  # how users reach the web app (links in statuses); empty: the request's
     server_url: str = "http://127.0.0.1:8080"  # where the CLI client and the workers find the web app
     api_token: str = ""  # the CLI client's token (CIQ_API_TOKEN); else the stored one
+    secret_key: str = ""  # signs the web pages' session cookie; empty: one stored in $XDG_CONFIG_HOME/ci-queue/
+    public_read: bool = False  # anonymous visitors may read runs, logs and the farm (never act)
 
     # -- reporting back: commit statuses and chat (ci_queue/reporters) ---------------------------
     github_api_url: str = "https://api.github.com"  # GitHub Enterprise: https://HOST/api/v3

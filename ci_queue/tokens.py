@@ -298,12 +298,21 @@ class TokenTable:
 
     def identify(self, given: str) -> Identity | None:
         """The identity of the token ``given``, or None; constant time in what matched."""
-        digest = hashlib.sha256(given.encode()).digest()
+        found = self.identify_digest(hashlib.sha256(given.encode()).hexdigest())
+        return found if given else None
+
+    def identify_digest(self, hex_digest: str) -> Identity | None:
+        """The identity whose token has this hex SHA-256 (what a web session keeps instead of the
+        token), or None; constant time in what matched. A revoked token's digest matches nothing."""
+        try:
+            digest = bytes.fromhex(hex_digest)
+        except ValueError:
+            return None
         found: Identity | None = None
         for known, identity in [*self._env, *self._current()]:
             if hmac.compare_digest(digest, known) and found is None:
                 found = identity
-        return found if given else None
+        return found
 
     def _current(self) -> list[tuple[bytes, Identity]]:
         if not self.file:

@@ -9,6 +9,7 @@ import time
 
 import click
 
+from ci_queue.farm import Heartbeat, WorkerInfo
 from ci_queue.logging import configure, scrub_celery_logs
 from ci_queue.routing import CONTROL_QUEUE, MAX_WORKER_TAGS, PROTECTED_ROUTES, RoutingError, route_of, worker_queues
 from ci_queue.serve import check_redis, load_settings
@@ -63,11 +64,13 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         click.echo(f"ci-queue worker: {exc}", err=True)
         sys.exit(1)
     _remove_leftovers(settings)
+    beat = Heartbeat(rt.store, WorkerInfo(hostname, socket.gethostname(), tuple(_split(tags)), tuple(consumed),
+                                          concurrency or os.cpu_count() or 1, protected)).start()
     sweeper = Sweeper(rt.store, app, settings).start()
     from workers.reaper import start_reaper
 
     start_reaper(rt.store)  # this host's Docker: containers a killed worker left behind
-    _hand_back_after_grace(rt.store, instance, settings.shutdown_grace_seconds)
+    _hand_back_after_grace(rt.store, instance, settings.shutdown_grace_seconds, beat)
     argv = ["worker", "--pool=prefork", f"--hostname={hostname}", f"--queues={','.join(consumed)}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     if concurrency:
@@ -76,6 +79,7 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         app.worker_main(argv=argv)
     finally:
         sweeper.stop()
+        beat.stop()
         hold.release()
     sys.exit(0)
 
@@ -128,7 +132,7 @@ def _remove_leftovers(settings) -> None:
     sweep(scripts_root(), f"{SCRIPTS_PREFIX}*")
 
 
-def _hand_back_after_grace(store, instance: str, grace: float) -> None:
+def _hand_back_after_grace(store, instance: str, grace: float, beat: Heartbeat) -> None:
     """When the worker is told to stop, give running jobs ``grace`` seconds to finish, then ask
     them (through Redis, which every pool process polls) to stop and be handed back as new
     attempts, so another worker takes them at once instead of after a lapsed lease.
@@ -150,6 +154,7 @@ def _hand_back_after_grace(store, instance: str, grace: float) -> None:
         started.set()
 
         def later() -> None:
+            beat.draining()  # the farm page shows it (from this thread: no Redis call in a signal handler)
             time.sleep(grace)  # a timer, not synchronization: the grace period itself
             store.request_handback(instance)
 

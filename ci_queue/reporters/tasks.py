@@ -248,8 +248,9 @@ def target_for_run(run: RunRecord, settings: Settings) -> ReportTarget:
 
 
 def run_url(settings: Settings, run_id: str) -> str:
+    """The run's page (``ci_queue.web.ui``) for people following a status or chat link."""
     base = settings.public_url.rstrip("/")
-    return f"{base}/api/v1/runs/{run_id}" if base else ""
+    return f"{base}/runs/{run_id}" if base else ""
 
 
 def job_update(job: JobState, context_prefix: str, target_url: str, ref: str) -> StatusUpdate | None:

@@ -1,4 +1,4 @@
-"""The Flask app: the runs API under ``/api/v1`` and the health endpoints.
+"""The Flask app: the runs API under ``/api/v1``, the health endpoints and the web pages.
 
 ``create_app`` is the factory (gunicorn: ``ci-queue serve`` or
 ``gunicorn 'ci_queue.web:create_app()'``); configuration comes from ``Settings`` only.
@@ -12,6 +12,20 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ci_queue.settings import Settings, get_settings
+
+# Every answer's policy: scripts and styles of this site only (no inline script, no eval), no
+# frames, no plugins; job output shown by a page is text, and this keeps it so even if a bug
+# let markup through. An answer that sets its own (an artifact file: a sandbox) keeps it.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+
+
+def security_headers(response: Any) -> Any:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
 
 
 def create_app(settings: Settings | None = None, *, store: Any = None, celery: Any = None,
@@ -28,10 +42,13 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
     from ci_queue.web.api import api
     from ci_queue.web.artifacts import artifacts_api
     from ci_queue.web.audit import audit, audit_request
+    from ci_queue.web.farm import farm_api
     from ci_queue.web.health import health
     from ci_queue.web.metrics import metrics_bp
     from ci_queue.web.openapi import openapi
+    from ci_queue.web.session import configure_sessions
     from ci_queue.web.transfer import jobs
+    from ci_queue.web.ui import ui
     from ci_queue.web.webhooks import webhooks
 
     settings = settings or get_settings()
@@ -57,6 +74,11 @@ def create_app(settings: Settings | None = None, *, store: Any = None, celery: A
     app.register_blueprint(metrics_bp)
     app.register_blueprint(openapi)
     app.register_blueprint(webhooks)
+    # -- the web pages (issue #12): their session, the farm API, the pages, a CSP on every answer --
+    configure_sessions(app, settings)
+    app.register_blueprint(farm_api)
+    app.register_blueprint(ui)
+    app.after_request(security_headers)
     app.after_request(audit_request)
 
     @app.errorhandler(HTTPException)

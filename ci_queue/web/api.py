@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request, stream_with_context
 from loguru import logger
 
 from ci_queue.clone_policy import TRUSTED_KEY
@@ -44,11 +44,13 @@ from ci_queue.store import Once, Store, StoreError
 from ci_queue.store.core import RUN_STATUSES, TERMINAL_JOB, TERMINAL_RUN
 from ci_queue.trust import CONTROL_PLANE_VARIABLES, RunTrust
 from ci_queue.web.auth import caller, require_token
+from ci_queue.web.links import run_links
 from ci_queue.web.run_source import RunSource, default_name, run_source
 from ci_queue.web.unavailable import dependency_failure
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_PAGE = 100
+MAX_LOG_PAGE = 10_000  # log lines one read of a job's log answers at most
 EVENTS = ("push", "tag", "merge_request", "web", "schedule", "api", "trigger")
 # Run ids are made by the store (hex); anything else, a `:` above all, could name another key.
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -256,12 +258,7 @@ def _replay(first: dict[str, Any], fingerprint: str) -> Any:
 
 
 def _trigger_answer(run_id: str, status: str, code: int) -> Any:
-    public_url = _settings().public_url.rstrip("/")
-    if public_url:
-        status_url = public_url + url_for("api.show_run", run_id=run_id)
-    else:
-        status_url = url_for("api.show_run", run_id=run_id, _external=True)
-    return jsonify(id=run_id, run_id=run_id, status=status, status_url=status_url), code
+    return jsonify(id=run_id, run_id=run_id, status=status, **run_links(run_id)), code
 
 
 @api.get("/runs")
@@ -418,11 +415,15 @@ def _lines(entries: list[tuple[str, dict[str, str]]], attempt: str | None) -> li
 
 @api.get("/runs/<run_id>/jobs/<path:name>/log")
 def job_log(run_id: str, name: str) -> Any:
-    """The job's log as text; ``?offset=`` (the ``X-Next-Offset`` of a previous read) continues."""
+    """The job's log as text; ``?offset=`` (the ``X-Next-Offset`` of a previous read) continues;
+    ``?limit=`` reads fewer lines (the web page's first, small read paints sooner)."""
     index = _job_index_or_404(run_id, name)
     offset = _offset(request.args.get("offset"))
     attempt = _attempt_filter()
-    entries = _store().read_log(run_id, index, after=offset)
+    limit = request.args.get("limit", str(MAX_LOG_PAGE))
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LOG_PAGE:
+        abort(400, f"`limit` must be a number from 1 to {MAX_LOG_PAGE}")
+    entries = _store().read_log(run_id, index, after=offset, count=int(limit))
     next_offset = entries[-1][0] if entries else offset
     entries = _lines(entries, attempt)
     if request.args.get("format") == "json":
@@ -449,10 +450,13 @@ def job_log_stream(run_id: str, name: str) -> Any:
             job = store.job(run_id, index)
             over = job is None or job.status in TERMINAL_JOB
             entries = store.read_log(run_id, index, after=offset, count=1000)
+            batch = []  # one write per read, not one per line: a long log streams at the network's pace
             for entry_id, fields in entries:
                 offset = entry_id
                 if attempt is None or fields.get("attempt") == attempt:
-                    yield f"id: {entry_id}\nevent: line\ndata: {json.dumps(fields)}\n\n"
+                    batch.append(f"id: {entry_id}\nevent: line\ndata: {json.dumps(fields)}\n\n")
+            if batch:
+                yield "".join(batch)
             if entries:
                 idle_since = time.monotonic()
                 continue

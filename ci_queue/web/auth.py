@@ -2,7 +2,8 @@
 token's scopes allow the route (``ENDPOINT_SCOPES``).
 
 ``require_token`` is the ``before_request`` of every blueprint with bearer routes: 401 without a
-valid token, 403 ``{"error", "missing_scope"}`` when the token lacks the route's scope. A route
+valid token (or a web session: ``ci_queue.web.session``; or ``CIQ_PUBLIC_READ``'s anonymous
+reader), 403 ``{"error", "missing_scope"}`` when the token lacks the route's scope. A route
 missing from the table needs ``admin``: a new route is closed until someone decides its scope.
 The repository limits of a token are applied where runs are looked up (``api._run_or_404``,
 ``api.list_runs``, ``run_source``).
@@ -15,6 +16,7 @@ from typing import Any
 from flask import current_app, g, jsonify, request
 
 from ci_queue.tokens import Identity, TokenTable
+from ci_queue.web.session import CsrfRefused, visitor
 
 # endpoint -> the scope it needs (admin has every scope)
 ENDPOINT_SCOPES: dict[str, str] = {
@@ -32,6 +34,7 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "api.play_job": "operate",
     "api.approve_run": "operate",  # POST /runs/<id>/approve (branch `trust`)
     "audit.read_audit": "admin",
+    "farm_api.list_workers_route": "read",  # GET /workers (the farm)
 }
 DEFAULT_SCOPE = "admin"
 
@@ -46,7 +49,13 @@ def require_token() -> Any:
     table: TokenTable = current_app.config["CIQ_TOKENS"]
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    identity = table.identify(given) if given else None
+    if given:
+        identity = table.identify(given)
+    else:  # the web pages call the API with their session cookie (CSRF-checked for changes)
+        try:
+            identity = visitor()
+        except CsrfRefused as exc:
+            return jsonify(error=str(exc)), 403
     if identity is None:
         response = jsonify(error="missing or invalid API token (Authorization: Bearer <token>)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="ci-queue"'

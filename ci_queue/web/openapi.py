@@ -17,7 +17,7 @@ from ci_queue.audit import FIELDS as AUDIT_FIELDS
 from ci_queue.store.core import JOB_STATUSES, RUN_STATUSES
 from ci_queue.tokens import SCOPES
 from ci_queue.web.api import EVENTS as API_EVENTS
-from ci_queue.web.api import MAX_PAGE
+from ci_queue.web.api import MAX_LOG_PAGE, MAX_PAGE
 from ci_queue.web.audit import MAX_PAGE as MAX_AUDIT_PAGE
 from ci_queue.web.auth import ENDPOINT_SCOPES
 
@@ -38,6 +38,8 @@ def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
 
 TIME = {"type": "string", "format": "date-time", "description": "UTC, ISO 8601 with milliseconds and `Z`"}
 TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+STATUS_URL = {"type": "string", "format": "uri", "description": "The run in this API (CIQ_PUBLIC_URL when set)"}
+WEB_URL = {"type": "string", "format": "uri", "description": "The run's web page, for people"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -294,12 +296,13 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "TriggerResponse": {
-        "type": "object", "required": ["id", "run_id", "status", "status_url"], "additionalProperties": False,
+        "type": "object", "required": ["id", "run_id", "status", "status_url", "web_url"],
+        "additionalProperties": False,
         "properties": {
             "id": {"type": "string"}, "run_id": {"type": "string"},
             "status": {"enum": list(RUN_STATUSES), "description": "`queued` for a new run; a repeated "
                                                                    "Idempotency-Key gets its run's status now"},
-            "status_url": {"type": "string", "format": "uri"},
+            "status_url": STATUS_URL, "web_url": WEB_URL,
         },
     },
     "CancelResponse": {
@@ -338,8 +341,8 @@ SCHEMAS: dict[str, Any] = {
                        "next_offset": {"type": "string"}},
     },
     "WebhookAccepted": {
-        "type": "object", "required": ["run_id", "status_url"],
-        "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string", "format": "uri"},
+        "type": "object", "required": ["run_id", "status_url", "web_url"],
+        "properties": {"run_id": {"type": "string"}, "status_url": STATUS_URL, "web_url": WEB_URL,
                        "status": {"enum": ["queued", "waiting_approval"],
                                   "description": "`waiting_approval`: a merge request from a fork, waiting for "
                                                  "`POST /api/v1/runs/{run_id}/approve`"},
@@ -352,6 +355,36 @@ SCHEMAS: dict[str, Any] = {
     },
     "WebhookPong": {
         "type": "object", "required": ["pong"], "properties": {"pong": {"const": True}},
+    },
+    # -- the farm (issue #12) --
+    "Worker": {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "host", "tags", "queues", "concurrency", "protected", "started_at", "last_heartbeat",
+                     "seconds_since_heartbeat", "state", "draining", "running"],
+        "properties": {
+            "name": {"type": "string", "description": "NAME@host, as the jobs it runs record it"},
+            "host": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "queues": {"type": "array", "items": {"type": "string"}, "description": "The queues it consumes"},
+            "concurrency": {"type": "integer", "minimum": 1, "description": "Jobs it runs at once"},
+            "protected": {"type": "boolean", "description": "A `--protected` worker (protected jobs only)"},
+            "started_at": TIME_OR_NULL,
+            "last_heartbeat": TIME,
+            "seconds_since_heartbeat": {"type": "number", "minimum": 0},
+            "state": {"enum": ["online", "draining", "stopped", "lost"],
+                      "description": "`draining`: told to stop, lets its running jobs end; `lost`: no heartbeat "
+                                     "for 30 s (killed, host down, cut off from Redis)"},
+            "draining": {"type": "boolean"},
+            "running": {"type": "array", "items": {
+                "type": "object", "required": ["run_id", "job", "attempt", "started_at"],
+                "additionalProperties": False,
+                "properties": {"run_id": {"type": "string"}, "job": {"type": "string"},
+                               "attempt": {"type": "integer", "minimum": 1}, "started_at": TIME_OR_NULL}}},
+        },
+    },
+    "WorkerList": {
+        "type": "object", "required": ["workers"], "additionalProperties": False,
+        "properties": {"workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}}},
     },
 }
 
@@ -521,8 +554,11 @@ PATHS: dict[str, Any] = {
                                                   "description": "Pass as `offset` to read what follows (text)"}},
                     "content": {"text/plain": {"schema": {"type": "string"}},
                                 "application/json": {"schema": _ref("LogPage")}}},
-            "400": _error("Invalid offset or attempt"), "404": NOT_FOUND,
+            "400": _error("Invalid offset, attempt or limit"), "404": NOT_FOUND,
         }, [RUN_ID, JOB_NAME, OFFSET, ATTEMPT,
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_PAGE,
+                                                         "default": MAX_LOG_PAGE},
+             "description": "Log entries read at most (lines of other attempts count too)"},
             {"name": "format", "in": "query", "schema": {"enum": ["text", "json"]},
              "description": "`json` for one object per line with its fields"}]),
     },
@@ -551,6 +587,12 @@ PATHS: dict[str, Any] = {
             {"name": "token", "in": "query", "schema": {"type": "string"}, "description": "A token's name"},
             {"name": "run_id", "in": "query", "schema": {"type": "string"}},
         ], endpoint="audit.read_audit", tag="audit"),
+    },
+    # -- the farm (issue #12) --
+    "/api/v1/workers": {
+        "get": _op("list_workers", "Every worker seen in the last hour: what it serves, what it runs now, its "
+                                   "last heartbeat", {"200": _json(_ref("WorkerList"), "The workers, by name")},
+                   endpoint="farm_api.list_workers_route", tag="farm"),
     },
 }
 
@@ -641,6 +683,7 @@ SPEC: dict[str, Any] = {
     "servers": [{"url": "/"}],
     "security": [{"bearerAuth": []}],
     "tags": [{"name": "runs"}, {"name": "webhooks"}, {"name": "meta"}, {"name": "audit"},
+             {"name": "farm", "description": "The build hosts: workers, what they serve and run"},
              {"name": "workers", "description": "What workers use for a running job's artifacts and caches"}],
     "paths": {**PATHS, **WORKER_PATHS, **WEBHOOKS},
     "components": {

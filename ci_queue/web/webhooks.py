@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from loguru import logger
 
 from ci_queue import events, metrics
@@ -41,6 +41,7 @@ from ci_queue.repos import Registry
 from ci_queue.settings import Settings
 from ci_queue.store import Once, Store
 from ci_queue.web.audit import audit_log
+from ci_queue.web.links import run_links
 
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 DELIVERY_TTL = 86400  # a delivery id is remembered for a day
@@ -149,7 +150,7 @@ def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Setti
         return refused
     status = "waiting_approval" if repo.fork_waits(result) else "queued"
     g.run_id = run_id = store.new_run_id()
-    answer = {"run_id": run_id, "status": status, "status_url": _status_url(settings, run_id)}
+    answer = {"run_id": run_id, "status": status, **run_links(run_id)}
     celery = current_app.config["CIQ_CELERY"]
     if key is None:
         trigger_run(store, celery, run_id=run_id, status=status, **arguments)
@@ -202,7 +203,3 @@ def _remember(store: Store, provider: str, key: str | None, status: int,
     return status, answer
 
 
-def _status_url(settings: Settings, run_id: str) -> str:
-    if settings.public_url:
-        return f"{settings.public_url.rstrip('/')}/api/v1/runs/{run_id}"
-    return url_for("api.show_run", run_id=run_id, _external=True)

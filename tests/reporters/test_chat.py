@@ -84,7 +84,7 @@ def test_notifications_per_policy_through_the_worker(farm, recorder) -> None:
     assert first in bodies[0]["text"] and "pipeline failed" in bodies[0]["text"]
     assert "unit &lt;tests&gt; (script_failure)" in str(bodies[0]["attachments"])
     assert fixed in bodies[1]["text"] and "pipeline success (fixed)" in bodies[1]["text"]
-    assert f"https://ci.example.test/api/v1/runs/{fixed}" in bodies[1]["text"]
+    assert f"https://ci.example.test/runs/{fixed}" in bodies[1]["text"]  # the run page
     assert "pipeline success" in bodies[2]["text"] and "(fixed)" not in bodies[2]["text"]
 
 

@@ -178,7 +178,7 @@ def test_the_engine_hook_through_a_run(farm, recorder) -> None:
     store, app, settings = farm.store, farm.app, farm.settings
     run_id = store.create_run(repo="octo-org/hello", ref="main", sha=SHA,
                               context={"provider": "github", "status_token_env": TOKEN_ENV})
-    url = f"https://ci.example.test/api/v1/runs/{run_id}"
+    url = f"https://ci.example.test/runs/{run_id}"
     report_run(store, app, run_id, "run_queued", settings=settings)
     _wait_bodies(recorder, GH_PATH, "ci-queue/pipeline", [("pending", "Queued")])
     plan = Plan(stages=["test"], jobs=[Job(name="unit", stage="test", script=["true"]),

@@ -5,8 +5,10 @@ it: the messages the API sends just sit in their queues, where the tests read th
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,7 @@ def make_api(store: Store, broker_url: str, tmp_path: Path, objects: Any = None,
     config = Settings(**{"api_tokens": f" {TOKENS[0]} , {TOKENS[1]},", "redis_url": broker_url,
                          "key_prefix": store.prefix, "artifacts_url": (tmp_path / "objects").as_uri(),
                          "allow_local_repos": True,  # the tests trigger file:// repositories
+                         "secret_key": "web-tests-session-key",  # not one stored in the tester's home
                          **settings})
     app = create_app(config, store=store, celery=make_celery(config, web=True), objects=objects)
     app.testing = True
@@ -134,3 +137,18 @@ def scoped_api(store: Store, broker_url: str, tmp_path: Path, tokens: dict[str, 
 def api(store: Store, broker_url: str, tmp_path: Path) -> Api:
     """Messages are not cleaned per test (the database is this session's): read them by run id."""
     return make_api(store, broker_url, tmp_path)
+
+
+@contextlib.contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """The app behind a real threaded HTTP server on a free loopback port; yields its URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)

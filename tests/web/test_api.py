@@ -207,7 +207,7 @@ def test_trigger_queues_a_run_and_asks_a_worker_to_plan_it(api):
     body = response.get_json()
     run_id = body["run_id"]
     assert body == {"id": run_id, "run_id": run_id, "status": "queued",
-                    "status_url": f"http://localhost/api/v1/runs/{run_id}"}
+                    "status_url": f"http://localhost/api/v1/runs/{run_id}", "web_url": f"http://localhost/runs/{run_id}"}
     shown = api.get(body["status_url"].removeprefix("http://localhost")).get_json()
     assert {k: shown[k] for k in ("status", "repo", "ref", "sha", "event", "started_at", "jobs")} == {
         "status": "queued", "repo": "o/r", "ref": "v1.0", "sha": sha, "event": "tag", "started_at": None, "jobs": []}
@@ -225,6 +225,7 @@ def test_the_status_url_uses_the_public_url(store, broker_url, tmp_path):
     response = api.post("/api/v1/runs", json={"clone_url": "file:///r", "ref": "main"})
     run_id = response.get_json()["run_id"]
     assert response.get_json()["status_url"] == f"https://ci.example.com/api/v1/runs/{run_id}"
+    assert response.get_json()["web_url"] == f"https://ci.example.com/runs/{run_id}"  # the run's page
 
 
 # -- list and show ------------------------------------------------------------------------------------

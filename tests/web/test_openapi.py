@@ -11,6 +11,7 @@ import uuid
 import pytest
 from jsonschema import Draft202012Validator
 
+from ci_queue.farm import Heartbeat, WorkerInfo
 from ci_queue.store import Store
 from ci_queue.trust import RunTrust
 from ci_queue.web.auth import ENDPOINT_SCOPES
@@ -405,6 +406,14 @@ def test_real_responses_of_every_route_match_the_description(api, broker_url, tm
         response = check(scoped.client.open(concrete(path, run_id), method=method.upper(), json=trigger,
                                             headers={"Authorization": f"Bearer {token}"}), method.upper(), path)
         assert response.status_code == 403 and response.get_json()["missing_scope"] == needed, (path, method)
+
+    # the farm: a worker's heartbeat and the job it runs
+    beat = Heartbeat(api.store, WorkerInfo("w1@h", "h", ("linux",), ("ciq.default",), 2)).start()
+    try:
+        [worker] = check.get("/api/v1/workers", "/api/v1/workers").get_json()["workers"]
+        assert worker["name"] == "w1@h"
+    finally:
+        beat.stop()
 
     # the audit log: a page, the next one, a bad cursor
     audit = "/api/v1/audit"

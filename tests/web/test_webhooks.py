@@ -74,6 +74,7 @@ def test_a_signed_push_makes_a_queued_run_and_a_plan_message(hooks):
     assert response.status_code == 202, response.json
     run_id = response.json["run_id"]
     assert response.json["status_url"].endswith(f"/api/v1/runs/{run_id}")
+    assert response.json["web_url"].endswith(f"/runs/{run_id}") and "/api/" not in response.json["web_url"]
     run = hooks.store.get_run(run_id)
     assert (run.repo, run.ref, run.sha, run.event, run.status) == ("octo/hello", "main", "a" * 40, "push", "queued")
     assert run.context["branch"] == "main" and run.context["provider"] == "github"
@@ -252,7 +253,7 @@ def test_push_to_success_sends_pending_then_success_statuses_and_the_chat_messag
     assert states[0] == "pending" and states[-1] == "success", states
     first = recorder.to(path, ok=True)[0]
     assert first.headers.get("Authorization") == "Bearer status-token"
-    assert first.body["target_url"] == f"https://ci.example.com/api/v1/runs/{run.id}"
+    assert first.body["target_url"] == f"https://ci.example.com/runs/{run.id}"  # the run page
     jobs = [q.body for q in recorder.to(path, ok=True) if q.body.get("context") == "ci-queue/build"]
     assert jobs and jobs[-1]["state"] == "success"
     chat = json.dumps(recorder.to("/slack", ok=True)[-1].body)
