@@ -40,6 +40,24 @@ clean tree. How:
    its ``origin`` is the clone URL without credentials. Hooks never run (``core.hooksPath`` is
    ``/dev/null``). The sha of an annotated tag checks out the tag's commit.
 
+5. **GitLab's Git variables** (``options``, ``workers.git_options``). ``GIT_STRATEGY=fetch`` (the
+   default for jobs; the workspace hands over a directory an earlier job left, see
+   ``workers.workspace``) reuses the repository found in ``dest``: its ``.git`` is stripped to
+   objects and remote refs (config written anew, no hooks, index, local branches, ``info/``,
+   alternates or submodule repositories; ``GIT_NO_REPLACE_OBJECTS``), then ``git checkout
+   --force --detach`` of the sha rewrites every tracked file (no index: a job's forged
+   ``assume-unchanged`` cannot hide a change) and ``git clean`` with ``GIT_CLEAN_FLAGS`` removes
+   the rest (with the default ``-ffdx`` the work tree is emptied before the checkout instead, which
+   leaves the same tree). One git command when the commit is there; otherwise it is fetched from the mirror
+   with every branch and tag. Anything unusable (no repository, shallow when the whole history is
+   wanted, a failed fetch) falls back to a clone. ``none`` runs no git; ``GIT_DEPTH`` makes a new
+   repository and fetches that many commits from the mirror; ``GIT_SUBMODULE_STRATEGY`` runs
+   ``git submodule update --init`` level by level after checking every submodule URL with the
+   clone policy (credentials only to the parent's host).
+6. **The planner reads the pipeline file from the mirror** (``read_files``: one ``git cat-file
+   --batch --follow-symlinks``, no workspace) when nothing else of the tree is needed
+   (``workers.planning.pipeline_alone``).
+
 Credentials (HTTP(S) only; ssh uses the worker's keys / agent) come from the worker's
 environment (the ``env`` argument, default ``os.environ``) and are never written to any file:
 
@@ -104,7 +122,9 @@ from loguru import logger
 
 from ci_queue.clone_policy import ClonePolicy, CloneRefused, HostUnresolved
 from ci_queue.settings import Settings, get_settings
+from workers.git_options import DEFAULT_CLEAN_FLAGS, GitOptions
 from workers.runners.base import InfrastructureError
+from workers.workspace import remove_tree
 
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 MASK = "[MASKED]"
@@ -387,6 +407,7 @@ class _Result:
     returncode: int
     stdout: str
     stderr: str
+    raw: bytes = b""  # stdout as git wrote it
 
 
 class _Git:
@@ -413,8 +434,10 @@ class _Git:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, args: Sequence[str], *, network: bool = False, cwd: Path | None = None) -> _Result:
-        """Run ``git <args>``; a timeout or a missing git raises ``CheckoutError``, a failure does not."""
+    def run(self, args: Sequence[str], *, network: bool = False, cwd: Path | None = None,
+            input: bytes | None = None) -> _Result:
+        """Run ``git <args>`` (``input`` on its stdin); a timeout or a missing git raises
+        ``CheckoutError``, a failure does not."""
         remaining = self.remaining()
         if remaining <= 0:
             raise self.timeout_error(args)
@@ -425,7 +448,7 @@ class _Git:
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self.env,
@@ -437,7 +460,7 @@ class _Git:
         except OSError as exc:
             raise CheckoutError(f"cannot run git: {exc.strerror}") from None
         try:
-            out, err = proc.communicate(timeout=remaining)
+            out, err = proc.communicate(input, timeout=remaining)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -447,7 +470,7 @@ class _Git:
                 proc.kill()
                 proc.wait()
             raise self.timeout_error(args) from None
-        return _Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        return _Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), out)
 
     def timeout_error(self, args: Sequence[str]) -> CheckoutError:
         what = next((a for a in args if not a.startswith("-") and "=" not in a), "git")
@@ -478,6 +501,7 @@ def _git_environment(base: Mapping[str, str], credentials: Credentials | None) -
         GIT_TERMINAL_PROMPT="0",  # never wait for a user name on a terminal
         GIT_ASKPASS="",  # nor ask a graphical helper (empty: no askpass at all)
         GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,  # no ext::, fd:: or other transports, submodules too
+        GIT_NO_REPLACE_OBJECTS="1",  # refs/replace/ of a reused workspace never changes what a sha is
         LC_ALL="C",  # stable messages to recognise
         LANGUAGE="C",
     )
@@ -654,13 +678,16 @@ def checkout(
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
     policy: ClonePolicy | None = None,
+    options: GitOptions | None = None,
 ) -> CheckoutInfo:
     """Put exactly commit ``sha`` of ``clone_url`` into ``dest`` (detached HEAD, clean tree).
 
-    ``dest`` must not exist or be an empty directory. ``ref`` is recorded only (the commit is
-    found by its sha). ``env`` is the worker's environment, where credentials are read (default:
-    ``os.environ``). ``policy``: the clone policy to apply right before fetching (None: the URL is
-    trusted). Raises ``CheckoutError`` for every failure.
+    ``dest`` must not exist or be an empty directory, unless ``options`` (a job's Git variables,
+    ``workers.git_options``; None: a plain clone) reuse it: ``fetch`` updates a repository found
+    there in place (see ``_reuse``), ``none`` leaves ``dest`` as it is. ``ref`` is recorded only
+    (the commit is found by its sha). ``env`` is the worker's environment, where credentials are
+    read (default: ``os.environ``). ``policy``: the clone policy to apply right before fetching
+    (None: the URL is trusted). Raises ``CheckoutError`` for every failure.
     """
     started = time.monotonic()
     sha = validate_sha(sha)
@@ -668,16 +695,22 @@ def checkout(
     pins = checked_pins(clone_url, remote, policy)
     if ref is not None and (not isinstance(ref, str) or _CONTROL_RE.search(ref) or ref.startswith("-")):
         raise CheckoutError(f"invalid ref {redact(str(ref))[:100]!r}", retryable=False)
+    options = options or GitOptions(strategy="clone")
     dest = Path(dest).absolute()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if options.strategy == "none":  # GitLab: no Git operation at all, the directory as it is
+        dest.mkdir(parents=True, exist_ok=True)
+        return CheckoutInfo(sha=sha, ref=ref, mirror=Path(), fetched=False, duration=time.monotonic() - started,
+                            url=remote.clean)
+    if dest.exists() and (not dest.is_dir() or dest.is_symlink()):
+        raise CheckoutError(f"checkout destination {dest} exists and is not a directory", retryable=False)
+    if options.strategy == "clone" and dest.exists() and any(dest.iterdir()):
         raise CheckoutError(f"checkout destination {dest} exists and is not an empty directory", retryable=False)
-    env = os.environ if env is None else env
-    cache_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).absolute()
-    git = _Git(env, remote, credentials_for(remote, env), started, timeout, pins)
-    mirror = _Mirror(cache_dir, git, sha)
+    git, mirror = _cached(remote, sha, pins, env, cache_dir, started, timeout)
     log = logger.bind(url=remote.clean, sha=sha)
     try:
-        _checkout_into(git, mirror, dest, sha)
+        _checkout_into(git, mirror, dest, sha, options)
+        if options.submodules != "none" and options.checkout:
+            _update_submodules(git, dest, clone_url, policy, options)
     except OSError as exc:  # the cache or the workspace directory itself (permissions, disk full)
         _empty(dest)
         raise CheckoutError(f"checkout of {remote.clean} failed: {redact(str(exc), git.secrets)}") from None
@@ -691,8 +724,73 @@ def checkout(
     )
 
 
-def _checkout_into(git: _Git, mirror: _Mirror, dest: Path, sha: str) -> None:
-    """Mirror up to date, clone from it, detach at sha; a corrupt mirror is re-created once."""
+def _cached(remote: Remote, sha: str, pins: list[str], env: Mapping[str, str] | None, cache_dir: Path | None,
+            started: float, timeout: float) -> tuple[_Git, _Mirror]:
+    """The git runner (credentials from ``env``, default ``os.environ``) and the mirror of ``remote``."""
+    env = os.environ if env is None else env
+    cache_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).absolute()
+    git = _Git(env, remote, credentials_for(remote, env), started, timeout, pins)
+    return git, _Mirror(cache_dir, git, sha)
+
+
+def read_files(clone_url: str, sha: str, paths: Sequence[str], *, cache_dir: Path | None = None,
+               env: Mapping[str, str] | None = None, timeout: float = 600,
+               policy: ClonePolicy | None = None) -> dict[str, bytes | None]:
+    """Files of commit ``sha`` read straight from the host's mirror, without a workspace (the
+    planner's pipeline file): ``path -> content`` for each of ``paths`` the commit has, a symlink
+    inside the repository followed as a checkout would; ``None`` for one that only a checkout can
+    answer (a symlink out of the repository, dangling, a loop). One ``git cat-file --batch`` when
+    the mirror has the commit; otherwise the mirror is fetched as for ``checkout``. Raises
+    ``CheckoutError``."""
+    started = time.monotonic()
+    sha = validate_sha(sha)
+    remote = parse_clone_url(clone_url)
+    git, mirror = _cached(remote, sha, checked_pins(clone_url, remote, policy), env, cache_dir, started, timeout)
+    request = "".join(f"{sha}:{path}\n" for path in paths).encode("utf-8", "surrogateescape")
+    for attempt in range(2):
+        with mirror.locked(exclusive=False):
+            if mirror.path.exists():
+                batch = git.run(mirror.git_args("cat-file", "--batch", "--follow-symlinks"), input=request)
+                if batch.returncode != 0:
+                    raise CheckoutError(f"cannot read the git cache of {remote.clean}: {git.summary(batch)}")
+                try:
+                    found = _batch_answers(batch.raw, paths)
+                except (ValueError, IndexError):
+                    raise CheckoutError(f"git cat-file gave an unreadable answer in the git cache of "
+                                        f"{remote.clean}") from None
+                if found or mirror.has(sha):  # nothing found: an unknown commit, or none of the files
+                    return found
+        if attempt == 0:
+            mirror.ensure(sha)
+    raise CheckoutError(f"commit {sha} not found in {remote.clean}", retryable=False)
+
+
+def _batch_answers(raw: bytes, paths: Sequence[str]) -> dict[str, bytes | None]:
+    """``git cat-file --batch --follow-symlinks`` output, one answer per path in order."""
+    found: dict[str, bytes | None] = {}
+    at = 0
+    for path in paths:
+        end = raw.index(b"\n", at)
+        header = raw[at:end].split(b" ")
+        at = end + 1
+        if header[-1] == b"missing":
+            continue
+        if len(header) == 3:  # <oid> <type> <size>, then the content
+            size = int(header[2])
+            found[path] = raw[at:at + size] if header[1] == b"blob" else None
+            at += size + 1
+        else:  # symlink | dangling | loop | notdir <size>, then that many bytes of a name
+            found[path] = None
+            at += int(header[1]) + 1
+    return found
+
+
+def _checkout_into(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions) -> None:
+    """Mirror up to date, then the workspace from it (reused in place, or a clone), detached at
+    sha; a corrupt mirror is re-created once."""
+    if options.strategy == "fetch" and options.checkout and not options.depth and _checked_out_in_place(
+            git, mirror, dest, sha, options):
+        return  # the reused repository had the commit: neither the mirror nor its lock was needed
     url = mirror.remote.clean
     recreated = False
     while True:
@@ -700,9 +798,10 @@ def _checkout_into(git: _Git, mirror: _Mirror, dest: Path, sha: str) -> None:
             with mirror.locked(exclusive=False):
                 cached = mirror.has(sha)
                 if cached:  # the common case: no exclusive lock, no network
-                    _clone_from_mirror(git, mirror, dest)
+                    fresh = _workspace_from_mirror(git, mirror, dest, sha, options)
             if cached:
-                _detach_at(git, mirror, dest, sha)  # needs only the workspace's own objects: no lock
+                if options.checkout:
+                    _detach_at(git, mirror, dest, sha, options, fresh)  # the workspace's own objects: no lock
                 return
             mirror.ensure(sha)  # exclusive: create or fetch; then clone under the shared lock again
         except _MirrorCorrupt as exc:
@@ -717,6 +816,176 @@ def _checkout_into(git: _Git, mirror: _Mirror, dest: Path, sha: str) -> None:
             recreated = True
 
 
+def _workspace_from_mirror(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions) -> bool:
+    """Give ``dest`` the commit's objects from the mirror (under its shared lock); True when
+    ``dest`` is a fresh clone, False when a repository an earlier job left was reused."""
+    if options.strategy == "fetch" and _reuse(git, mirror, dest, sha, options):
+        return False
+    _empty(dest)
+    if options.depth:
+        _shallow_repository(git, mirror, dest, sha, options.depth)
+    else:
+        _clone_from_mirror(git, mirror, dest)
+    return True
+
+
+# What is kept of a reused repository's `.git`: the objects and the remote-tracking refs. The rest
+# (config, hooks, info/, the index, modules/, worktrees, alternates, local branches) is what a
+# job could have turned against the worker's next git command there, and is made anew.
+_KEPT_GIT_ENTRIES = frozenset({"objects", "refs", "packed-refs", "shallow"})
+_KEPT_REF_DIRS = frozenset({"remotes", "tags"})
+
+
+def _reuse(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions) -> bool:
+    """Bring a repository an earlier job left in ``dest`` to ``sha`` (GIT_STRATEGY=fetch): its
+    ``.git`` stripped to objects and refs, the config written anew, the commit fetched from the
+    mirror when missing (with every branch and tag, as a clone has them). False when there is
+    nothing reusable there (no repository, one shallow when the whole history is wanted, a
+    fetch that fails): the caller clones instead."""
+    dot_git = dest / ".git"
+    if not dot_git.is_dir() or dot_git.is_symlink() or not _strip_git_dir(dot_git):
+        return False
+    if (dot_git / "shallow").exists() and not options.depth:
+        return False
+    _write_config(dot_git, mirror)
+    work = [f"--git-dir={dot_git}", f"--work-tree={dest}", "-c", f"safe.directory={dest}"]
+    has = git.run([*work, "cat-file", "-e", f"{sha}^{{commit}}"])
+    if has.returncode == 0 and not options.depth:
+        return True
+    fetch = [*work, "fetch", "--quiet", "--prune", "--no-write-fetch-head", "--no-tags"]
+    if options.depth:
+        fetch += [f"--depth={options.depth}", "--", str(mirror.path), sha]
+    else:
+        fetch += ["--", str(mirror.path), sha, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
+    result = git.run(fetch)
+    if result.returncode != 0:
+        logger.bind(url=mirror.remote.clean).info("cannot reuse {} ({}); cloning afresh", dest, git.summary(result))
+        return False
+    return True
+
+
+def _checked_out_in_place(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions) -> bool:
+    """The common case of GIT_STRATEGY=fetch: the reused repository has the commit; check it out
+    (every file written again: the index, which a job could have forged to hide a changed file,
+    was dropped) and clean. With the default ``GIT_CLEAN_FLAGS`` (``-ffdx``: nothing but the
+    commit's files stays) the work tree is emptied first instead, so one git command does it all.
+    False when it cannot (the caller fetches)."""
+    dot_git = dest / ".git"
+    if not dot_git.is_dir() or dot_git.is_symlink() or (dot_git / "shallow").exists() or not _strip_git_dir(dot_git):
+        return False
+    _write_config(dot_git, mirror)
+    work = [f"--git-dir={dot_git}", f"--work-tree={dest}", "-c", f"safe.directory={dest}"]
+    cleared = options.clean_flags == DEFAULT_CLEAN_FLAGS
+    if cleared:  # what `clean -ffdx` leaves after the checkout is the checkout of an empty tree: one command less
+        for entry in os.scandir(dest):
+            if entry.name != ".git":
+                remove_tree(Path(entry.path))
+    check = git.run([*work, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "--detach", sha,
+                     "--"], cwd=dest)
+    if check.returncode != 0:
+        return False
+    if not cleared:
+        _clean(git, dest, work, options)
+    return True
+
+
+def _clean(git: _Git, dest: Path, work: list[str], options: GitOptions) -> None:
+    """``git clean`` with GIT_CLEAN_FLAGS (none: nothing)."""
+    if not options.clean_flags:
+        return
+    clean = git.run([*work, "clean", *options.clean_flags], cwd=dest)
+    if clean.returncode != 0:
+        raise CheckoutError(f"git clean {' '.join(options.clean_flags)} failed in {dest}: {git.summary(clean)}",
+                            retryable=False)
+
+
+def _strip_git_dir(dot_git: Path) -> bool:
+    """Remove from a reused ``.git`` everything but objects and refs (``_KEPT_GIT_ENTRIES``), and
+    the local branches and replace refs; False when it is not a plain repository directory, or
+    holds a symlink in what is kept: git, run as the worker, would write through it (a job could
+    point ``objects/pack`` at any directory of the host)."""
+    for name in ("objects", "refs"):
+        if not (dot_git / name).is_dir() or (dot_git / name).is_symlink():
+            return False
+    for name in _KEPT_GIT_ENTRIES:
+        if _holds_symlink(dot_git / name):
+            return False
+    for entry in os.scandir(dot_git):
+        if entry.name not in _KEPT_GIT_ENTRIES:
+            _remove(Path(entry.path))
+    for entry in os.scandir(dot_git / "refs"):
+        if entry.name not in _KEPT_REF_DIRS:
+            _remove(Path(entry.path))
+    packed = dot_git / "packed-refs"
+    if packed.is_file() and not packed.is_symlink():
+        lines = packed.read_text("utf-8", "replace").splitlines(keepends=True)
+        kept, keep_peeled = [], False
+        for line in lines:
+            if line.startswith("^"):
+                if keep_peeled:
+                    kept.append(line)
+                continue
+            name = line.split(" ", 1)[1].strip() if " " in line and not line.startswith("#") else ""
+            keep_peeled = line.startswith("#") or name.startswith(("refs/remotes/", "refs/tags/"))
+            if keep_peeled:
+                kept.append(line)
+        packed.write_text("".join(kept), "utf-8")
+    elif packed.exists() or packed.is_symlink():
+        _remove(packed)
+    (dot_git / "HEAD").write_text("ref: refs/heads/ciq-unborn\n")
+    (dot_git / "refs" / "heads").mkdir(exist_ok=True)
+    return True
+
+
+def _holds_symlink(path: Path) -> bool:
+    """Whether ``path`` is, or (a directory) holds anywhere below it, a symlink."""
+    if path.is_symlink():
+        return True
+    for top, directories, files in os.walk(path):  # followlinks=False: a symlinked directory is listed, not entered
+        if any(os.path.islink(os.path.join(top, name)) for name in (*directories, *files)):
+            return True
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _write_config(dot_git: Path, mirror: _Mirror) -> None:
+    """The workspace's config, written whole: what a clone from the mirror has, nothing a job added."""
+    sha256 = mirror.object_format == "sha256"
+    (dot_git / "config").write_text(
+        "[core]\n"
+        f"\trepositoryformatversion = {1 if sha256 else 0}\n"
+        "\tfilemode = true\n\tbare = false\n\tlogallrefupdates = false\n"
+        + ("[extensions]\n\tobjectformat = sha256\n" if sha256 else "")
+        + "[remote \"origin\"]\n"
+        f"\turl = {_config_value(mirror.remote.clean)}\n"
+        "\tfetch = +refs/heads/*:refs/remotes/origin/*\n",
+        "utf-8")
+
+
+def _config_value(value: str) -> str:
+    """A value quoted for a git config file (the URL is checked: no control characters)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _shallow_repository(git: _Git, mirror: _Mirror, dest: Path, sha: str, depth: int) -> None:
+    """A new repository in ``dest`` with the last ``depth`` commits of ``sha`` (GIT_DEPTH)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    init = git.run(["init", "--quiet", "--template=", f"--object-format={mirror.object_format}", "--", str(dest)])
+    if init.returncode != 0:
+        raise CheckoutError(f"cannot create the workspace {dest}: {git.summary(init)}")
+    _write_config(dest / ".git", mirror)
+    fetch = git.run([f"--git-dir={dest / '.git'}", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                     f"--depth={depth}", "--", str(mirror.path), sha])
+    if fetch.returncode != 0:
+        raise _MirrorCorrupt(f"git fetch --depth={depth} from the cache failed: {git.summary(fetch)}")
+
+
 def _clone_from_mirror(git: _Git, mirror: _Mirror, dest: Path) -> None:
     """Make ``dest`` a local clone of the mirror, without network (see the module's doc)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -725,22 +994,84 @@ def _clone_from_mirror(git: _Git, mirror: _Mirror, dest: Path) -> None:
         raise _MirrorCorrupt(f"git clone from the cache failed: {git.summary(clone)}")
 
 
-def _detach_at(git: _Git, mirror: _Mirror, dest: Path, sha: str) -> None:
-    """Point the clone's origin at the clean URL, check out ``sha`` detached, drop local branches."""
-    work = [f"--git-dir={dest / '.git'}", f"--work-tree={dest}"]
-    set_url = git.run([*work, "config", "--", "remote.origin.url", mirror.remote.clean])
-    if set_url.returncode != 0:
-        raise CheckoutError(f"cannot configure the workspace {dest}: {git.summary(set_url)}")
-    check = git.run([*work, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha, "--"], cwd=dest)
+def _detach_at(git: _Git, mirror: _Mirror, dest: Path, sha: str, options: GitOptions, fresh: bool) -> None:
+    """Check out ``sha`` detached; a fresh clone gets its origin's clean URL and loses its local
+    branch, a reused repository is cleaned with ``GIT_CLEAN_FLAGS``."""
+    work = [f"--git-dir={dest / '.git'}", f"--work-tree={dest}", "-c", f"safe.directory={dest}"]
+    if fresh and not options.depth:
+        set_url = git.run([*work, "config", "--", "remote.origin.url", mirror.remote.clean])
+        if set_url.returncode != 0:
+            raise CheckoutError(f"cannot configure the workspace {dest}: {git.summary(set_url)}")
+    check = git.run([*work, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "--detach", sha,
+                     "--"], cwd=dest)
     if check.returncode != 0:
         stderr = check.stderr.lower()
         if any(marker in stderr for marker in _CORRUPT_MARKERS):
             raise _MirrorCorrupt(f"git checkout failed: {git.summary(check)}")
         raise CheckoutError(f"git checkout of {sha} from {mirror.remote.clean} failed: {git.summary(check)}")
-    branches = git.run([*work, "for-each-ref", "--format=%(refname:short)", "refs/heads/"])
-    names = branches.stdout.split()
-    if names:  # the clone's default branch would point at the mirror's tip, not at sha: drop it
-        git.run([*work, "branch", "--quiet", "-D", "--", *names])
+    if not fresh:
+        _clean(git, dest, work, options)
+    if fresh and not options.depth:
+        branches = git.run([*work, "for-each-ref", "--format=%(refname:short)", "refs/heads/"])
+        names = branches.stdout.split()
+        if names:  # the clone's default branch would point at the mirror's tip, not at sha: drop it
+            git.run([*work, "branch", "--quiet", "-D", "--", *names])
+
+
+def _update_submodules(git: _Git, repo: Path, url: str, policy: ClonePolicy | None, options: GitOptions) -> None:
+    """``git submodule update --init`` (GIT_SUBMODULE_STRATEGY normal; recursive: level by
+    level). Every submodule URL, resolved against its parent's, passes the clone policy first and
+    git connects only to the checked addresses; credentials go only to the parent's own host."""
+    modules = git.run(["-C", str(repo), "config", "--file", ".gitmodules", "--get-regexp",
+                       r"^submodule\..*\.(url|path)$"], cwd=repo)
+    if modules.returncode != 0:  # no .gitmodules, or no submodule in it
+        return
+    urls: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    for line in modules.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        name, kind = key[len("submodule."):].rsplit(".", 1)
+        (urls if kind == "url" else paths)[name] = value
+    parent = parse_clone_url(url)
+    pins: list[str] = []
+    resolved: dict[str, str] = {}
+    for name, sub_url in urls.items():
+        full = _resolve_submodule_url(url, sub_url)
+        sub = parse_clone_url(full)
+        pins += checked_pins(full, sub, policy)
+        resolved[name] = full
+    same_host = all(parse_clone_url(u).host == parent.host for u in resolved.values())
+    args = ["-C", str(repo), "-c", f"safe.directory={repo}", *pins,
+            *(git.auth_args if same_host else []), "submodule", "update", "--init", "--quiet"]
+    if options.depth:
+        args.append(f"--depth={options.depth}")
+    for name, full in resolved.items():  # relative URLs as resolved here, not by git against the workspace
+        git.run(["-C", str(repo), "config", "--", f"submodule.{name}.url", full])
+    for path in paths.values():  # a reused directory's submodules are cloned again: .git/modules is gone
+        directory = (repo / path)
+        if directory.is_dir() and not directory.is_symlink() and directory.resolve().is_relative_to(repo.resolve()):
+            _empty(directory)
+    result = git.run(args, cwd=repo)
+    if result.returncode != 0:
+        raise CheckoutError(f"git submodule update failed in {repo.name}: {git.summary(result)}",
+                            retryable=not remote_failure_is_permanent(result.stderr))
+    if options.submodules == "recursive":
+        for name, path in paths.items():
+            if name in resolved and (repo / path / ".git").exists():
+                _update_submodules(git, repo / path, resolved[name], policy, options)
+
+
+def _resolve_submodule_url(parent: str, url: str) -> str:
+    """A ``.gitmodules`` URL; ``./`` and ``../`` ones are relative to the parent's URL, as git does."""
+    if not url.startswith(("./", "../")):
+        return url
+    base = parent.rstrip("/")
+    for part in url.split("/"):
+        if part == "..":
+            base = base.rsplit("/", 1)[0] if "/" in base.split("://", 1)[-1] else base
+        elif part not in (".", ""):
+            base = f"{base}/{part}"
+    return base
 
 
 def _empty(dest: Path) -> None:

@@ -16,14 +16,24 @@ ends as ``error`` naming the attempts. One that can never succeed ends it at onc
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 from celery.exceptions import Retry
 from loguru import logger
 
+from ci_queue.clone_policy import ClonePolicy
+from ci_queue.pipeline.planner import PIPELINE_FILES
 from ci_queue.store import Store
+from workers.checkout import read_files
 
+# What in a pipeline file may need more of the repository than the file itself: `include:` (local
+# files), `exists:` (the tree), and YAML escapes that could spell either inside a quoted key.
+NEEDS_TREE = re.compile(r"include|exists|\\[xuU]")
+_PLAIN_PATH = re.compile(r"[\w.-]+(/[\w.-]+)*")
 CLAIM_SECONDS = 120  # a planner that stopped renewing is replaced after this
 PLAN_RETRIES = 3  # more attempts of a checkout that failed for a reason of the moment
 PLAN_BACKOFF = 2.0  # seconds before the first retry, doubled for each next one (2, 4, 8)
@@ -92,3 +102,26 @@ class PlanningClaim:
                     return
             except Exception as exc:  # Redis hiccup: the claim has slack until the next period
                 logger.bind(run_id=self.run_id).warning("could not renew the planning claim: {}", exc)
+
+
+def pipeline_alone(clone_url: str, sha: str, configured: str | None, policy: ClonePolicy | None, *,
+                   cache_dir: Path | None = None, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """``(path, text)`` of the run's pipeline file, read from the host's git mirror, when it can
+    be planned without the rest of the repository (no ``include``, no ``exists``: see
+    ``NEEDS_TREE``); None when the planner needs a checkout (such a file, a symlink leaving the
+    repository, no pipeline file at all, an unusual configured path, text that is not UTF-8).
+    Saves the checkout for most pipelines: one git command instead of a workspace. Raises
+    ``CheckoutError`` as a checkout would."""
+    if configured and (not _PLAIN_PATH.fullmatch(configured) or ".." in configured.split("/")):
+        return None
+    candidates = [configured] if configured else list(PIPELINE_FILES)
+    files = read_files(clone_url, sha, candidates, policy=policy, cache_dir=cache_dir, env=env)
+    name = next((candidate for candidate in candidates if candidate in files), None)
+    content = files.get(name) if name is not None else None
+    if name is None or content is None:
+        return None
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:  # the loader's own message, from the checkout
+        return None
+    return None if NEEDS_TREE.search(text) else (name, text)

@@ -36,11 +36,12 @@ from ci_queue.settings import Settings, get_settings
 from ci_queue.store import RunRecord, Store, store_from_settings
 from ci_queue.trust import CONTROL_PLANE_VARIABLES, ROUTE_ANY, apply_to_plan
 from workers import guard
-from workers.checkout import CheckoutError, checkout, resolve_ref
+from workers.checkout import CheckoutError, checkout, mirror_name, parse_clone_url, resolve_ref
+from workers.git_options import GitOptions
 from workers.identity import instance_id
 from workers.job import JobRequest, JobResult, run_job
 from workers.logs import LogLine
-from workers.planning import PlanningClaim, attempts_text, retry_delay
+from workers.planning import PlanningClaim, attempts_text, pipeline_alone, retry_delay
 from workers.project_files import include_sources
 from workers.runners.base import InfrastructureError
 from workers.transfer import JobChannel
@@ -303,9 +304,15 @@ def _plan(rt: _Runtime, run: RunRecord, claim: PlanningClaim) -> None:
     store, run_id, log = rt.store, run.id, logger.bind(run_id=run.id)
     policy = for_run(run.context, rt.settings)  # checked again right before each fetch
     sha = run.sha or resolve_ref(run.clone_url or "", run.ref, policy=policy)
+    alone = pipeline_alone(run.clone_url or "", sha, run.context.get("pipeline"), policy)
     try:
-        with Workspace(run_id, "plan", 1, settings=rt.settings) as workspace:
-            checkout(run.clone_url or "", sha, workspace.builds_dir, ref=run.ref, policy=policy)
+        with Workspace(run_id, "plan", 1, settings=rt.settings, reuse=None if alone else project_key(run)) as workspace:
+            if alone:  # the pipeline file is all the planner reads
+                (workspace.builds_dir / alone[0]).parent.mkdir(parents=True, exist_ok=True)
+                (workspace.builds_dir / alone[0]).write_text(alone[1], "utf-8")
+            else:
+                checkout(run.clone_url or "", sha, workspace.builds_dir, ref=run.ref, policy=policy,
+                         options=GitOptions(strategy="fetch"))
             path = _pipeline_path(workspace.builds_dir, run.context.get("pipeline"))
             if path is None:
                 reason = f"no pipeline file ({' or '.join(PIPELINE_FILES)}) in {run.repo} at {sha[:12]}"
@@ -382,9 +389,7 @@ def run_job_task(self: Any, run_id: str, index: int, attempt: int) -> None:
     if begun.status != "ok":
         return  # stale message (redelivered, or an older attempt) or the run was canceled
     report(store, rt.celery, run_id, "job_started", index)
-    state, run, variables = until_stored(settings, lambda: (store.job(run_id, index),
-                                                             store.get_run(run_id, with_jobs=False),
-                                                             store.pipeline_variables(run_id)))
+    state, run, variables = until_stored(settings, lambda: store.job_start(run_id, index))
     if state is None or run is None:
         return
     job = Job.from_dict(state.spec)
@@ -442,22 +447,39 @@ def _execute(settings: Settings, run: RunRecord, pipeline_variables: dict[str, s
     refusal = protected_worker_refusal(settings, run)
     if refusal is not None:
         return _infrastructure_result(InfrastructureError(refusal), sink, run.id, job.name)
+    try:
+        options = GitOptions.from_variables({**pipeline_variables, **job.variables, **run.variables})
+    except ValueError as exc:
+        return _infrastructure_result(CheckoutError(str(exc), retryable=False), sink, run.id, job.name)
     channel = JobChannel(settings.server_url, run.id, index, attempt, token)
     request = JobRequest(job=job, run_id=run.id, job_id=f"{run.id}-{index}", pipeline_id=run.id, attempt=attempt,
                          sha=run.sha, ref=run.ref, project_path=run.repo,
                          pipeline_variables=pipeline_variables, clone_url=run.clone_url,
                          trigger_variables=frozenset(run.variables), channel=channel,
                          fetch_artifacts=run.uses_artifacts, trust=run.trust)
-    with channel, Workspace(run.id, job.name, attempt, settings=settings) as workspace:
+    reuse = project_key(run) if run.clone_url and options.reuses else None
+    with channel, Workspace(run.id, job.name, attempt, settings=settings, reuse=reuse) as workspace:
         try:
             if run.clone_url:
                 checkout(run.clone_url, run.sha, workspace.builds_dir, ref=run.ref,
-                         policy=for_run(run.context, settings))
+                         policy=for_run(run.context, settings), options=options)
             else:
                 workspace.builds_dir.mkdir(parents=True, exist_ok=True)
         except InfrastructureError as exc:
             return _infrastructure_result(exc, sink, run.id, job.name)
         return run_job(request, workspace.builds_dir, sink, cancel, settings=settings)
+
+
+def project_key(run: RunRecord) -> str | None:
+    """The pool of reused project directories a run's jobs share on a host (``Workspace``'s
+    ``reuse``): its repository and its trust, so that only jobs the same people could change meet
+    what another left. None: no reuse (no clone URL, or one that is refused anyway)."""
+    try:
+        clean = parse_clone_url(run.clone_url).clean
+    except CheckoutError:
+        return None
+    trust = run.trust
+    return f"{mirror_name(clean)}-{'protected' if trust.protected else 'unprotected'}{'-fork' if trust.fork else ''}"
 
 
 def protected_worker_refusal(settings: Settings, run: RunRecord) -> str | None:

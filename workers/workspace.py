@@ -18,6 +18,17 @@ On exit the directory is removed, also when the job left read-only files or dire
 (permissions are restored on the way down, symlinks are never followed), unless
 ``CIQ_KEEP_WORKSPACES=1``: then its path is logged. A removal that fails is logged, not raised:
 it must not hide the job's own result.
+
+**Reused project directories** (``GIT_STRATEGY`` ``fetch`` / ``none``, ``workers.git_options``):
+a workspace made with a ``reuse`` key takes its ``build`` directory from the host's pool
+``<root's parent>/.<root's name>-reuse/<key>/``, beside the root so that it stays on its file
+system (an atomic ``rename``: two jobs never take the same one, no lock), and gives it back there
+at the end instead of deleting it, at most ``POOL_SIZE`` per key (more are removed). The key is
+the repository and the run's trust (``workers.tasks.project_key``: protected or not, fork or
+not), so what a job leaves in its directory (files, ``.git`` objects) can only meet later jobs
+that the same people could change anyway. A worker that dies with a directory taken loses it with
+the workspace (a leftover). A root that is a mount point of its own gets no reuse (the rename
+fails; said once).
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from workers.leftovers import made_held, release
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PART = 48  # characters of one slug (run id, job name); the whole name stays far below 255 bytes
+POOL_SIZE = 8  # reused directories kept per key (about the concurrent jobs of one repository on a host)
 
 
 def default_root(settings: Settings | None = None) -> Path:
@@ -74,8 +86,10 @@ class Workspace:
         settings: Settings | None = None,
         root: Path | None = None,
         keep: bool | None = None,
+        reuse: str | None = None,
     ) -> None:
         settings = settings or get_settings()
+        self.reuse = reuse  # the pool key of a reused ``build`` (None: a fresh one)
         self.run_id = run_id
         self.job_name = job_name
         self.attempt = int(attempt)
@@ -117,7 +131,8 @@ class Workspace:
             self._release()
             raise RuntimeError(f"workspace name {path.name!r} escapes {root}")
         self._path = path
-        self.builds_dir.mkdir()
+        if not (self.reuse and self._take_from_pool()):
+            self.builds_dir.mkdir()
         self.tmp_dir.mkdir()
         logger.debug("workspace {} created", path)
         return path
@@ -126,13 +141,52 @@ class Workspace:
         """Remove the workspace now (also read-only trees); logs instead of raising."""
         if self._path is None:
             return
-        path, self._path = self._path, None
+        path = self._path
+        if self.reuse:
+            self._give_back_to_pool()
+        self._path = None
         try:
-            remove_tree(path)
+            _remove_workspace(path)
             logger.debug("workspace {} removed", path)
         except OSError as exc:
             logger.warning("could not remove workspace {}: {}", path, exc)
         self._release()
+
+    def _pool(self) -> Path:
+        return pool_root(self.root) / slug(self.reuse, 96)
+
+    def _take_from_pool(self) -> bool:
+        """Move a pooled project directory to ``build``; False when there is none to take."""
+        pool = self._pool()
+        try:
+            candidates = sorted(os.scandir(pool), key=lambda entry: entry.name)
+        except OSError:
+            return False
+        for entry in candidates:
+            try:
+                os.rename(entry.path, self.builds_dir)  # atomic: another job that tried it failed
+            except OSError:
+                continue
+            logger.debug("workspace {} reuses {}", self.path, entry.path)
+            return True
+        return False
+
+    def _give_back_to_pool(self) -> None:
+        """Return ``build`` to the pool (if it is a plain directory and the pool has room)."""
+        build = self.builds_dir
+        try:
+            if not stat.S_ISDIR(os.lstat(build).st_mode):
+                return
+            pool = self._pool()
+            pool.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if sum(1 for _ in os.scandir(pool)) >= POOL_SIZE:
+                return
+            os.rename(build, pool / f"{os.getpid()}-{os.urandom(6).hex()}")
+        except OSError as exc:
+            global _pool_failed
+            if not _pool_failed:
+                _pool_failed = True
+                logger.warning("could not keep {} for reuse (said once): {}", build, exc)
 
     def _release(self) -> None:
         release(self._held)
@@ -153,6 +207,15 @@ class Workspace:
             self._release()
             return
         self.remove()
+
+
+_pool_failed = False  # a give-back failed once: not said again by this process
+
+
+def pool_root(root: Path) -> Path:
+    """Where the reused project directories of the workspaces under ``root`` wait (see the module)."""
+    root = Path(root).resolve()
+    return root.parent / f".{root.name}-reuse"
 
 
 def is_checkout(builds_dir: Path, root: Path) -> bool:
@@ -183,6 +246,17 @@ def close_to_users(builds_dir: Path) -> None:
     """After the job: its workspace is root's only again (a kept one, CIQ_KEEP_WORKSPACES, too)."""
     with contextlib.suppress(OSError):
         os.chmod(builds_dir.parent, 0o700)
+
+
+def _remove_workspace(path: Path) -> None:
+    """A workspace whose ``build`` went back to the pool is two empty directories most of the
+    time: ``rmdir`` them (no tree walk); anything else goes through ``remove_tree``."""
+    try:
+        for leftover in (path / "tmp", path / "build", path):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(leftover)
+    except OSError:  # not empty: the job's files (a fresh checkout, TMPDIR contents)
+        remove_tree(path)
 
 
 def remove_tree(path: Path) -> None:

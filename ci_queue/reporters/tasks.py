@@ -16,6 +16,7 @@ worker from its environment / settings, never put in a broker message.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -282,13 +283,22 @@ def _open_key(store: Store, run_id: str) -> str:
     return f"{store.prefix}status:run:{run_id}:open"
 
 
+# Runs found to report nothing at all (no commit-status target, no chat) by this process, so that
+# their later events cost no read: what decides it (the run's context, the settings) never changes.
+_SILENT: OrderedDict[tuple[Settings, str, str], None] = OrderedDict()
+SILENT_REMEMBERED = 4096
+
+
 def report_run(store: Store, app: Celery, run_id: str, event: str, *, job: int | str | None = None,
                target: ReportTarget | None = None, settings: Settings | None = None) -> None:
     """Report ``event`` of run ``run_id``: ``run_queued``, ``run_planned`` (jobs pending),
     ``job_started`` / ``job_ended`` (``job``: index or name), ``run_ended`` (final statuses and the
     chat message). ``target``: the repository's (default: from the run's context). Never raises."""
+    settings = settings or get_settings()
+    if target is None and (settings, store.prefix, run_id) in _SILENT:
+        return
     try:
-        _report(store, app, run_id, event, job, target, settings or get_settings())
+        _report(store, app, run_id, event, job, target, settings)
     except Exception as exc:
         logger.bind(run_id=run_id).warning("could not report {}: {}: {}", event, type(exc).__name__, exc)
 
@@ -297,10 +307,25 @@ def _report(store: Store, app: Celery, run_id: str, event: str, job: int | str |
             target: ReportTarget | None, settings: Settings) -> None:
     if event not in EVENTS:
         raise ValueError(f"unknown report event {event!r}; one of {', '.join(EVENTS)}")
-    run = store.get_run(run_id, with_jobs=event in ("run_planned", "run_ended"))
+    run = store.get_run(run_id, with_jobs=False)
     if run is None:
         return
-    target = target or target_for_run(run, settings)
+    derived, target = target is None, target or target_for_run(run, settings)
+    if target.status is None and target.provider not in PROVIDERS:
+        # no commit statuses for this repository (nothing to warn about either): one read, and the
+        # chat at the end; what every job of a farm without a forge would otherwise pay for
+        if not settings.slack_webhook_url or target.notify == "never":
+            if derived:
+                _SILENT[(settings, store.prefix, run_id)] = None
+                if len(_SILENT) > SILENT_REMEMBERED:
+                    _SILENT.popitem(last=False)
+            return
+        ended = event == "run_ended" or (event == "run_planned" and run.status in TERMINAL_RUN)
+        if ended:
+            _maybe_notify(store, app, store.get_run(run_id) or run, target, settings, run_url(settings, run_id))
+        return
+    if event in ("run_planned", "run_ended"):
+        run = store.get_run(run_id) or run
     url = run_url(settings, run_id)
     prefix = settings.status_context_prefix
     pipeline = f"{prefix}/pipeline"

@@ -31,6 +31,7 @@ TERMINAL_RUN = frozenset({"success", "failed", "canceled", "skipped", "error"})
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "skipped"})
 MAX_PLAN_ERROR = 2000  # characters of a planner's failure kept for the run's error
 _JOB_FIELDS = ("st", "att", "worker", "exit", "reason", "queue", "started", "finished", "allowed")
+_JOB_PROPS = ("name", "spec", "attempts", "artifacts", "tests", *_JOB_FIELDS)  # what a JobState is read from
 
 
 WAIT_MILLISECONDS = 1000  # how long a durable write waits for its replicas
@@ -389,7 +390,8 @@ class Store:
             pipe.hset(self._names(run_id), mapping=names)
         fields = {"node_count": len(nodes), "job_count": len(plan.jobs), "stages": json.dumps(plan.stages),
                   "pipeline_variables": json.dumps(plan.variables), "name": plan.name or "",
-                  "uses_artifacts": "1" if any(job.artifacts for job in plan.jobs) else "0"}
+                  "uses_artifacts": "1" if any(job.artifacts for job in plan.jobs) else "0",
+                  "interruptible": "1" if any(job.interruptible for job in plan.jobs) else "0"}
         if sha:
             fields["sha"] = sha
         pipe.hset(self._run(run_id), mapping=fields)
@@ -422,10 +424,6 @@ class Store:
     def stages(self, run_id: str) -> list[str]:
         """The planned stages of the run, in order."""
         return json.loads(self.r.hget(self._run(run_id), "stages") or "[]")
-
-    def pipeline_variables(self, run_id: str) -> dict[str, str]:
-        """The plan's predefined pipeline variables (``CI_PIPELINE_SOURCE``...), for the jobs."""
-        return json.loads(self.r.hget(self._run(run_id), "pipeline_variables") or "{}")
 
     def claim_planning(self, run_id: str, owner: str, ttl: int = 120) -> bool:
         """Only one planner plans a run. The claim is re-entrant: its ``owner`` (the Celery task
@@ -489,7 +487,28 @@ class Store:
         raw = results[0]
         if not raw:
             return None
-        record = RunRecord(
+        record = self._run_record(raw)
+        if with_jobs:
+            state = results[1]
+            count = int(raw.get("job_count") or 0)
+            record.jobs = [self._job_from_state(state, i) for i in range(count)]
+        return record
+
+    def job_start(self, run_id: str, index: int) -> tuple[JobState | None, RunRecord | None, dict[str, str]]:
+        """What a worker reads to start a job, in one round trip: the job, its run (without the
+        other jobs) and the plan's pipeline variables."""
+        pipe = self.r.pipeline(transaction=False)
+        fields = self._job_fields([index])
+        pipe.hmget(self._state(run_id), fields)
+        pipe.hgetall(self._run(run_id))
+        values, raw = pipe.execute()
+        if not raw:
+            return self._jobs_from_values([index], fields, values)[0], None, {}
+        return (self._jobs_from_values([index], fields, values)[0], self._run_record(raw),
+                json.loads(raw.get("pipeline_variables") or "{}"))
+
+    def _run_record(self, raw: dict[str, str]) -> RunRecord:
+        return RunRecord(
             id=raw["id"], status=raw.get("status", "queued"), repo=raw.get("repo", ""), ref=raw.get("ref", ""),
             sha=raw.get("sha", ""), event=raw.get("event", ""), created_at=raw.get("created_at", ""),
             started_at=_opt(raw.get("started_at")), finished_at=_opt(raw.get("finished_at")),
@@ -502,11 +521,6 @@ class Store:
             approved_by=_opt(raw.get("approved_by")), approved_at=_opt(raw.get("approved_at")),
             priority=int(raw.get("priority") or 0),
         )
-        if with_jobs:
-            state = results[1]
-            count = int(raw.get("job_count") or 0)
-            record.jobs = [self._job_from_state(state, i) for i in range(count)]
-        return record
 
     @staticmethod
     def _job_from_state(state: dict[str, str], i: int) -> JobState:
@@ -529,9 +543,17 @@ class Store:
 
     def jobs(self, run_id: str, indexes: list[int]) -> list[JobState | None]:
         """Several jobs of a run in one round trip (None for an index the run does not have)."""
-        props = ("name", "spec", "attempts", "artifacts", "tests", *_JOB_FIELDS)
-        fields = [f"n{i}.{p}" for i in indexes for p in props]
+        fields = self._job_fields(indexes)
         values = self.r.hmget(self._state(run_id), fields) if fields else []
+        return self._jobs_from_values(indexes, fields, values)
+
+    @staticmethod
+    def _job_fields(indexes: list[int]) -> list[str]:
+        return [f"n{i}.{p}" for i in indexes for p in _JOB_PROPS]
+
+    def _jobs_from_values(self, indexes: list[int], fields: list[str],
+                          values: list[str | None]) -> list[JobState | None]:
+        props = _JOB_PROPS
         found: list[JobState | None] = []
         for k, index in enumerate(indexes):
             chunk = dict(zip(fields[k * len(props):(k + 1) * len(props)],
@@ -783,7 +805,8 @@ class Store:
         return result[0], [int(i) for i in result[1:]]
 
     def superseded(self, run_id: str) -> list[str]:
-        """Older runs of the same repository and ref that are still going (for auto-cancel)."""
+        """Older runs of the same repository and ref that are still going and have an
+        ``interruptible`` job (for auto-cancel): a busy ref's planner reads only those whole."""
         raw = self.r.hmget(self._run(run_id), ["repo", "ref"])
         if raw[0] is None:
             return []
@@ -794,8 +817,9 @@ class Store:
         older = self.r.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=50)
         pipe = self.r.pipeline(transaction=False)
         for other in older:
-            pipe.hget(self._run(other), "status")
-        return [other for other, status in zip(older, pipe.execute(), strict=True) if status == "running"]
+            pipe.hmget(self._run(other), ["status", "interruptible"])
+        return [other for other, (status, interruptible) in zip(older, pipe.execute(), strict=True)
+                if status == "running" and interruptible != "0"]  # unset: planned before the flag existed
 
     # -- logs ----------------------------------------------------------------------------------------
     def append_log(self, run_id: str, index: int, lines: list[dict[str, Any]], maxlen: int = 200_000) -> None:

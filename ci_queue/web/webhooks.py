@@ -105,11 +105,9 @@ def _receive(provider: str) -> tuple[Response, int]:
         return _refuse(store, provider, 401, str(exc), reason)
     delivery = events.delivery_id(provider, request.headers)
     key = store.delivery_key(provider, delivery) if delivery else None
-    first = store.r.get(key) if key is not None else None
-    if first is not None:
-        status, answer = _duplicate(store, provider, first)
-    else:
-        status, answer = _handle(provider, body, repo, store, settings, key)
+    # no read of the delivery record first (a round trip every new delivery paid): a repeat is
+    # found where its answer is written, by the run's own atomic write or by `_remember`
+    status, answer = _handle(provider, body, repo, store, settings, key)
     return jsonify(answer), status
 
 
@@ -135,15 +133,15 @@ def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Setti
         result = events.parse(provider, request.headers, body)
     except events.BadPayload as exc:
         metrics.WEBHOOKS_REJECTED.inc(store, provider=provider, reason="malformed")
-        return _remember(store, key, 400, {"error": str(exc)})
+        return _remember(store, provider, key, 400, {"error": str(exc)})
     if isinstance(result, events.Pong):
-        return _remember(store, key, 200, {"pong": True})
+        return _remember(store, provider, key, 200, {"pong": True})
     if isinstance(result, events.Ignored):
-        return _remember(store, key, 202, result.to_dict())
+        return _remember(store, provider, key, 202, result.to_dict())
     refused = repo.fork_refused(result)
     if refused:  # `fork_pull_requests: never`: answered like any event that starts nothing
         logger.info("{} {} {} from a fork: no run ({})", provider, result.kind, result.ref, refused)
-        return _remember(store, key, 202, {"ignored": refused})
+        return _remember(store, provider, key, 202, {"ignored": refused})
     arguments = repo.run_arguments(result, default_branch=settings.default_branch)
     refused = _clone_url_refused(repo, arguments)
     if refused is not None:
@@ -189,10 +187,19 @@ def _audit(provider: str, run_id: str, repo: str, status: int) -> None:
                        method=request.method, path=request.path, run_id=run_id, repo=repo, status=status)
 
 
-def _remember(store: Store, key: str | None, status: int, answer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Keep the answer to a delivery that starts nothing, for its repeats (first one wins)."""
-    if key is not None:
-        store.r.set(key, json.dumps({"status": status, "body": answer}), nx=True, ex=DELIVERY_TTL)
+def _remember(store: Store, provider: str, key: str | None, status: int,
+              answer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Keep the answer to a delivery that starts nothing, for its repeats (first one wins: a
+    repeat gets the first answer back, marked as a duplicate). One round trip (``SET NX`` and
+    ``GET`` in one transaction; ``SET NX GET`` needs Redis 7)."""
+    if key is None:
+        return status, answer
+    pipe = store.r.pipeline(transaction=True)
+    pipe.set(key, json.dumps({"status": status, "body": answer}), nx=True, ex=DELIVERY_TTL)
+    pipe.get(key)
+    written, first = pipe.execute()
+    if not written and first is not None:
+        return _duplicate(store, provider, first)
     return status, answer
 
 

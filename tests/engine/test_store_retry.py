@@ -375,3 +375,14 @@ def test_retried_runs_never_violate_needs_or_stage_order_and_never_rerun_a_succe
             elif status == "failed":
                 assert after[name][1] == attempt + 1
     assert store.r.hget(store._state(run_id), "c.active") == "0"
+
+
+def test_superseded_names_only_running_runs_with_an_interruptible_job(store, tmp_path):
+    """Auto-cancel reads whole only the older runs it could cancel something of."""
+    plain = Driver(store, tmp_path, "a: {script: x}\n")
+    interruptible = Driver(store, tmp_path, "a: {script: x, interruptible: true}\n")
+    finished = Driver(store, tmp_path, "a: {script: x, interruptible: true}\n")
+    finished.run_ready()
+    newest = Driver(store, tmp_path, "a: {script: x}\n")
+    assert {store.run_status(d.run_id) for d in (plain, interruptible, newest)} == {"running"}
+    assert store.superseded(newest.run_id) == [interruptible.run_id]

@@ -136,6 +136,15 @@ def test_a_redelivery_returns_the_first_answer_and_starts_nothing(hooks):
     assert len(runs(hooks)) == 1
 
 
+def test_a_redelivered_delivery_that_started_nothing_gets_its_first_answer(hooks):
+    ping = json.dumps({"zen": "Keep it simple.", "hook_id": 1, "repository": {"full_name": "octo/hello"}}).encode()
+    first = post(hooks, "github", ping, github_headers(ping, event="ping", delivery="d-ping"))
+    again = post(hooks, "github", ping, github_headers(ping, event="ping", delivery="d-ping"))
+    assert first.status_code == again.status_code == 200
+    assert first.json == {"pong": True} and again.json == {"pong": True, "duplicate": True}
+    assert runs(hooks) == []
+
+
 def test_ping_deletions_and_unknown_events_start_nothing(hooks):
     ping = json.dumps({"zen": "Keep it simple.", "hook_id": 1, "repository": {"full_name": "octo/hello"}}).encode()
     assert post(hooks, "github", ping, github_headers(ping, event="ping")).json == {"pong": True}
