@@ -13,7 +13,6 @@ few times with backoff; a 403 means the attempt is no longer the current one.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -178,15 +177,15 @@ class JobChannel:
     def upload_archive(self, chunks: Callable[[], Iterable[bytes]]) -> Uploaded:
         return self.upload("/artifacts.tar", chunks)
 
-    def commit_artifacts(self, *, name: str, expire_in: str | None, uploaded: Uploaded,
-                         manifest: list[dict[str, Any]]) -> dict[str, Any]:
-        """Upload the file list, then record the archive uploaded before with it. The list goes
-        as a stored object of its own, not inside the commit: the web app keeps its bytes as
-        they come instead of parsing and re-encoding 10,000 entries per commit."""
-        listing = json.dumps(manifest, separators=(",", ":")).encode()
-        self.upload("/manifest.json", lambda: [listing])
+    def commit_artifacts(self, *, name: str, expire_in: str | None, uploaded: Uploaded, manifest: bytes,
+                         files: int) -> dict[str, Any]:
+        """Upload the file list (``manifest``: the JSON list ``TarWriter.manifest_json()`` makes;
+        ``files``: how many regular files it names), then record the archive uploaded before
+        with it. The list goes as a stored object of its own, not inside the commit: the web app
+        keeps its bytes as they come instead of parsing and re-encoding 10,000 entries per commit."""
+        self.upload("/manifest.json", lambda: [manifest])
         body = {"name": name, "expire_in": expire_in, "sha256": uploaded.sha256, "size": uploaded.size,
-                "files": sum(entry.get("type") == "file" for entry in manifest), "manifest_size": len(listing)}
+                "files": files, "manifest_size": len(manifest)}
         return self._request("POST", "/artifacts", json=body).json()
 
     def put_report(self, kind: str, chunks: Callable[[], Iterable[bytes]]) -> dict[str, Any]:
