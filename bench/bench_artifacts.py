@@ -68,7 +68,7 @@ if mode == "upload":
         return writers[-1].chunks()
     uploaded = channel.upload_archive(chunks)
     channel.commit_artifacts(name="bench", expire_in="1 day", uploaded=uploaded,
-                             manifest=[e.to_dict() for e in writers[-1].manifest])
+                             manifest=writers[-1].manifest_json(), files=writers[-1].files)
     size = uploaded.size
 else:
     source = int(sys.argv[8])

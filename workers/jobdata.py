@@ -260,8 +260,8 @@ class JobData:
         expire_in = spec.get("expire_in")
         try:
             record = self.channel.commit_artifacts(name=name, expire_in=None if expire_in is None else str(expire_in),
-                                                   uploaded=uploaded,
-                                                   manifest=[e.to_dict() for e in writers[-1].manifest])
+                                                   uploaded=uploaded, manifest=writers[-1].manifest_json(),
+                                                   files=writers[-1].files)
         except Rejected as exc:
             raise DataFailure("runner_system_failure", f"the artifacts were not accepted: {exc.reason}") from None
         expiry = f", expire at {record.get('expire_at')}" if record.get("expire_at") else ", never expire"

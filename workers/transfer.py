@@ -13,11 +13,12 @@ few times with backoff; a 403 means the attempt is no longer the current one.
 from __future__ import annotations
 
 import hashlib
-import json
+import http.client
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -111,14 +112,19 @@ class JobChannel:
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, body: Callable[[], Any] | None = None, ok: tuple[int, ...] = (200,),
-                 **kwargs: Any) -> requests.Response:
-        """One request, retried on transient failures (``body`` makes the body afresh each time)."""
+                 chunked: bool = False, **kwargs: Any) -> requests.Response:
+        """One request, retried on transient failures (``body`` makes the body afresh each time;
+        ``chunked``: it is a stream of chunks for a PUT, sent by ``_put_chunked`` where it can)."""
         delay = 0.5
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
             try:
-                response = self.session.request(method, self.base + path, data=body() if body else None,
-                                                timeout=TIMEOUT, **kwargs)
+                url = self.base + path
+                if chunked and body and self._direct(url):
+                    response = self._put_chunked(url, body(), kwargs.get("params"))
+                else:
+                    response = self.session.request(method, url, data=body() if body else None, timeout=TIMEOUT,
+                                                    **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if last:
                     raise TransferError(f"the web app at {self.base.split('/api/')[0]} is unreachable: "
@@ -150,12 +156,70 @@ class JobChannel:
                 yield chunk
             sent.update(sha256=digest.hexdigest(), size=size)
 
-        response = self._request("PUT", path, body=body, params=params or None)
+        response = self._request("PUT", path, body=body, chunked=True, params=params or None)
         stored = response.json()
         if stored.get("sha256") != sent.get("sha256") or stored.get("size") != sent.get("size"):
             raise ChecksumMismatch(f"the web app stored {stored.get('size')} bytes ({str(stored.get('sha256'))[:16]}…) "
                                    f"of {sent.get('size')} sent ({str(sent.get('sha256'))[:16]}…)")
         return Uploaded(stored["sha256"], stored["size"])
+
+    def _direct(self, url: str) -> bool:
+        """Whether ``_put_chunked`` may send to ``url``: plain HTTP (the web app on loopback or
+        the farm's network) that no proxy setting covers. Anything else (TLS, proxies) goes
+        through requests, whose settings for them stay the only ones."""
+        if urlsplit(url).scheme != "http" or self.session.proxies:
+            return False
+        return not (self.session.trust_env and requests.utils.get_environ_proxies(url))
+
+    def _put_chunked(self, url: str, chunks: Iterable[bytes], params: dict[str, str] | None) -> requests.Response:
+        """PUT ``chunks`` with chunked transfer encoding on a connection of its own, each chunk
+        sent as it is (its size line, the chunk, CRLF: three sends, no copy). urllib3, under
+        requests, frames a chunk by formatting it into a new bytes object, at 0.5 ms per MiB
+        here: 22 ms of the 10,000-file upload, half a second of a 1 GiB one.
+
+        A failed send is not the end: the web app may have answered (413, 403) and closed
+        before taking the whole body, and that answer is what counts. A connection that fails
+        is ``requests.ConnectionError`` (retried by ``_request``); what ``chunks`` raises is
+        raised as it is, after it is closed."""
+        prepared = self.session.prepare_request(requests.Request("PUT", url, params=params))
+        prepared.headers.pop("Content-Length", None)  # set to 0 for a body-less PUT
+        prepared.headers["Transfer-Encoding"] = "chunked"
+        prepared.headers["Accept-Encoding"] = "identity"
+        where = urlsplit(url)
+        connection = http.client.HTTPConnection(where.hostname or "", where.port or 80, timeout=TIMEOUT[0])
+        source = iter(chunks)
+        try:
+            try:
+                connection.connect()
+                connection.sock.settimeout(TIMEOUT[1])
+                connection.putrequest("PUT", prepared.path_url, skip_host=False, skip_accept_encoding=True)
+                for name, value in prepared.headers.items():
+                    connection.putheader(name, value)
+                connection.endheaders()
+            except (OSError, http.client.HTTPException) as exc:
+                raise requests.ConnectionError(exc) from None
+            send = connection.sock.sendall
+            try:
+                for chunk in source:
+                    if chunk:
+                        send(b"%x\r\n" % len(chunk))
+                        send(chunk)
+                        send(b"\r\n")
+                send(b"0\r\n\r\n")
+            except OSError:
+                pass  # the answer, if the web app sent one before closing, says why
+            try:
+                answer = connection.getresponse()
+                response = self.session.get_adapter(url).build_response(prepared, answer)
+                _ = response.content  # read whole: the connection is closed below
+            except (OSError, http.client.HTTPException) as exc:
+                raise requests.ConnectionError(exc) from None
+            return response
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+            connection.close()
 
     def download(self, path: str, expected_sha256: str, what: str, **params: str) -> HashingReader:
         """A streamed GET; a redirect (a presigned URL of the store) is followed without the job
@@ -178,15 +242,15 @@ class JobChannel:
     def upload_archive(self, chunks: Callable[[], Iterable[bytes]]) -> Uploaded:
         return self.upload("/artifacts.tar", chunks)
 
-    def commit_artifacts(self, *, name: str, expire_in: str | None, uploaded: Uploaded,
-                         manifest: list[dict[str, Any]]) -> dict[str, Any]:
-        """Upload the file list, then record the archive uploaded before with it. The list goes
-        as a stored object of its own, not inside the commit: the web app keeps its bytes as
-        they come instead of parsing and re-encoding 10,000 entries per commit."""
-        listing = json.dumps(manifest, separators=(",", ":")).encode()
-        self.upload("/manifest.json", lambda: [listing])
+    def commit_artifacts(self, *, name: str, expire_in: str | None, uploaded: Uploaded, manifest: bytes,
+                         files: int) -> dict[str, Any]:
+        """Upload the file list (``manifest``: the JSON list ``TarWriter.manifest_json()`` makes;
+        ``files``: how many regular files it names), then record the archive uploaded before
+        with it. The list goes as a stored object of its own, not inside the commit: the web app
+        keeps its bytes as they come instead of parsing and re-encoding 10,000 entries per commit."""
+        self.upload("/manifest.json", lambda: [manifest])
         body = {"name": name, "expire_in": expire_in, "sha256": uploaded.sha256, "size": uploaded.size,
-                "files": sum(entry.get("type") == "file" for entry in manifest), "manifest_size": len(listing)}
+                "files": files, "manifest_size": len(manifest)}
         return self._request("POST", "/artifacts", json=body).json()
 
     def put_report(self, kind: str, chunks: Callable[[], Iterable[bytes]]) -> dict[str, Any]:

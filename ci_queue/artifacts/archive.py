@@ -46,8 +46,10 @@ import struct
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 from typing import Any, BinaryIO
+from zlib import adler32
 
 from ci_queue.artifacts.selection import (
     MAX_SYMLINK_HOPS,
@@ -224,11 +226,19 @@ _TYPEFLAG = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTY
 _ID = b"0000000\0"  # uid, gid, devmajor, devminor
 # the checksum of the fields every header shares: uid, gid, magic, version, devmajor, devminor
 _CONSTANT_SUM = 4 * sum(_ID) + sum(b"ustar\0") + sum(b"00")
+# A regular file's ustar header in two parts: what differs from file to file (name, mode, uid and
+# gid, size, mtime: 148 bytes), then the checksum and what every file's header shares.
+_FILE_HEAD = struct.Struct("100s8s16s12s12s")
+_FILE_TAIL = b"\0 " + _USTAR.pack(b"", b"", b"", b"", b"", b"", b"", tarfile.REGTYPE, b"", b"ustar\0", b"00", b"",
+                                 b"", _ID, _ID, b"", b"")[156:]
+_FILE_TAIL_SUM = 8 * 32 + sum(_FILE_TAIL[2:])  # the checksum counts its own field as 8 spaces
+_PADDING = [bytes(n) for n in range(BLOCK)]
 
 
 def _header(path: str, kind: str, mode: int, mtime: int, size: int, target: str = "") -> bytes:
-    """The tar header (blocks) of one entry: a plain ustar block when everything fits, built here
-    (this is the per-file cost of many small files); tarfile's pax header sequence otherwise."""
+    """The tar header (blocks) of one entry: a plain ustar block when everything fits, built here;
+    tarfile's pax header sequence otherwise. (A regular file with a short ASCII name, the common
+    case, has its header built in ``TarWriter._stream`` itself: this is its per-file cost.)"""
     name = path + "/" if kind == DIR else path
     if name.isascii() and len(name) <= 100 and target.isascii() and len(target) <= 100 and size < _MAX_OCTAL \
             and 0 <= mtime < _MAX_OCTAL:
@@ -244,11 +254,15 @@ def _header(path: str, kind: str, mode: int, mtime: int, size: int, target: str 
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+_Row = tuple[str, str, int, int, int, "int | None", "str | None"]  # an Entry's fields, mtime in whole seconds
+
+
 class TarWriter:
     """A tar stream of ``entries`` (relative paths under ``root``, as ``select`` gives them),
     produced in chunks of about ``chunk_size`` bytes. After ``chunks()`` is exhausted,
-    ``manifest`` lists what the stream holds, ``size`` is its length and ``warnings`` say what
-    was left out or changed while being read (for the job log).
+    ``manifest`` lists what the stream holds (``manifest_json()``: as the web app stores it),
+    ``files`` counts its regular files, ``size`` is its length and ``warnings`` say what was
+    left out or changed while being read (for the job log).
 
     Each entry is looked at afresh: one that vanished, became a special file, sits below a
     symlink or is a symlink leaving ``root`` is skipped with a warning. A file that changes size
@@ -261,10 +275,24 @@ class TarWriter:
         self.root_real = os.path.realpath(self.root)
         self.entries = list(entries)
         self.chunk_size = max(int(chunk_size), BLOCK)
-        self.manifest: list[Entry] = []
         self.size = 0
+        self.files = 0
         self.warnings: list[str] = []
+        self._rows: list[_Row] = []  # tuples, not Entry objects: a tuple costs a tenth per file
+        self._manifest: list[Entry] | None = None
         self._started = False
+
+    @property
+    def manifest(self) -> list[Entry]:
+        if self._manifest is None or len(self._manifest) != len(self._rows):
+            self._manifest = [Entry(path, kind, size, mode, float(mtime), offset, target)
+                              for path, kind, size, mode, mtime, offset, target in self._rows]
+        return self._manifest
+
+    def manifest_json(self) -> bytes:
+        """The manifest as the JSON list of ``Entry.to_dict()`` objects, byte for byte what
+        ``json.dumps(..., separators=(",", ":"))`` makes of it, at a fraction of its cost."""
+        return _manifest_json(self._rows)
 
     def chunks(self) -> Iterator[bytes]:
         if self._started:
@@ -279,13 +307,16 @@ class TarWriter:
             os.close(root_fd)
 
     def _stream(self, dirs: _DirFds) -> Iterator[bytes]:
-        # One pass per entry with as few calls as can be: this loop is the cost of many small files.
+        # One pass per entry with as few calls as can be: this loop is the cost of many small files
+        # (about 6 us a file, of which 4 in the five system calls, on the benchmark's machine).
         pending = bytearray()
         position = 0  # bytes of the stream so far, pending included
         chunk_size = self.chunk_size
-        warn, add = self.warnings.append, self.manifest.append
+        warn, add = self.warnings.append, self._rows.append
         lstat, open_, fstat, read, close = os.lstat, os.open, os.fstat, os.read, os.close
-        is_reg, is_dir, is_link = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK
+        is_reg = stat.S_ISREG
+        pack_head, tail, tail_sum, padding, ids = _FILE_HEAD.pack, _FILE_TAIL, _FILE_TAIL_SUM, _PADDING, _ID + _ID
+        files = 0
         for rel in self.entries:
             parts = rel.split("/")
             if not rel or rel[0] == "/" or "\0" in rel or "" in parts or "." in parts or ".." in parts:
@@ -302,7 +333,13 @@ class TarWriter:
                 warn(f"{display(rel)} not archived: {exc.strerror or exc}")
                 continue
             mode = info.st_mode
-            if is_reg(mode):
+            if not is_reg(mode):
+                header, row = self._not_a_file(rel, leaf, parent, info)
+                if header:
+                    pending += header
+                    position += len(header)
+                    add(row)
+            else:
                 try:
                     fd = open_(leaf, _OPEN_READ, dir_fd=parent)
                 except OSError as exc:
@@ -325,10 +362,21 @@ class TarWriter:
                         except OSError as exc:  # nothing of it is in the stream yet
                             warn(f"{display(rel)} not archived: {exc.strerror or exc}")
                             continue
-                    header = _header(rel, FILE, perms, mtime, size)
-                    pending += header
-                    position += len(header)
-                    add(Entry(rel, FILE, size, perms, float(mtime), position))
+                    if len(rel) <= 100 and rel.isascii() and size < _MAX_OCTAL and 0 <= mtime < _MAX_OCTAL:
+                        head = pack_head(rel.encode(), b"%07o\0" % perms, ids, b"%011o\0" % size, b"%011o\0" % mtime)
+                        pending += head
+                        # the checksum: the sum of the header's bytes. adler32's low half is 1 + that
+                        # sum modulo 65521, which 148 bytes (at most 37740) never reach: exact, and
+                        # a tenth of sum()'s cost
+                        pending += b"%06o" % ((adler32(head) & 0xFFFF) - 1 + tail_sum)
+                        pending += tail
+                        position += BLOCK
+                    else:
+                        header = _header(rel, FILE, perms, mtime, size)
+                        pending += header
+                        position += len(header)
+                    add((rel, FILE, size, perms, mtime, position, None))
+                    files += 1
                     if size <= chunk_size:
                         pending += data
                     else:
@@ -336,34 +384,10 @@ class TarWriter:
                             yield bytes(pending)
                             pending.clear()
                         yield from self._read_large(fd, rel, size)
-                    pending += bytes(-size % BLOCK)
+                    pending += padding[-size % BLOCK]
                     position += size + (-size % BLOCK)
                 finally:
                     close(fd)
-            elif is_dir(mode):
-                perms, mtime = mode & 0o777, int(info.st_mtime)
-                header = _header(rel, DIR, perms, mtime, 0)
-                pending += header
-                position += len(header)
-                add(Entry(rel, DIR, 0, perms, float(mtime)))
-            elif is_link(mode):
-                try:
-                    text = os.readlink(leaf, dir_fd=parent)
-                except OSError as exc:
-                    warn(f"{display(rel)} not archived: {exc.strerror or exc}")
-                    continue
-                target, reason = link_target(self.root, self.root_real, rel, text)
-                if target is None:
-                    warn(f"symlink {display(rel)} -> {display(text)} not archived: {reason}")
-                    continue
-                mtime = int(info.st_mtime)
-                header = _header(rel, SYMLINK, 0o777, mtime, 0, target)
-                pending += header
-                position += len(header)
-                add(Entry(rel, SYMLINK, 0, 0o777, float(mtime), target=target))
-            else:
-                warn(f"{display(rel)} not archived: it is not a regular file, directory or symlink")
-                continue
             if len(pending) >= chunk_size:
                 yield bytes(pending)
                 pending.clear()
@@ -373,6 +397,27 @@ class TarWriter:
         position += end
         yield bytes(pending)
         self.size = position
+        self.files = files
+
+    def _not_a_file(self, rel: str, leaf: str, parent: int, info: os.stat_result) -> tuple[bytes, _Row | None]:
+        """The header and manifest row of a directory or a symlink (lstat'ed as ``info``); no
+        header (and a warning) for anything else, or for a symlink that leaves ``root``."""
+        mode, mtime = info.st_mode, int(info.st_mtime)
+        if stat.S_ISDIR(mode):
+            return _header(rel, DIR, mode & 0o777, mtime, 0), (rel, DIR, 0, mode & 0o777, mtime, None, None)
+        if not stat.S_ISLNK(mode):
+            self.warnings.append(f"{display(rel)} not archived: it is not a regular file, directory or symlink")
+            return b"", None
+        try:
+            text = os.readlink(leaf, dir_fd=parent)
+        except OSError as exc:
+            self.warnings.append(f"{display(rel)} not archived: {exc.strerror or exc}")
+            return b"", None
+        target, reason = link_target(self.root, self.root_real, rel, text)
+        if target is None:
+            self.warnings.append(f"symlink {display(rel)} -> {display(text)} not archived: {reason}")
+            return b"", None
+        return _header(rel, SYMLINK, 0o777, mtime, 0, target), (rel, SYMLINK, 0, 0o777, mtime, None, target)
 
     def _read_small(self, fd: int, rel: str, size: int, data: bytes = b"") -> bytes:
         """Exactly ``size`` bytes of the file (``data``: what a first read gave)."""
@@ -410,6 +455,20 @@ class TarWriter:
         else:
             self.warnings.append(f"{display(rel)} shrank while it was archived ({found} of {size} bytes read): "
                                  "the archive holds it padded with zero bytes")
+
+
+_FILE_JSON = '{"path":%s,"type":"file","size":%d,"mode":%d,"mtime":%r,"offset":%d,"target":null}'
+_OTHER_JSON = '{"path":%s,"type":"%s","size":%d,"mode":%d,"mtime":%r,"offset":null,"target":%s}'
+
+
+def _manifest_json(rows: list[_Row]) -> bytes:
+    """``json.dumps([Entry(...).to_dict() ...], separators=(",", ":"))`` of the rows, with its
+    string encoder (ASCII, surrogates escaped): one format string per entry instead of a dict."""
+    items = [_FILE_JSON % (_json_string(path), size, mode, float(mtime), offset) if offset is not None else
+             _OTHER_JSON % (_json_string(path), kind, size, mode, float(mtime),
+                            "null" if target is None else _json_string(target))
+             for path, kind, size, mode, mtime, offset, target in rows]
+    return ("[" + ",".join(items) + "]").encode()
 
 
 def write_tar(root: Path, entries: list[str], out: BinaryIO) -> list[Entry]:

@@ -6,6 +6,7 @@ outside its destination."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ci_queue.artifacts.archive import Entry, TarWriter, UnsafeArchive, safe_extract, write_tar
+from ci_queue.artifacts.archive import Entry, TarWriter, UnsafeArchive, _header, safe_extract, write_tar
 from ci_queue.artifacts.selection import select
 
 MTIME = 1_700_000_000
@@ -549,6 +550,24 @@ def test_a_directory_with_contents_in_the_way_is_refused(site: tuple[Path, Path]
 
 
 # -- the manifest ----------------------------------------------------------------------------------
+
+
+def test_manifest_json_is_what_json_dumps_makes_of_the_entries(tree: Path) -> None:
+    _, writer = archive_of(tree)
+    expected = json.dumps([e.to_dict() for e in writer.manifest], separators=(",", ":")).encode()
+    assert writer.manifest_json() == expected
+    assert writer.files == sum(e.type == "file" for e in writer.manifest) == 9
+    assert [Entry.from_dict(item) for item in json.loads(writer.manifest_json())] == writer.manifest
+
+
+def test_file_headers_are_the_ustar_blocks_of_the_general_builder(tree: Path) -> None:
+    """Files with short ASCII names get their header from the writer's own fast path: the same
+    bytes as ``_header`` makes (whose output GNU tar reads, above)."""
+    data, writer = archive_of(tree)
+    fast = [e for e in writer.manifest if e.type == "file" and e.path.isascii() and len(e.path) <= 100]
+    assert len(fast) >= 5
+    for e in fast:
+        assert data[e.offset - 512:e.offset] == _header(e.path, "file", e.mode, int(e.mtime), e.size), e.path
 
 
 def test_entries_round_trip_through_dicts(tree: Path) -> None:

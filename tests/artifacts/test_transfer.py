@@ -58,7 +58,7 @@ def upload(live: LiveApp, job: RunningJob, root: Path, paths: list[str], expire_
     with live.channel(job) as channel:
         uploaded = channel.upload_archive(chunks)
         return channel.commit_artifacts(name="dist-files", expire_in=expire_in, uploaded=uploaded,
-                                        manifest=[e.to_dict() for e in writers[-1].manifest])
+                                        manifest=writers[-1].manifest_json(), files=writers[-1].files)
 
 
 def next_job(live: LiveApp, build: RunningJob, name: str) -> RunningJob:
@@ -249,8 +249,8 @@ def test_an_attempt_that_was_taken_over_records_nothing(live: LiveApp, tmp_path:
         list(writer.chunks())
         assert live.store.requeue_job(build.run_id, build.index, 1, {"attempt": 1, "status": "failed"}) == 2
         with pytest.raises(AttemptGone):
-            channel.commit_artifacts(name="x", expire_in=None, uploaded=uploaded,
-                                     manifest=[e.to_dict() for e in writer.manifest])
+            channel.commit_artifacts(name="x", expire_in=None, uploaded=uploaded, manifest=writer.manifest_json(),
+                                     files=writer.files)
     assert ArtifactIndex(live.store).artifacts(build.run_id, build.index) is None
 
 

@@ -582,6 +582,39 @@ def test_a_reader_keeps_the_version_it_opened(tmp_path: Path) -> None:
         reader.read(1)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_writeback_is_started_chunk_by_chunk_through_a_working_binding(tmp_path: Path) -> None:
+    """The put starts writeback per chunk (its closing fsync then waits for little): the ctypes
+    binding exists on Linux and its calls succeed (wrong argument types would fail with EINVAL)."""
+    from ci_queue.objects import directory
+
+    assert directory._start_writeback is not None
+    path = tmp_path / "probe"
+    path.write_bytes(b"x" * 70_000)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert directory._start_writeback(fd, 0, 65_536) == 0
+        assert directory._start_writeback(fd, 65_536, 4_464) == 0
+        assert directory._start_writeback(-1, 0, 1) == -1  # a call that reaches the kernel, refused there
+    finally:
+        os.close(fd)
+    store = DirectoryStore(tmp_path / "store")
+    calls: list[tuple[int, int]] = []
+    real = directory._start_writeback
+
+    def recording(fd: int, offset: int, size: int) -> object:
+        calls.append((offset, size))
+        return real(fd, offset, size)
+
+    directory._start_writeback = recording
+    try:
+        stored = store.put("runs/r1/big", io.BytesIO(bytes(3 * (1 << 20) + 5)))
+    finally:
+        directory._start_writeback = real
+    assert stored.size == 3 * (1 << 20) + 5
+    assert calls == [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20), (3 << 20, 5)]
+
+
 def test_a_put_racing_with_the_removal_of_its_directory_still_lands(tmp_path: Path) -> None:
     """``delete`` prunes directories left empty; a put into one of them at that moment creates
     it again rather than failing."""
