@@ -1,5 +1,5 @@
-// The farm page's queue table, from GET /api/v1/queues (rendered here as text cells). Until the
-// server has that endpoint (404), the table says it is unavailable.
+// The farm page's queue table, from GET /api/v1/queues (rendered here as text cells); when that
+// answers an error, a note says the depths are unavailable.
 "use strict";
 
 (() => {
@@ -48,7 +48,6 @@
       p.textContent = text;
       box.replaceChildren(p);
     };
-    if (response.status === 404) { note("Queue depths are unavailable: this server has no /api/v1/queues."); return; }
     if (!response.ok) { note(`Queue depths are unavailable right now (${response.status}).`); return; }
     const body = await response.json();
     const table = document.createElement("table");

@@ -229,8 +229,11 @@ def test_the_farm_page_shows_both_workers_and_what_they_run_and_a_run_is_cancele
     assert page.locator("tr[data-worker] .badge", has_text="online").count() == 2
     running = page.locator(f"tr[data-worker] a[href='/runs/{run_id}/jobs/flash']")
     running.wait_for()  # the running job shows up live, linked to its log
-    # GET /api/v1/queues is another branch's: the table, or (until it is merged) a note saying so
-    page.locator("#queues-table, #queues-unavailable").first.wait_for()
+    # the queue table (GET /api/v1/queues): the job queue both workers serve, with the gated job running
+    page.locator("#queues-table tr[data-queue]").first.wait_for()
+    cells = page.locator("#queues-table tr[data-queue]").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert any(row[5] == "1" and row[6] == "2" for row in cells), cells
     shot(page, screenshots, "workers")
     # cancel it from its page (the button asks first; the fixture accepts), and the farm frees up
     page.goto(f"/runs/{run_id}")
