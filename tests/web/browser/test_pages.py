@@ -230,10 +230,16 @@ def test_the_farm_page_shows_both_workers_and_what_they_run_and_a_run_is_cancele
     running = page.locator(f"tr[data-worker] a[href='/runs/{run_id}/jobs/flash']")
     running.wait_for()  # the running job shows up live, linked to its log
     # the queue table (GET /api/v1/queues): the job queue both workers serve, with the gated job running
-    page.locator("#queues-table tr[data-queue]").first.wait_for()
-    cells = page.locator("#queues-table tr[data-queue]").evaluate_all(
-        "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
-    assert any(row[5] == "1" and row[6] == "2" for row in cells), cells
+    # (the table reloads every 3 s: wait for the row rather than read the first rendering)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("""() => [...document.querySelectorAll('#queues-table tr[data-queue]')]
+            .some(r => r.cells[5].textContent === '1' && r.cells[6].textContent === '2')""", timeout=30_000)
+    except PlaywrightTimeout:
+        cells = page.locator("#queues-table tr[data-queue]").evaluate_all(
+            "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+        pytest.fail(f"no queue row shows the gated job running on both workers: {cells}")
     shot(page, screenshots, "workers")
     # cancel it from its page (the button asks first; the fixture accepts), and the farm frees up
     page.goto(f"/runs/{run_id}")
