@@ -1,13 +1,15 @@
 """The farm: which workers are there, what they serve and what they run now.
 
 Every ``ci-queue worker`` beats (``Heartbeat``) every ``BEAT_SECONDS``: it writes its record,
-``P workers:<name>`` (a hash: host, tags, queues, concurrency, started, last beat, draining,
-stopped), and its name into ``P workers``, a sorted set scored by the last beat (Redis's clock,
-the one clock of the system). ``list_workers`` reads the workers that beat within ``SEEN_SECONDS``
-(an hour) and finds their running jobs in the lease set (``P leases``: every running attempt has
-one), so what a page shows as running is what the sweeper would re-queue, not a second account
-that could disagree. A worker that stops says so (``stopped``); one that dies just stops beating
-and shows as ``lost`` once its beat is older than ``LOST_SECONDS``.
+``P farm:worker:<name>`` (a hash: host, tags, queues, concurrency, started, last beat, draining,
+stopped), and its name into ``P farm:workers``, a sorted set scored by the last beat (Redis's
+clock, the one clock of the system). The same beat renews the worker's slots for the scheduler
+(``also``: ``workers.capacity.Slots``), whose keys are its own (``P workers`` holds deadlines).
+``list_workers`` reads the workers that beat within ``SEEN_SECONDS`` (an hour) and finds their
+running jobs in the lease set (``P leases``: every running attempt has one), so what a page shows
+as running is what the sweeper would re-queue, not a second account that could disagree.
+A worker that stops says so (``stopped``); one that dies just stops beating and shows as ``lost``
+once its beat is older than ``LOST_SECONDS``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,11 +31,11 @@ RECORD_TTL = int(SEEN_SECONDS) + 600  # a record outlives its listing a little, 
 
 
 def _index(store: Store) -> str:
-    return f"{store.prefix}workers"
+    return f"{store.prefix}farm:workers"
 
 
 def _record(store: Store, name: str) -> str:
-    return f"{store.prefix}workers:{name}"
+    return f"{store.prefix}farm:worker:{name}"
 
 
 def _iso(seconds: float) -> str:
@@ -54,23 +57,30 @@ class WorkerInfo:
 class Heartbeat:
     """Keeps a worker's record fresh from a daemon thread while the worker lives. Every beat
     writes the whole record, so a beat lost to a Redis outage (or a Redis restarted empty) is
-    mended by the next one."""
+    mended by the next one. ``also`` runs after each regular beat, on the same thread: one
+    announcement of the worker, not one thread per thing it tells."""
 
-    def __init__(self, store: Store, info: WorkerInfo, interval: float = BEAT_SECONDS) -> None:
-        self.store, self.info, self.interval = store, info, interval
+    def __init__(self, store: Store, info: WorkerInfo, interval: float = BEAT_SECONDS,
+                 also: Callable[[], None] | None = None) -> None:
+        self.store, self.info, self.interval, self.also = store, info, interval, also
         self._stop = threading.Event()
         self._started: float | None = None
         self._draining = False
 
     def start(self) -> Heartbeat:
         """Beat now (the worker is listed as soon as it runs), then every ``interval`` seconds."""
-        self._beat()
+        self._announce()
         threading.Thread(target=self._loop, name="ciq-heartbeat", daemon=True).start()
         return self
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self._beat()
+            self._announce()
+
+    def _announce(self) -> None:
+        self._beat()
+        if self.also is not None:
+            self.also()
 
     def draining(self) -> None:
         """The worker was told to stop: it takes no new jobs and lets the running ones end."""

@@ -65,13 +65,15 @@ def worker_command(tags: str, concurrency: int | None, name: str | None, queues:
         click.echo(f"ci-queue worker: {exc}", err=True)
         sys.exit(1)
     _remove_leftovers(settings)
-    beat = Heartbeat(rt.store, WorkerInfo(hostname, socket.gethostname(), tuple(_split(tags)), tuple(consumed),
-                                          concurrency or os.cpu_count() or 1, protected)).start()
     from workers.capacity import Slots
 
-    # the job queues' slots, for the scheduler's admission (planning is not a job queue)
+    # the job queues' slots, for the scheduler's admission (planning is not a job queue), renewed
+    # by the same beat as the farm's record
     slots = Slots(rt.store, app, settings, hostname, [q for q in consumed if q != CONTROL_QUEUE],
-                  concurrency or os.cpu_count() or 1).start()
+                  concurrency or os.cpu_count() or 1)
+    beat = Heartbeat(rt.store, WorkerInfo(hostname, socket.gethostname(), tuple(_split(tags)), tuple(consumed),
+                                          concurrency or os.cpu_count() or 1, protected),
+                     also=slots.announce).start()
     sweeper = Sweeper(rt.store, app, settings).start()
     from workers.reaper import start_reaper
 

@@ -231,3 +231,26 @@ def test_delayed_first_attempts_and_jobs_planned_before_holding_are_sent_directl
 
     etas = [json.loads(raw)["headers"].get("eta") for raw in farm.client.lrange(QUEUE, 0, -1)]
     assert sorted(eta is not None for eta in etas) == [False, True], "the delayed one keeps its countdown"
+
+
+def test_one_heartbeat_renews_the_farm_record_and_the_slots_and_neither_hides_the_other(farm):
+    """The farm's record and the scheduler's slots once shared ``P workers`` (a last-beat time
+    for one, a deadline for the other): each farm beat made the worker look dead to admission."""
+    from ci_queue.farm import Heartbeat, WorkerInfo, list_workers
+    from workers.capacity import Slots
+
+    slots = Slots(farm.store, farm.app, farm.settings, "w1@host", [QUEUE], 2)
+    beat = Heartbeat(farm.store, WorkerInfo("w1@host", "host", (), (QUEUE,), 2), also=slots.announce).start()
+    try:
+        assert farm.admission.live_workers(QUEUE) == ["w1@host"]
+        beat.draining()  # a beat of the farm record alone, after the slots' announcement
+        assert farm.admission.live_workers(QUEUE) == ["w1@host"]
+        [state] = [s for s in farm.admission.queues() if s.queue == QUEUE]
+        assert (state.workers, state.slots) == (1, 2)
+        [view] = list_workers(farm.store)
+        assert view.state == "draining" and 0 <= view.seconds_since_heartbeat < 5
+    finally:
+        slots.stop()
+        beat.stop()
+    assert farm.admission.live_workers(QUEUE) == []
+    assert [view.state for view in list_workers(farm.store)] == ["stopped"]
