@@ -61,12 +61,20 @@ class AuditLog:
     def of(cls, store: Any, maxlen: int) -> AuditLog:
         return cls(store.r, audit_key(store.prefix), maxlen)
 
+    @staticmethod
+    def fields(**values: Any) -> dict[str, str]:
+        """A record's ``FIELDS`` as stored (strings; ``time`` defaults to now): for ``record``, and
+        for a write that streams it itself (``Store.create_run_once``'s ``Alongside``, then
+        ``log_record``)."""
+        fields = {name: str(values.get(name) if values.get(name) is not None else "") for name in FIELDS}
+        fields["time"] = fields["time"] or now_iso()
+        return fields
+
     def record(self, stream: bool = True, **values: Any) -> str | None:
         """Write one record (``FIELDS``; ``time`` defaults to now) to the stream and the log, and
         return its stream id. With ``stream=False``, or when the stream cannot be written (the
         error is raised: the caller decides what the request answers), the log alone has it."""
-        fields = {name: str(values.get(name) if values.get(name) is not None else "") for name in FIELDS}
-        fields["time"] = fields["time"] or now_iso()
+        fields = self.fields(**values)
         if not stream:
             log_record(fields, streamed=False)
             return None

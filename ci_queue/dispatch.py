@@ -76,9 +76,10 @@ def _started(app: Celery, run_id: str, status: str, repo: str | None, ref: str |
     logger.bind(run_id=run_id).info("run queued for {} {}", repo, ref)
 
 
-def trigger_run_once(store: Store, app: Celery, once: Once, **run: Any) -> Created:
-    """``trigger_run`` unless ``once.key`` exists (``Store.create_run_once``: the key and the run
-    in one atomic write). A repeat starts nothing and gets the key's first value back."""
+def trigger_run_once(store: Store, app: Celery, once: Once | None, **run: Any) -> Created:
+    """``trigger_run`` unless ``once.key`` exists (``Store.create_run_once``: the key, the run and
+    its ``alongside`` writes in one atomic write). A repeat starts nothing and gets the key's first
+    value back."""
     created = store.create_run_once(once, **run)
     if created.new and created.run_id:
         _started(app, created.run_id, run.get("status", "queued"), run.get("repo"), run.get("ref"))

@@ -110,7 +110,12 @@ class RedisCounter:
 
     def add_to(self, pipe: Any, prefix: str, amount: int = 1, **labels: str) -> None:
         """Queue the increment on a redis pipeline (to batch it with other writes)."""
-        pipe.hincrby(metrics_key(prefix), _field(self.name, self.label_values(labels)), int(amount))
+        pipe.hincrby(*self.increment(prefix, amount, **labels))
+
+    def increment(self, prefix: str, amount: int = 1, **labels: str) -> tuple[str, str, int]:
+        """The increment as (hash key, field, amount), for a write that makes it itself (a new
+        run's script: ``ci_queue.store.Alongside``)."""
+        return metrics_key(prefix), _field(self.name, self.label_values(labels)), int(amount)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,6 @@ the retention are trimmed by the sweeper and the index keys themselves carry a T
 on every write, so nothing is left without one.
 """
 
-from ci_queue.store.core import Created, JobState, Once, RunRecord, Store, StoreError, store_from_settings
+from ci_queue.store.core import Alongside, Created, JobState, Once, RunRecord, Store, StoreError, store_from_settings
 
-__all__ = ["Created", "JobState", "Once", "RunRecord", "Store", "StoreError", "store_from_settings"]
+__all__ = ["Alongside", "Created", "JobState", "Once", "RunRecord", "Store", "StoreError", "store_from_settings"]

@@ -135,13 +135,30 @@ class Once:
 
 
 @dataclass(frozen=True)
+class Alongside:
+    """Writes of the request that makes a run, done in the run's own script (``Store.create_run``,
+    ``create_run_once``) so that the request pays one Redis round trip for all of them instead of
+    one each: ``entry`` (field/value pairs) is appended to the stream ``stream`` (capped at about
+    ``maxlen``) when the run is recorded, never without it (a webhook's audit record); ``counts``
+    (hash key, field, amount) are added whatever the outcome, a repeat included (the request is
+    answered either way: its metrics)."""
+
+    stream: str = ""
+    maxlen: int = 0
+    entry: tuple[tuple[str, str], ...] = ()
+    counts: tuple[tuple[str, str, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Created:
     """What ``Store.create_run_once`` did: ``new`` when it made the run ``run_id``; else the key
-    existed and ``first`` is the value stored with it (``run_id`` is then None)."""
+    existed and ``first`` is the value stored with it (``run_id`` is then None). ``entry``: the
+    stream id of ``Alongside.entry`` when it was written."""
 
     run_id: str | None
     first: str
     new: bool
+    entry: str = ""
 
 
 @dataclass(frozen=True)
@@ -326,35 +343,43 @@ class Store:
         record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
                              clone_url=clone_url, variables=variables, context=context, trust=trust, status=status,
                              scheduling=scheduling)
-        self._write_run(record, None)
+        self._write_run(record, None, None)
         return record["id"]
 
-    def create_run_once(self, once: Once, *, repo: str, ref: str, sha: str = "", event: str = "push",
+    def create_run_once(self, once: Once | None, *, repo: str, ref: str, sha: str = "", event: str = "push",
                         clone_url: str | None = None, variables: dict[str, str] | None = None,
                         context: dict[str, Any] | None = None, run_id: str | None = None,
                         trust: RunTrust | None = None, status: str = "queued",
-                        scheduling: Scheduling | None = None) -> Created:
-        """Record a new run unless ``once.key`` exists: the key (holding ``once.value``) and the
-        whole run are written in the same atomic step, so a retried request (an API call with an
-        ``Idempotency-Key``, a redelivered webhook) finds either both or neither, never a run
-        without its key or a key without its run. A repeat gets the first value back."""
+                        scheduling: Scheduling | None = None, alongside: Alongside | None = None) -> Created:
+        """Record a new run unless ``once.key`` exists: the key (holding ``once.value``), the
+        whole run and ``alongside`` are written in the same atomic step, so a retried request (an
+        API call with an ``Idempotency-Key``, a redelivered webhook) finds either both or neither,
+        never a run without its key or a key without its run. A repeat gets the first value back.
+        ``once`` None: a request that has no such key (a delivery without an id), still with
+        ``alongside``."""
         record = _new_record(run_id or self.new_run_id(), repo=repo, ref=ref, sha=sha, event=event,
                              clone_url=clone_url, variables=variables, context=context, trust=trust, status=status,
                              scheduling=scheduling)
-        return self._write_run(record, once)
+        return self._write_run(record, once, alongside)
 
-    def _write_run(self, record: dict[str, str], once: Once | None) -> Created:
-        """``CREATE_RUN``: the record, its four index entries and ``once``, in one script."""
+    def _write_run(self, record: dict[str, str], once: Once | None, alongside: Alongside | None) -> Created:
+        """``CREATE_RUN``: the record, its four index entries, ``once`` and ``alongside``, in one script."""
         run_id = record["id"]
+        alongside = alongside or Alongside()
         keys = [self._run(run_id), *self._index_keys(record["repo"], record["ref"], record["status"])]
-        args: list[Any] = [run_id, "", self.retention + 86400, "", 0]
+        args: list[Any] = [run_id, "", self.retention + 86400, "", 0, "", alongside.maxlen,
+                           json.dumps([[name, amount] for _, name, amount in alongside.counts])]
         if once is not None:
             keys.append(once.key)
             args[3:5] = [once.value, once.ttl]
+        if alongside.stream:
+            keys.append(alongside.stream)
+            args[5] = json.dumps([text for pair in alongside.entry for text in pair])
+        keys += [key for key, _, _ in alongside.counts]
         for name, value in record.items():
             args += [name, value]
-        new, first = self._scripts["CREATE_RUN"](keys=keys, args=args)
-        return Created(run_id if new else None, first or "", bool(new))
+        new, first, entry = self._scripts["CREATE_RUN"](keys=keys, args=args)
+        return Created(run_id if new else None, first or "", bool(new), entry or "")
 
     def _index_keys(self, repo: str, ref: str, status: str) -> list[str]:
         return [self._index(), self._index("repo", repo), self._index("ref", f"{repo}:{ref}"),

@@ -14,30 +14,45 @@ write finished their last predecessor.
 
 from ci_queue.store.admission_lua import HOOKS
 
-# KEYS: run, the four run indexes (all, repo, ref, status queued), [once]. ARGV: run id, (unused),
-# index TTL, once value, once TTL, then the run record's field/value pairs. Records a new run and
-# indexes it by Redis's clock (the sweeper's "nobody planned it for two minutes" is on it too), and
-# with a `once` key, only if that key is absent, writing it in the same step. Returns
-# {1, once value} when the run is recorded (or was already: the same write sent again after a lost
-# reply), {0, the key's value} when the key existed (a repeated request: nothing is written).
+# KEYS: run, the four run indexes (all, repo, ref, status queued), then [once] when ARGV[4] is not
+# '', [stream] when ARGV[6] is not '', then the hash of each counter of ARGV[8]. ARGV: run id,
+# (unused), index TTL, once value, once TTL, a stream entry (JSON [field, value, ...]: the request's
+# audit record) or '', the stream's MAXLEN (approximate), the counters (JSON [[field, amount], ...]:
+# the request's metrics), then the run record's field/value pairs. Records a new run and indexes it
+# by Redis's clock (the sweeper's "nobody planned it for two minutes" is on it too), and with a
+# `once` key, only if that key is absent, writing it in the same step; the stream entry is written
+# with the run (first: if it cannot be, nothing is), the counters are added whatever the outcome,
+# with `pcall` (the request is answered either way; a metric never fails it). Returns {1, once
+# value, entry id} when the run is recorded (entry id '' when it already was: the same write sent
+# again after a lost reply), {0, the key's value, ''} when the key existed (a repeated request:
+# nothing but the counters is written).
 CREATE_RUN = r"""
-local once = KEYS[6]
+local k = 6
+local once, stream
+if ARGV[4] ~= '' then once = KEYS[k]; k = k + 1 end
+if ARGV[6] ~= '' then stream = KEYS[k]; k = k + 1 end
+local function count()
+  for i, c in ipairs(cjson.decode(ARGV[8])) do redis.pcall('HINCRBY', KEYS[k + i - 1], c[1], c[2]) end
+end
 if once then
   local first = redis.call('GET', once)
-  if first then return {0, first} end
+  if first then count(); return {0, first, ''} end
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[4]} end
+if redis.call('EXISTS', KEYS[1]) == 1 then count(); return {1, ARGV[4], ''} end
+local entry = ''
+if stream then entry = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[7], '*', unpack(cjson.decode(ARGV[6]))) end
 local fields = {}
-for k = 6, #ARGV do fields[#fields + 1] = ARGV[k] end
+for n = 9, #ARGV do fields[#fields + 1] = ARGV[n] end
 redis.call('HSET', KEYS[1], unpack(fields))
 local t = redis.call('TIME')
 local score = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for k = 2, 5 do
-  redis.call('ZADD', KEYS[k], score, ARGV[1])
-  redis.call('EXPIRE', KEYS[k], ARGV[3])
+for n = 2, 5 do
+  redis.call('ZADD', KEYS[n], score, ARGV[1])
+  redis.call('EXPIRE', KEYS[n], ARGV[3])
 end
 if once then redis.call('SET', once, ARGV[4], 'EX', ARGV[5]) end
-return {1, ARGV[4]}
+count()
+return {1, ARGV[4], entry}
 """
 
 # A fork's run waiting for approval becomes queued, with who approved it and when (`approved`);

@@ -10,7 +10,8 @@ its ``Idempotency-Key`` answers the run it made, a repeated cancel changes nothi
 retry or play of jobs that are running again is refused (409). Writing the record inside each
 action's own Lua script would close even that window, at the price of every state-changing
 script of the store knowing about auditing; one Redis outage between two writes of one request
-is the rare case this design accepts.
+is the rare case this design accepts. The webhook route does it for the runs deliveries start
+(the run's script writes the record, ``ci_queue.store.Alongside``), the hottest path of the app.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ The delivery record (``P delivery:<provider>:<id>``, the first answer) is writte
 atomic step as the run it starts (``Store.create_run_once``): a delivery answered 503 (Redis away
 or too slow, the write perhaps landing later) and redelivered by the forge finds either its run
 or nothing, so it starts exactly one run; never a record without its run, which would swallow
-the redelivery.
+the redelivery. The same script writes the run's audit record and counts the delivery
+(``ci_queue.store.Alongside``): a new delivery costs two round trips, that script and the planning message.
 
 The clone URL of a payload is checked by the clone policy (``ci_queue.clone_policy``) unless the
 registry sets the repository's ``clone_url`` (trusted as configured): a forge on a private network
@@ -35,11 +36,12 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from loguru import logger
 
 from ci_queue import events, metrics
+from ci_queue.audit import log_record
 from ci_queue.clone_policy import TRUSTED_KEY, CloneRefused
-from ci_queue.dispatch import trigger_run, trigger_run_once
+from ci_queue.dispatch import trigger_run_once
 from ci_queue.repos import Registry
 from ci_queue.settings import Settings
-from ci_queue.store import Once, Store
+from ci_queue.store import Alongside, Created, Once, Store
 from ci_queue.web.audit import audit_log
 from ci_queue.web.links import run_links
 
@@ -73,8 +75,10 @@ def receive(provider: str) -> Any:
         return jsonify(error=f"unknown provider {provider!r}; one of {', '.join(events.PROVIDERS)}"), 404
     answer = _receive(provider)
     # counted once answered: with Redis frozen, a count first would cost a whole socket timeout
-    # before the delivery's own first read timed out too (a 503 is not counted: Redis is away)
-    metrics.WEBHOOKS.inc(current_app.config["CIQ_STORE"], provider=provider)
+    # before the delivery's own first read timed out too (a 503 is not counted: Redis is away);
+    # a delivery that reached the run's script was counted there (`_start`)
+    if not g.get("webhook_counted"):
+        metrics.WEBHOOKS.inc(current_app.config["CIQ_STORE"], provider=provider)
     return answer
 
 
@@ -151,17 +155,29 @@ def _handle(provider: str, body: bytes, repo: Any, store: Store, settings: Setti
     status = "waiting_approval" if repo.fork_waits(result) else "queued"
     g.run_id = run_id = store.new_run_id()
     answer = {"run_id": run_id, "status": status, **run_links(run_id)}
-    celery = current_app.config["CIQ_CELERY"]
-    if key is None:
-        trigger_run(store, celery, run_id=run_id, status=status, **arguments)
-    else:
-        once = Once(key, json.dumps({"status": 202, "body": answer}), DELIVERY_TTL)
-        created = trigger_run_once(store, celery, once, run_id=run_id, status=status, **arguments)
-        if not created.new:  # the same delivery, concurrently: its first answer
-            return _duplicate(store, provider, created.first)
+    once = Once(key, json.dumps({"status": 202, "body": answer}), DELIVERY_TTL) if key else None
+    created = _start(provider, store, once, run_id=run_id, status=status, **arguments)
+    if not created.new:  # the same delivery, concurrently: its first answer
+        return _duplicate(store, provider, created.first)
     logger.bind(run_id=run_id).info("{} {} {} -> run ({})", provider, result.kind, result.ref, status)
-    _audit(provider, run_id, repo.name, 202)
     return 202, answer
+
+
+def _start(provider: str, store: Store, once: Once | None, **run: Any) -> Created:
+    """Record the run with its delivery record, its audit record and the delivery's count in one
+    script (one Redis round trip, where they were three), then send it to planning. The audit
+    record is written with the run, never without it, so it is in the stream before the answer
+    (``ci_queue.web.audit``); its service-log line follows the write."""
+    audit = audit_log()
+    fields = audit.fields(token=f"webhook:{provider}", source=request.remote_addr, action="webhook_run",
+                          method=request.method, path=request.path, run_id=run["run_id"], repo=run["repo"], status=202)
+    alongside = Alongside(stream=audit.key, maxlen=audit.maxlen, entry=tuple(fields.items()),
+                          counts=(metrics.WEBHOOKS.increment(store.prefix, provider=provider),))
+    created = trigger_run_once(store, current_app.config["CIQ_CELERY"], once, alongside=alongside, **run)
+    g.webhook_counted = True
+    if created.new:
+        log_record(fields, streamed=True)
+    return created
 
 
 def _clone_url_refused(repo: Any, arguments: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:

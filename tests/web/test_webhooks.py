@@ -136,6 +136,33 @@ def test_a_redelivery_returns_the_first_answer_and_starts_nothing(hooks):
     assert len(runs(hooks)) == 1
 
 
+def test_a_run_its_audit_record_and_its_count_are_written_together_once(hooks):
+    """The run's script writes the audit record (only with the run) and the delivery's count (a
+    repeat counted too, as answered, never twice); a delivery without an id is no exception."""
+    from ci_queue import metrics
+    from ci_queue.audit import audit_key
+
+    def counted() -> dict:
+        return {key[:2]: value for key, value in metrics.read_all(hooks.store.r, hooks.store.prefix).items()}
+
+    body = github_push()
+    first = post(hooks, "github", body, github_headers(body, delivery="d-audit"))
+    again = post(hooks, "github", body, github_headers(body, delivery="d-audit"))
+    headers = github_headers(body)
+    del headers["X-GitHub-Delivery"]
+    anonymous = post(hooks, "github", body, headers)
+    assert first.status_code == again.status_code == anonymous.status_code == 202
+    assert again.json["duplicate"] is True and again.json["run_id"] == first.json["run_id"]
+    records = hooks.store.r.xrange(audit_key(hooks.store.prefix))
+    assert [(fields["action"], fields["run_id"], fields["status"], fields["token"]) for _, fields in records] == [
+        ("webhook_run", first.json["run_id"], "202", "webhook:github"),
+        ("webhook_run", anonymous.json["run_id"], "202", "webhook:github")]
+    assert counted() == {("ciq_webhooks_received", ("github",)): 3,
+                         ("ciq_webhooks_rejected", ("github", "duplicate")): 1}
+    for run_id in (first.json["run_id"], anonymous.json["run_id"]):
+        assert hooks.messages("ciq.control", run_id) == [("ciq.plan_run", [run_id])]
+
+
 def test_a_redelivered_delivery_that_started_nothing_gets_its_first_answer(hooks):
     ping = json.dumps({"zen": "Keep it simple.", "hook_id": 1, "repository": {"full_name": "octo/hello"}}).encode()
     first = post(hooks, "github", ping, github_headers(ping, event="ping", delivery="d-ping"))
