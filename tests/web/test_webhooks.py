@@ -163,6 +163,33 @@ def test_a_run_its_audit_record_and_its_count_are_written_together_once(hooks):
         assert hooks.messages("ciq.control", run_id) == [("ciq.plan_run", [run_id])]
 
 
+def test_the_planning_message_is_the_one_send_task_makes(hooks):
+    """``dispatch.publish_plan`` (a pooled producer, Celery's message) sends what
+    ``send_task(PLAN_RUN)`` sends, ids aside: the same headers, body and properties."""
+    import base64
+
+    from ci_queue.celery_app import PLAN_RUN
+    from ci_queue.dispatch import publish_plan
+    from ci_queue.routing import CONTROL_QUEUE
+
+    celery, run_id = hooks.app.config["CIQ_CELERY"], os.urandom(8).hex()
+    celery.send_task(PLAN_RUN, args=[run_id], queue=CONTROL_QUEUE)
+    publish_plan(celery, run_id)
+
+    def comparable(raw: str) -> dict:
+        message = json.loads(raw)
+        ids = {message["headers"].pop("id"), message["headers"].pop("root_id"),
+               message["properties"].pop("correlation_id")}
+        assert len(ids) == 1 and message["properties"].pop("delivery_tag")
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+        return message
+
+    ours = [raw for raw in hooks.broker.lrange(CONTROL_QUEUE, 0, -1) if run_id in raw]
+    published, sent = (comparable(raw) for raw in ours)  # LPUSH: newest first
+    assert published == sent
+    assert published["headers"]["task"] == PLAN_RUN and published["body"][0] == [run_id]
+
+
 def test_a_redelivered_delivery_that_started_nothing_gets_its_first_answer(hooks):
     ping = json.dumps({"zen": "Keep it simple.", "hook_id": 1, "repository": {"full_name": "octo/hello"}}).encode()
     first = post(hooks, "github", ping, github_headers(ping, event="ping", delivery="d-ping"))
