@@ -367,8 +367,11 @@ class Store:
         run_id = record["id"]
         alongside = alongside or Alongside()
         keys = [self._run(run_id), *self._index_keys(record["repo"], record["ref"], record["status"])]
+        # the record as one JSON argument (kept as text, ensure_ascii=False: a string Redis cannot
+        # hold fails here as it did field by field); cjson gives its strings back byte for byte
         args: list[Any] = [run_id, "", self.retention + 86400, "", 0, "", alongside.maxlen,
-                           json.dumps([[name, amount] for _, name, amount in alongside.counts])]
+                           json.dumps([[name, amount] for _, name, amount in alongside.counts]),
+                           json.dumps(record, ensure_ascii=False)]
         if once is not None:
             keys.append(once.key)
             args[3:5] = [once.value, once.ttl]
@@ -376,8 +379,6 @@ class Store:
             keys.append(alongside.stream)
             args[5] = json.dumps([text for pair in alongside.entry for text in pair])
         keys += [key for key, _, _ in alongside.counts]
-        for name, value in record.items():
-            args += [name, value]
         new, first, entry = self._scripts["CREATE_RUN"](keys=keys, args=args)
         return Created(run_id if new else None, first or "", bool(new), entry or "")
 

@@ -268,6 +268,17 @@ def test_playing_a_manual_job_of_a_finished_run_brings_it_back(store, redis_clie
     assert store.get_run(run_id).status == "success" and redis_client.ttl(f"{key_prefix}run:{run_id}") > 0
 
 
+def test_a_runs_record_travels_as_json_into_its_script_byte_for_byte(store, redis_client, key_prefix):
+    """CREATE_RUN gets the record as one JSON argument (cjson decodes it): text that JSON escapes
+    or that looks like a number comes back as it was sent."""
+    texts = {"ref": "feature/é😀-\x01\t\"q\"\\", "sha": "00123", "event": "1e5"}
+    variables = {"EMPTY": "", "NUL": "a\x00b", "SEP": "\u2028", "BIG": "x" * 70_000}
+    run_id = store.create_run(repo="o/ünï", variables=variables, **texts)
+    run = store.get_run(run_id)
+    assert (run.repo, run.ref, run.sha, run.event, run.variables) == ("o/ünï", texts["ref"], "00123", "1e5", variables)
+    assert redis_client.hget(f"{key_prefix}run:{run_id}", "max_jobs") == ""
+
+
 def test_a_run_and_its_once_key_are_written_together_or_not_at_all(store, redis_client, key_prefix):
     from ci_queue.store import Once
 
