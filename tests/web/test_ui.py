@@ -70,6 +70,21 @@ def test_login_sets_a_strict_httponly_cookie_keeping_no_token_and_logout_clears_
     assert api.client.get("/").status_code == 302
 
 
+def test_only_a_request_with_the_cookie_builds_the_session_serializer(api, monkeypatch):
+    """``CookieSessions``: a call without the cookie (a webhook, the API, a worker) gets an empty
+    session for nothing; one with it is read and checked as Flask does (a forged cookie is no login)."""
+    interface = api.app.session_interface
+    built = []
+    real = interface.get_signing_serializer
+    monkeypatch.setattr(interface, "get_signing_serializer", lambda app: built.append(1) or real(app))
+    assert api.get("/api/v1/runs").status_code == 200 and built == []
+    login(api)
+    built.clear()
+    assert api.client.get("/").status_code == 200 and built
+    api.client.set_cookie("ciq_session", "forged.value.here")
+    assert api.client.get("/").status_code == 302
+
+
 def test_the_cookie_is_secure_when_the_public_url_is_https(store, broker_url, tmp_path):
     api = make_api(store, broker_url, tmp_path, public_url="https://ci.example")
     page = api.client.get("/login")
